@@ -151,8 +151,9 @@ def _build_processor(tokenizer):  # -> Gemma3Processor
 def write_tiny_checkpoint(root: Path, seed: int = 0) -> TinyCheckpoint:
     """Write a tiny base model folder and a rank-8 LoRA adapter folder under `root` (created if needed).
 
-    Deterministic for a given seed. The end-of-answer tokens get near-zero output embeddings so that greedy
-    decoding on random weights runs to max_new_tokens instead of stopping at a random early <eos>.
+    Deterministic for a given seed. Specials and byte-fallback pieces get near-zero output embeddings, so that
+    greedy decoding on random weights prints readable characters and runs to max_new_tokens instead of stopping
+    at a random early <eos>.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -166,8 +167,8 @@ def write_tiny_checkpoint(root: Path, seed: int = 0) -> TinyCheckpoint:
     model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16).eval()
     with torch.no_grad():
         embed = model.get_input_embeddings().weight
-        for token in ("<eos>", "<end_of_turn>", "<pad>", "<unused94>", "<unused95>"):
-            embed[tokenizer.convert_tokens_to_ids(token)].mul_(0.01)
+        quiet = SPECIAL_TOKENS + [f"<0x{b:02X}>" for b in range(256)]
+        embed[tokenizer.convert_tokens_to_ids(quiet)] *= 0.01
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id, eos_token_id=config.text_config.eos_token_id,
         pad_token_id=config.text_config.pad_token_id, do_sample=False,

@@ -1,0 +1,91 @@
+"""One-token-at-a-time decoding behind a small interface, so the engine's loop (sampling, stopping, streaming,
+cancellation) is the same for the plain path and the fast CUDA-graph path (`core.fast_decode`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+class Decoder(Protocol):
+    """Feeds the prompt, then one token at a time; each call returns the next-token logits (1-D, float32)."""
+
+    name: str
+
+    def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def step(self, token: torch.Tensor) -> torch.Tensor: ...
+
+    def release(self) -> None: ...
+
+
+class EagerDecoder:
+    """Transformers' own forward pass with its dynamic cache: what `generate` does, one step at a time."""
+
+    name = "eager"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._model = model
+        self._cache: DynamicCache | None = None
+        self._position = 0
+
+    def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self._cache = DynamicCache(config=self._model.config)
+        out = self._model(**inputs, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+        self._position = int(inputs["input_ids"].shape[1])
+        return out.logits[0, -1].float()
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        position = torch.tensor([[self._position]], device=token.device)
+        out = self._model(input_ids=token.view(1, 1), past_key_values=self._cache, use_cache=True,
+                          position_ids=position, cache_position=position[0], logits_to_keep=1)
+        self._position += 1
+        return out.logits[0, -1].float()
+
+    def release(self) -> None:
+        self._cache = None
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Greedy by default, as Google's notebooks decode MedGemma."""
+
+    greedy: bool = True
+    temperature: float = 0.7
+    top_k: int = 64
+    top_p: float = 0.95
+    seed: int | None = None
+
+
+class TokenPicker:
+    """Greedy argmax, or temperature / top-k / top-p sampling with transformers' own warpers."""
+
+    def __init__(self, settings: SamplingSettings, device: torch.device) -> None:
+        self._greedy = settings.greedy or settings.temperature <= 0
+        self._warpers = LogitsProcessorList([
+            TemperatureLogitsWarper(settings.temperature if settings.temperature > 0 else 1.0),
+            TopKLogitsWarper(settings.top_k),
+            TopPLogitsWarper(settings.top_p),
+        ])
+        self._generator = torch.Generator(device=device)
+        if settings.seed is not None:
+            self._generator.manual_seed(settings.seed)
+        else:
+            self._generator.seed()
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token id as a 1-element tensor on the logits' device (no host sync)."""
+        if self._greedy:
+            return logits.argmax(-1, keepdim=True)
+        scores = self._warpers(None, logits.view(1, -1))
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, 1, generator=self._generator).view(1)

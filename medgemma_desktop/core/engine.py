@@ -1,0 +1,266 @@
+"""The engine owns the model: it loads MedGemma 4-bit + a LoRA adapter from local folders and streams answers.
+
+Generation runs in the caller's thread as a plain generator (no helper thread, no streamer queue), so an
+exception inside the model reaches the caller and nobody waits forever on a streamer. Stop is a thread-safe
+`threading.Event` checked once per token.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach the hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from medgemma_desktop.core.decoding import Decoder, EagerDecoder, SamplingSettings, TokenPicker
+from medgemma_desktop.core.device import DevicePlan, choose_device
+from medgemma_desktop.core.errors import ContextTooLongError, LoadCancelled, OutOfMemoryError
+from medgemma_desktop.core.model_folder import AdapterFolder, ModelFolder, check_adapter_folder, check_model_folder
+from medgemma_desktop.core.prompts import ChatTurn, to_processor_messages
+from medgemma_desktop.core.text_stream import IncrementalDetokenizer, TextChunk
+from medgemma_desktop.core.thinking import split_thinking
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    double_quant: bool = True  # as the model card; saves ~0.4 bits per weight
+    force_cpu: bool = False
+    context_limit: int = 8192
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 1024
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    time_to_first_token_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    total_s: float = 0.0
+    peak_memory_bytes: int | None = None
+    stop_reason: str = ""  # "end", "length", "stopped"
+    decoder: str = ""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which weights produced an answer: recorded with every answer and export."""
+
+    model_name: str
+    adapter_name: str | None
+    device: str
+    dtype: str
+    quantization: str
+
+
+class Generation:
+    """An answer being generated: iterate for `TextChunk`s; afterwards `text`, `thinking` and `stats` are set."""
+
+    def __init__(self, chunks: Callable[[Generation], Iterator[TextChunk]]) -> None:
+        self.stats = GenerationStats()
+        self.raw_text = ""
+        self.thinking = ""
+        self._chunks = chunks
+
+    @property
+    def text(self) -> str:
+        return self.raw_text.strip()
+
+    def __iter__(self) -> Iterator[TextChunk]:
+        for chunk in self._chunks(self):
+            if chunk.thinking:
+                self.thinking += chunk.text
+            else:
+                self.raw_text += chunk.text
+            yield chunk
+        # A trace the tokenizer produced as plain text (not as marker tokens) is split off here.
+        answer, extra = split_thinking(self.raw_text)
+        if extra:
+            self.raw_text, self.thinking = answer, (self.thinking + "\n" + extra).strip()
+        self.thinking = self.thinking.removeprefix("thought").strip()
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise LoadCancelled("loading was cancelled")
+
+
+class Engine:
+    """Owns the quantized model, the processor and the active adapter."""
+
+    def __init__(self, model: torch.nn.Module, processor, plan: DevicePlan, folder: ModelFolder,
+                 adapter: AdapterFolder | None, options: LoadOptions) -> None:
+        self.model = model
+        self.processor = processor
+        self.plan = plan
+        self.folder = folder
+        self.adapter = adapter
+        self.options = options
+        self.decoder_factory: Callable[[torch.nn.Module], Decoder] = EagerDecoder
+        eos = model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos])
+
+    @classmethod
+    def load(cls, model_dir: Path | str, adapter_dir: Path | str | None = None, options: LoadOptions | None = None,
+             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Engine:
+        """Check the folders, then load the base model in NF4 and attach the adapter. Cancellable between steps."""
+        from peft import PeftModel
+        from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration, Gemma3Processor
+
+        options = options or LoadOptions()
+        report = progress or (lambda percent, step: None)
+        report(2, "checking the model folder")
+        folder = check_model_folder(model_dir)
+        adapter = check_adapter_folder(adapter_dir, folder) if adapter_dir else None
+        plan = choose_device(options.force_cpu)
+        log.info("loading %s on %s (%s)", folder.path.name, plan.device, plan.reason)
+        _check_cancel(cancel)
+        report(5, "reading the processor")
+        processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
+        _check_cancel(cancel)
+        report(10, "loading and quantizing the weights to 4-bit NF4")
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=plan.dtype,
+            bnb_4bit_use_double_quant=options.double_quant,
+        )
+        model = Gemma3ForConditionalGeneration.from_pretrained(
+            folder.path, quantization_config=quantization, dtype=plan.dtype, device_map={"": plan.device},
+            local_files_only=True, use_safetensors=True, trust_remote_code=False,
+        )
+        model.eval()
+        if cancel is not None and cancel.is_set():
+            del model
+            _free_memory()
+            raise LoadCancelled("loading was cancelled")
+        if adapter is not None:
+            report(85, f"attaching the adapter {adapter.name}")
+            model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name, is_trainable=False,
+                                              local_files_only=True)
+            model.eval()
+        report(100, "ready")
+        return cls(model, processor, plan, folder, adapter, options)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(
+            model_name=self.folder.path.name, adapter_name=self.adapter.name if self.adapter else None,
+            device=self.plan.device, dtype=self.plan.dtype_name,
+            quantization="NF4, double quant" if self.options.double_quant else "NF4",
+        )
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.folder.tokens_per_image
+
+    def prepare(self, turns: Sequence[ChatTurn]) -> dict[str, torch.Tensor]:
+        """Turns -> model inputs through the model's own chat template and processor."""
+        inputs = self.processor.apply_chat_template(
+            to_processor_messages(turns), add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt",
+        )
+        device = self.plan.device
+        return {key: (value.to(device, self.plan.dtype) if value.is_floating_point() else value.to(device))
+                for key, value in inputs.items()}
+
+    def count_tokens(self, turns: Sequence[ChatTurn]) -> int:
+        inputs = self.processor.apply_chat_template(
+            to_processor_messages(turns), add_generation_prompt=True, tokenize=True, return_dict=True)
+        return len(inputs["input_ids"][0])
+
+    def generate(self, turns: Sequence[ChatTurn], settings: GenerationSettings | None = None,
+                 cancel: threading.Event | None = None) -> Generation:
+        """Start an answer. Nothing runs until the result is iterated."""
+        settings = settings or GenerationSettings()
+        return Generation(lambda generation: self._run(generation, turns, settings, cancel))
+
+    def _run(self, generation: Generation, turns: Sequence[ChatTurn], settings: GenerationSettings,
+             cancel: threading.Event | None) -> Iterator[TextChunk]:
+        stats = generation.stats
+        start = time.perf_counter()
+        inputs = self.prepare(turns)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        stats.prompt_tokens = prompt_tokens
+        limit = self.options.context_limit
+        if prompt_tokens >= limit:
+            raise ContextTooLongError(
+                f"the question needs {prompt_tokens:,} tokens but the context limit is {limit:,}",
+                fix=f"Use fewer images (each costs {self.tokens_per_image} tokens), fewer CT slices or a shorter "
+                    "text, or raise the context limit in the settings.")
+        budget = min(settings.max_new_tokens, limit - prompt_tokens)
+        decoder = self.decoder_factory(self.model)
+        stats.decoder = decoder.name
+        picker = TokenPicker(settings.sampling, torch.device(self.plan.device))
+        detokenizer = IncrementalDetokenizer(self.processor.tokenizer)
+        if self.plan.is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        first_token_at = None
+        stats.stop_reason = "length"
+        try:
+            with torch.inference_mode():
+                logits = decoder.prefill(inputs)
+                for produced in range(budget):
+                    token = picker.pick(logits)
+                    token_id = int(token)  # the one host sync per token that streaming needs
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                        stats.time_to_first_token_s = first_token_at - start
+                    if token_id in self._eos:
+                        stats.stop_reason = "end"
+                        break
+                    stats.new_tokens = produced + 1
+                    chunk = detokenizer.push(token_id)
+                    if chunk is not None:
+                        yield chunk
+                    if cancel is not None and cancel.is_set():
+                        stats.stop_reason = "stopped"
+                        break
+                    if produced + 1 < budget:
+                        logits = decoder.step(token)
+        except torch.OutOfMemoryError as exc:
+            decoder.release()
+            del decoder
+            _free_memory()
+            raise OutOfMemoryError(
+                f"the GPU ran out of memory with a {prompt_tokens:,}-token prompt",
+                fix="Use fewer images or CT slices, a shorter question, a lower context limit or fewer new tokens; "
+                    "the model stays loaded.") from exc
+        finally:
+            end = time.perf_counter()
+            stats.total_s = end - start
+            if first_token_at is not None and stats.new_tokens > 1:
+                stats.decode_tokens_per_s = (stats.new_tokens - 1) / max(end - first_token_at, 1e-9)
+            if self.plan.is_cuda:
+                stats.peak_memory_bytes = torch.cuda.max_memory_allocated()
+        decoder.release()
+        tail = detokenizer.flush()
+        if tail is not None:
+            yield tail
+
+    def close(self) -> None:
+        """Drop the model and give its memory back."""
+        self.model = None  # type: ignore[assignment]
+        _free_memory()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
