@@ -89,7 +89,7 @@ def _vocabulary() -> list[str]:
     pieces = SPECIAL_TOKENS + [f"<0x{b:02X}>" for b in range(256)]
     pieces += ["\u2581"] + [c for c in string.printable if c not in " \t\n\r\x0b\x0c"]
     pieces += ["\n", "\n\n"]
-    return pieces + [IMAGE_TOKEN]
+    return [*pieces, IMAGE_TOKEN]
 
 
 def _build_tokenizer():  # -> PreTrainedTokenizerFast
@@ -101,7 +101,7 @@ def _build_tokenizer():  # -> PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     core.normalizer = normalizers.Replace(" ", "\u2581")
     core.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS + [IMAGE_TOKEN]])
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in [*SPECIAL_TOKENS, IMAGE_TOKEN]])
     core.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("\n", "\n\n")])
     return GemmaTokenizerFast(
         tokenizer_object=core,
