@@ -71,11 +71,13 @@ class TokenPicker:
 
     def __init__(self, settings: SamplingSettings, device: torch.device) -> None:
         self._greedy = settings.greedy or settings.temperature <= 0
-        self._warpers = LogitsProcessorList([
-            TemperatureLogitsWarper(settings.temperature if settings.temperature > 0 else 1.0),
-            TopKLogitsWarper(settings.top_k),
-            TopPLogitsWarper(settings.top_p),
-        ])
+        self._warpers = LogitsProcessorList()
+        if not self._greedy:  # top_k 0 and top_p 1.0 switch those filters off
+            self._warpers.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k > 0:
+                self._warpers.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                self._warpers.append(TopPLogitsWarper(settings.top_p))
         self._generator = torch.Generator(device=device)
         if settings.seed is not None:
             self._generator.manual_seed(settings.seed)

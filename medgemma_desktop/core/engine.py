@@ -31,6 +31,9 @@ from medgemma_desktop.core.text_stream import IncrementalDetokenizer, TextChunk
 from medgemma_desktop.core.thinking import split_thinking
 
 log = logging.getLogger(__name__)
+# bitsandbytes' CPU backend looks for an optional kernel on the hub (needs the `kernels` package, which we do not
+# install) and warns when it is absent: expected offline, and only alarming to users.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 ProgressCallback = Callable[[int, str], None]
 

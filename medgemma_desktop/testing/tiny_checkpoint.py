@@ -178,7 +178,7 @@ def write_tiny_checkpoint(root: Path, seed: int = 0) -> TinyCheckpoint:
     _build_processor(tokenizer).save_pretrained(model_dir)
 
     lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS, lora_dropout=0.0,
-                      bias="none", task_type="CAUSAL_LM", base_model_name_or_path=BASE_MODEL_ID)
+                      bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model.float(), lora)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
