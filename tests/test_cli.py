@@ -1,0 +1,91 @@
+"""The command line as a user runs it: one line and exit code 2 for bad input, never a traceback."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from medgemma_desktop import __version__
+from medgemma_desktop.cli import main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medgemma_desktop", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_version() -> None:
+    result = _run("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_ask_streams_an_answer_with_stats(tiny_checkpoint, tmp_path: Path) -> None:
+    first, second = tmp_path / "a.png", tmp_path / "b.jpg"
+    Image.new("RGB", (90, 70), "gray").save(first)
+    Image.new("RGB", (70, 90), "white").save(second)
+    result = _run("ask", "--model", str(tiny_checkpoint.model_dir), "--adapter", str(tiny_checkpoint.adapter_dir),
+                  "--image", str(first), "--image", str(second), "--system", "Be brief.",
+                  "--max-new-tokens", "16", "Describe these images")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    prompt_tokens = int(re.search(r"(\d+) prompt", result.stderr).group(1))
+    assert prompt_tokens > 2 * 16  # both images (16 tokens each in the tiny model) reached the prompt
+    assert "16 new tokens" in result.stderr and "tokens/s" in result.stderr and "time to first token" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _assert_user_error(capsys, argv: list[str], *expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    message = err[-1]
+    assert message.startswith("medgemma-desktop: ")
+    for part in expected:
+        assert part in message
+
+
+def test_missing_model_folder(capsys, tmp_path: Path) -> None:
+    _assert_user_error(capsys, ["ask", "--model", str(tmp_path / "none"), "hi"], str(tmp_path / "none"),
+                       "folder not found")
+
+
+def test_llama_folder(capsys, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    _assert_user_error(capsys, ["ask", "--model", str(tmp_path), "hi"], "not MedGemma")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n\x00\x00broken"])
+def test_bad_image_files(capsys, tiny_checkpoint, tmp_path: Path, content: bytes) -> None:
+    image = tmp_path / "scan.png"
+    image.write_bytes(content)
+    _assert_user_error(capsys, ["ask", "--model", str(tiny_checkpoint.model_dir), "--image", str(image), "hi"],
+                       str(image))
+
+
+def test_missing_image(capsys, tiny_checkpoint, tmp_path: Path) -> None:
+    _assert_user_error(capsys, ["ask", "--model", str(tiny_checkpoint.model_dir), "--image",
+                                str(tmp_path / "gone.png"), "hi"], "gone.png")
+
+
+def test_adapter_without_weights(capsys, tiny_checkpoint, tmp_path: Path) -> None:
+    adapter = Path(shutil.copytree(tiny_checkpoint.adapter_dir, tmp_path / "adapter"))
+    (adapter / "adapter_model.safetensors").unlink()
+    _assert_user_error(capsys, ["ask", "--model", str(tiny_checkpoint.model_dir), "--adapter", str(adapter), "hi"],
+                       "adapter_model.safetensors is missing")
+
+
+def test_prompt_over_the_context_limit(capsys, tiny_checkpoint) -> None:
+    _assert_user_error(capsys, ["ask", "--model", str(tiny_checkpoint.model_dir), "--context-limit", "8",
+                                "a question far longer than eight tokens"], "context limit is 8")
+
+
+def test_doctor_runs_the_whole_pipeline() -> None:
+    result = _run("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bitsandbytes" in result.stdout and "Compute" in result.stdout
+    assert result.stdout.count("ok  ") == 4 and "All steps passed." in result.stdout
