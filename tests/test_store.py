@@ -288,7 +288,8 @@ def test_store_is_usable_from_two_threads(store: ConversationStore) -> None:
 
 def test_killed_mid_answer_loses_nothing_committed(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(Path(medgemma_desktop.__file__).parents[1])}
+    import_path = [str(Path(medgemma_desktop.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(import_path)}
     child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("store_crash_child.py")), str(db_path)],
                              stdout=subprocess.PIPE, text=True, env=env)
     try:

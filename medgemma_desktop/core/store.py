@@ -256,6 +256,21 @@ def _check_ours(conn: sqlite3.Connection) -> None:
         raise _Unusable("it is not a MedGemma Desktop history (another application's database)", move_aside=True)
 
 
+def _read_only(path: Path) -> sqlite3.Connection | None:
+    """Our database opened for reading only, so its history can be copied into memory when the disk refuses
+    writes; `immutable` because a read-only folder cannot hold the WAL index file."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    except sqlite3.Error:
+        return None
+    try:
+        _check_ours(conn)
+    except (sqlite3.Error, _Unusable):
+        conn.close()
+        return None
+    return conn
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for target, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
@@ -345,7 +360,7 @@ class ConversationStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path)
         except (OSError, sqlite3.Error) as exc:
-            return self._memory(None, f"cannot open it ({exc})")
+            return self._memory(_read_only(self.path), f"cannot open it ({exc})")
         try:
             _check_ours(conn)
             _prepare(conn, on_disk=True)
@@ -356,10 +371,10 @@ class ConversationStore:
                 return self._memory(None, exc.reason)
             return self._fresh_after_moving_aside(exc.reason)
         except sqlite3.Error as exc:
+            conn.close()
             if _is_unreadable(exc):
-                conn.close()
                 return self._fresh_after_moving_aside(f"it is damaged or not a database ({exc})")
-            return self._memory(conn, f"cannot write to it ({exc})")
+            return self._memory(_read_only(self.path), f"cannot write to it ({exc})")
 
     def _fresh_after_moving_aside(self, reason: str) -> sqlite3.Connection:
         try:
