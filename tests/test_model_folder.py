@@ -44,7 +44,7 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 
 def test_folder_without_config(tmp_path: Path) -> None:
-    with pytest.raises(ModelFolderError, match="no config.json"):
+    with pytest.raises(ModelFolderError, match=r"no config\.json"):
         check_model_folder(tmp_path)
 
 
