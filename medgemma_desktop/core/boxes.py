@@ -221,5 +221,5 @@ def boxes_to_json(boxes: Sequence[Box], image_size: tuple[int, int], padding: Pa
 
 def _plain(value: float) -> float | int:
     """An integer where the value is one, else rounded to 2 decimals: easy to read, exact enough for pixels."""
-    rounded = round(value, 2)
+    rounded = round(float(value), 2)
     return int(rounded) if rounded.is_integer() else rounded
