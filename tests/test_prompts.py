@@ -95,7 +95,7 @@ def test_wrong_image_count_is_one_line_naming_the_mode_and_the_fix():
     with pytest.raises(UserFacingError) as caught:
         TaskMode.LONGITUDINAL_CXR.check_image_count(1)
     message = str(caught.value)
-    assert message == ("Compare chest X-rays needs exactly 2 images, and 1 were given. "
+    assert message == ("Compare chest X-rays needs exactly 2 images, and 1 was given. "
                        "Two chest X-rays of one patient: the prior first, then the current.")
     assert "\n" not in message
 

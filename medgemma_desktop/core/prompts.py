@@ -97,7 +97,8 @@ class TaskMode(Enum):
 
     @property
     def default_question(self) -> str:
-        """What is asked when the user types nothing ("" where a question is required)."""
+        """What is asked when the user types nothing ("" where a question is required); for LOCALIZATION, the
+        structure to find."""
         return _MODES[self].default_question
 
     @property
@@ -123,7 +124,8 @@ class TaskMode(Enum):
             needs = f"at least {lower} image{'s' if lower != 1 else ''}"
         else:
             needs = f"{lower} to {upper} images"
-        raise UserFacingError(f"{self.title} needs {needs}, and {image_count} were given",
+        given = f"{image_count} {'was' if image_count == 1 else 'were'} given"
+        raise UserFacingError(f"{self.title} needs {needs}, and {given}",
                               fix=self.description)
 
 
