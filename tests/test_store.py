@@ -133,6 +133,7 @@ def test_answer_round_trip_with_identity_settings_stats_and_boxes(store: Convers
     assert store.message(message.id).answer.status is AnswerStatus.STREAMING
     boxes = [{"box_2d": [100, 200, 300, 400], "label": "nodule"}]
     store.finish_answer(answer_id, "final", {"time_to_first_token_s": 0.4}, AnswerStatus.DONE, boxes=boxes)
+    store.update_answer(answer_id, "a token still queued")  # late: ignored
     answer = store.message(message.id).answer
     assert (answer.text, answer.status, answer.model, answer.adapter) == ("final", AnswerStatus.DONE, MODEL, ADAPTER)
     assert answer.settings == SETTINGS and answer.stats == {"time_to_first_token_s": 0.4} and answer.boxes == boxes

@@ -610,10 +610,13 @@ class ConversationStore:
 
     def update_answer(self, answer_id: int, text: str) -> None:
         """Record the answer so far (the whole text, not a delta). Cheap to call per token: it writes at most
-        once per `save_interval` seconds and otherwise only remembers the text."""
+        once per `save_interval` seconds and otherwise only remembers the text. A late call after
+        `finish_answer` (a token still queued) is ignored."""
         with self._lock:
+            if answer_id not in self._saved_at:
+                return
             self._pending[answer_id] = text
-            if time.monotonic() - self._saved_at.get(answer_id, 0.0) >= self.save_interval:
+            if time.monotonic() - self._saved_at[answer_id] >= self.save_interval:
                 self._save_text(answer_id)
 
     def _save_text(self, answer_id: int) -> None:
