@@ -1,0 +1,41 @@
+"""`run_app`: the GUI entry point the command line calls with no arguments."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from PySide6.QtWidgets import QApplication
+
+from medgemma_desktop.core.settings import load_settings
+from medgemma_desktop.ui.hooks import ErrorReporter, install_hooks
+from medgemma_desktop.ui.logs import setup_logging
+from medgemma_desktop.ui.main_window import MainWindow
+from medgemma_desktop.ui.theme import app_icon, apply_theme
+
+log = logging.getLogger(__name__)
+
+
+def run_app(argv: Sequence[str] | None = None, settings_path: Path | None = None, log_dir: Path | None = None) -> int:
+    """Set up logging and the exception hooks, show the main window, run the event loop; returns the exit code."""
+    log_path = setup_logging(log_dir)
+    app = QApplication.instance() or QApplication(list(argv) if argv is not None else sys.argv)
+    assert isinstance(app, QApplication)
+    app.setApplicationName("MedGemma Desktop")
+    app.setOrganizationName("MedGemma Desktop")
+    app.setWindowIcon(app_icon())
+    apply_theme(app, load_settings(settings_path).settings.theme)
+    window = MainWindow(settings_path)
+    reporter = ErrorReporter(lambda: window)
+    uninstall = install_hooks(reporter)
+    log.info("started; log file %s", log_path)
+    window.show()
+    try:
+        return app.exec()
+    finally:
+        uninstall()

@@ -1,0 +1,87 @@
+"""The conversation's images as a Qt list model: the thumbnail strip shows it, the next question reads it.
+
+Images already sent with an earlier question stay listed (marked "sent") because the conversation's history
+still holds them; only images not yet sent can be removed from the next question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QPixmap
+
+from medgemma_desktop.core.imaging import ImageInput
+from medgemma_desktop.ui.pictures import Picture
+
+ModelIndex = QModelIndex | QPersistentModelIndex
+PICTURE_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+@dataclass
+class _Entry:
+    picture: Picture
+    sent: bool = False
+
+
+class ImageListModel(QAbstractListModel):
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._entries: list[_Entry] = []
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
+        return 0 if parent.isValid() else len(self._entries)
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._entries):
+            return None
+        entry = self._entries[index.row()]
+        item = entry.picture.input
+        if role == Qt.ItemDataRole.DisplayRole:
+            return f"{item.label} (sent)" if entry.sent else item.label
+        if role == Qt.ItemDataRole.DecorationRole:
+            return QPixmap.fromImage(entry.picture.thumbnail)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            state = "sent with an earlier question" if entry.sent else "goes with the next question"
+            return f"{item.source}\n{item.image.width} x {item.image.height} px, {state}"
+        if role == PICTURE_ROLE:
+            return entry.picture
+        return None
+
+    def add(self, pictures: list[Picture]) -> None:
+        if not pictures:
+            return
+        start = len(self._entries)
+        self.beginInsertRows(QModelIndex(), start, start + len(pictures) - 1)
+        self._entries.extend(_Entry(picture) for picture in pictures)
+        self.endInsertRows()
+
+    def picture(self, row: int) -> Picture:
+        return self._entries[row].picture
+
+    def is_sent(self, row: int) -> bool:
+        return self._entries[row].sent
+
+    def remove(self, row: int) -> None:
+        """Take a not-yet-sent image off the next question."""
+        if self._entries[row].sent:
+            raise ValueError("an image already sent stays in the conversation")
+        self.beginRemoveRows(QModelIndex(), row, row)
+        del self._entries[row]
+        self.endRemoveRows()
+
+    def pending(self) -> list[ImageInput]:
+        """The images the next question carries, in the order they were added."""
+        return [entry.picture.input for entry in self._entries if not entry.sent]
+
+    def mark_sent(self) -> None:
+        for entry in self._entries:
+            entry.sent = True
+        if self._entries:
+            self.dataChanged.emit(self.index(0), self.index(len(self._entries) - 1))
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self._entries.clear()
+        self.endResetModel()

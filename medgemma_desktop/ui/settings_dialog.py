@@ -1,0 +1,106 @@
+"""The Settings dialog: edits a copy of `Settings` and refuses folders the core's checks reject."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medgemma_desktop.core.settings import THEMES, Settings
+from medgemma_desktop.ui.folder_field import FolderField, folders_problem
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.setAccessibleName("Settings")
+        self._original = settings
+        self.model_field = FolderField("Model folder", "Choose the google/medgemma-1.5-4b-it folder")
+        self.model_field.set_path(settings.model_dir)
+        self.adapter_field = FolderField("Adapter folder", "Choose the LoRA adapter folder")
+        self.adapter_field.set_path(settings.adapter_dir)
+        self.max_new_tokens = QSpinBox()
+        self.max_new_tokens.setAccessibleName("Max new tokens")
+        self.max_new_tokens.setRange(1, 8192)
+        self.max_new_tokens.setValue(settings.max_new_tokens)
+        self.decoding = QComboBox()
+        self.decoding.setAccessibleName("Decoding")
+        self.decoding.addItem("Greedy (as Google's notebooks)", True)
+        self.decoding.addItem("Sampling", False)
+        self.decoding.setCurrentIndex(0 if settings.greedy else 1)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setAccessibleName("Temperature")
+        self.temperature.setRange(0.05, 2.0)
+        self.temperature.setSingleStep(0.05)
+        self.temperature.setValue(settings.temperature)
+        self.decoding.currentIndexChanged.connect(self._update_temperature)
+        self.context_limit = QSpinBox()
+        self.context_limit.setAccessibleName("Context limit")
+        self.context_limit.setRange(512, 131072)
+        self.context_limit.setSingleStep(1024)
+        self.context_limit.setValue(settings.context_limit)
+        self.theme = QComboBox()
+        self.theme.setAccessibleName("Theme")
+        for theme in THEMES:
+            self.theme.addItem(theme.capitalize(), theme)
+        self.theme.setCurrentIndex(THEMES.index(settings.theme))
+        self.force_cpu = QCheckBox("Run on the CPU even when a GPU is available (slow)")
+        self.force_cpu.setAccessibleName("Force CPU")
+        self.force_cpu.setChecked(settings.force_cpu)
+        self.error_label = QLabel()
+        self.error_label.setObjectName("errorLabel")
+        self.error_label.setAccessibleName("Settings error")
+        self.error_label.setWordWrap(True)
+        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_label.hide()
+
+        form = QFormLayout()
+        form.addRow("Model folder:", self.model_field)
+        form.addRow("Adapter folder:", self.adapter_field)
+        form.addRow("Max new tokens:", self.max_new_tokens)
+        form.addRow("Decoding:", self.decoding)
+        form.addRow("Temperature:", self.temperature)
+        form.addRow("Context limit (tokens):", self.context_limit)
+        form.addRow("Theme:", self.theme)
+        form.addRow("", self.force_cpu)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.buttons)
+        self._update_temperature()
+
+    def _update_temperature(self) -> None:
+        self.temperature.setEnabled(not self.decoding.currentData())
+
+    def settings(self) -> Settings:
+        return replace(
+            self._original,
+            model_dir=self.model_field.path() or None, adapter_dir=self.adapter_field.path() or None,
+            max_new_tokens=self.max_new_tokens.value(), greedy=bool(self.decoding.currentData()),
+            temperature=round(self.temperature.value(), 2), context_limit=self.context_limit.value(),
+            theme=self.theme.currentData(), force_cpu=self.force_cpu.isChecked(),
+        )
+
+    def accept(self) -> None:
+        problem = folders_problem(self.model_field.path(), self.adapter_field.path())
+        if problem:
+            self.error_label.setText(problem)
+            self.error_label.show()
+            return
+        super().accept()
