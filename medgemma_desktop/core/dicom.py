@@ -15,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.fileset import FileSet
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
@@ -285,6 +284,10 @@ def _text(dataset: Dataset, keyword: str) -> str:
     return str(value)
 
 
+def _text_items(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, MultiValue) else [str(value)]
+
+
 def _descriptive(dataset: Dataset) -> dict[str, str]:
     return {keyword: text for keyword in DESCRIPTIVE_KEYWORDS if (text := _text(dataset, keyword))}
 
@@ -366,12 +369,13 @@ def load_dicom_folder(folder: Path | str) -> list[DicomSeries]:
 def load_dicomdir(path: Path | str) -> list[DicomSeries]:
     """The image files a DICOMDIR references, grouped into ordered series."""
     path = Path(path)
-    try:
-        file_set = FileSet(read_dataset(path))
-        paths = [Path(instance.path) for instance in file_set]
-    except (ValueError, KeyError, AttributeError, TypeError, NotImplementedError) as exc:
-        raise InputFileError(f"not a readable DICOMDIR ({type(exc).__name__})", path=path,
-                             fix="Open the folder with the image files instead.") from exc
+    records = read_dataset(path).get("DirectoryRecordSequence")
+    if records is None:
+        raise InputFileError("not a DICOMDIR (it has no directory records)", path=path,
+                             fix="Open the folder with the image files instead.")
+    # ReferencedFileID is the file's path components relative to the DICOMDIR's folder.
+    paths = [path.parent.joinpath(*_text_items(record.ReferencedFileID))
+             for record in records if "ReferencedFileID" in record]
     missing = [item for item in paths if not item.is_file()]
     if missing:
         raise InputFileError(f"the DICOMDIR lists {len(missing)} files that are not there, e.g. {missing[0].name}",
