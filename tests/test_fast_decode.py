@@ -1,0 +1,147 @@
+"""The fast decode step on the CPU (no graph): per-step logits against eager decoding, teacher-forced past the
+sliding window (24 on the tiny checkpoint), greedy identity through the engine, and cache-size boundaries.
+
+Tolerance: both paths compute in float32 on the CPU, yet two correct float32 computations of the same logits
+on this tiny random model (cached eager decoding and the uncached forward pass over the whole sequence) differ
+by up to ~3e-3 once the sequence passes ~50 tokens, against a step-to-step change of the logits of ~0.15-0.4.
+We therefore hold every step to 5% of the smallest step-to-step change of the eager logits (~0.008), still
+under bfloat16's own rounding (2^-8 relative per operation, compounded over layers). A real bug is far above
+it: `test_the_tolerance_catches_a_window_off_by_one` shows a sliding window one token too narrow failing it.
+For prompts with an image, transformers' cached decoding drifts from its own uncached pass by ~2e-3 from the
+second step while ours matches the uncached pass to ~1e-7 there; both are checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from medgemma_desktop.core.decoding import EagerDecoder
+from medgemma_desktop.core.device import choose_device
+from medgemma_desktop.core.engine import Engine, GenerationSettings
+from medgemma_desktop.core.errors import ContextTooLongError
+from medgemma_desktop.core.fast_decode import FastDecoder, FastDecoderFactory, StepRunner, choose_decoder
+from medgemma_desktop.core.prompts import build_chat
+from medgemma_desktop.testing.tiny_checkpoint import SLIDING_WINDOW
+
+TOLERANCE = 0.05  # of the smallest step-to-step change of the eager logits
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=False))
+
+
+def _bound(eager: list[torch.Tensor]) -> float:
+    return TOLERANCE * min(float((b - a).abs().max()) for a, b in zip(eager, eager[1:], strict=False))
+
+
+def _text_inputs(length: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    ids = torch.randint(20, 300, (1, length), generator=torch.Generator().manual_seed(seed))
+    ids[0, 0] = 2
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _forced(count: int, seed: int = 2) -> torch.Tensor:
+    return torch.randint(20, 300, (count,), generator=torch.Generator().manual_seed(seed))
+
+
+def _teacher_forced(decoder, inputs: dict[str, torch.Tensor], forced: torch.Tensor) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        logits = [decoder.prefill(inputs)]
+        logits += [decoder.step(token.view(1)) for token in forced]
+    decoder.release()
+    return logits
+
+
+def _image_inputs(engine: Engine) -> dict[str, torch.Tensor]:
+    return engine.prepare(build_chat("Describe this X-ray.", [Image.new("RGB", (80, 64), (10, 200, 30))]))
+
+
+def test_text_prompt_matches_eager_every_step_past_the_window(tiny_engine: Engine) -> None:
+    inputs, forced = _text_inputs(40), _forced(3 * SLIDING_WINDOW)
+    assert 40 + len(forced) > 4 * SLIDING_WINDOW  # the ring wraps several times
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    fast = _teacher_forced(FastDecoder(StepRunner(tiny_engine.model, capacity=256)), inputs, forced)
+    assert len(fast) == len(eager) and _max_diff(eager, fast) < _bound(eager), (_max_diff(eager, fast), _bound(eager))
+
+
+def test_short_prompt_crosses_the_window_while_decoding(tiny_engine: Engine) -> None:
+    inputs, forced = _text_inputs(5, seed=3), _forced(2 * SLIDING_WINDOW, seed=4)
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    fast = _teacher_forced(FastDecoder(StepRunner(tiny_engine.model, capacity=128)), inputs, forced)
+    assert _max_diff(eager, fast) < _bound(eager)
+
+
+def test_the_tolerance_catches_a_window_off_by_one(tiny_engine: Engine) -> None:
+    inputs, forced = _text_inputs(30, seed=8), _forced(SLIDING_WINDOW, seed=9)
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    runner = StepRunner(tiny_engine.model, capacity=128)
+    runner.state.window -= 1  # masks out the oldest token of the window
+    assert _max_diff(eager, _teacher_forced(FastDecoder(runner), inputs, forced)) > 3 * _bound(eager)
+
+
+def test_image_prompt_matches_the_uncached_forward_and_eager(tiny_engine: Engine) -> None:
+    inputs, forced = _image_inputs(tiny_engine), _forced(2 * SLIDING_WINDOW, seed=5)
+    length = inputs["input_ids"].shape[1]
+    assert length > SLIDING_WINDOW and int(inputs["token_type_ids"].sum()) > 0
+    fast = _teacher_forced(FastDecoder(StepRunner(tiny_engine.model, capacity=256)), inputs, forced)
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    ids = torch.cat([inputs["input_ids"], forced.view(1, -1)], dim=1)
+    types = torch.cat([inputs["token_type_ids"], torch.zeros_like(forced).view(1, -1)], dim=1)
+    with torch.inference_mode():
+        uncached = tiny_engine.model(**dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids),
+                                            token_type_ids=types)).logits[0, length - 1:]
+    assert _max_diff(list(uncached), fast) < 1e-4
+    assert _max_diff(eager, fast) < _bound(eager)
+
+
+def test_greedy_answer_is_identical_through_the_engine(tiny_engine: Engine) -> None:
+    turns = build_chat("Describe this X-ray.", [Image.new("RGB", (80, 64), (90, 20, 160))], system="Be brief.")
+    settings = GenerationSettings(max_new_tokens=3 * SLIDING_WINDOW)
+    eager = tiny_engine.generate(turns, settings)
+    eager_text = "".join(chunk.text for chunk in eager)
+    tiny_engine.decoder_factory = FastDecoderFactory(StepRunner(tiny_engine.model, capacity=512))
+    try:
+        fast = tiny_engine.generate(turns, settings)
+        fast_text = "".join(chunk.text for chunk in fast)
+    finally:
+        tiny_engine.decoder_factory = EagerDecoder
+    assert fast.stats.decoder == "fast" and eager.stats.decoder == "eager"
+    assert fast.stats.new_tokens == eager.stats.new_tokens == 3 * SLIDING_WINDOW
+    assert fast_text == eager_text and fast_text
+
+
+def test_cache_smaller_than_the_window_and_its_boundary(tiny_engine: Engine) -> None:
+    """A cache of C slots holds positions 0..C-1: the prompt plus C - prompt steps, and no more."""
+    inputs, capacity = _text_inputs(6, seed=6), SLIDING_WINDOW - 4
+    forced = _forced(capacity - 6, seed=7)
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    decoder = FastDecoder(StepRunner(tiny_engine.model, capacity=capacity))
+    fast = _teacher_forced(decoder, inputs, forced[:-1])
+    assert _max_diff(eager, fast) < _bound(eager)
+    with torch.inference_mode():
+        decoder.prefill(inputs)
+        for token in forced:
+            decoder.step(token.view(1))
+        with pytest.raises(ContextTooLongError):
+            decoder.step(forced[:1])
+        with pytest.raises(ContextTooLongError):
+            decoder.prefill(_text_inputs(capacity))
+
+
+def test_one_runner_serves_one_generation_at_a_time(tiny_engine: Engine) -> None:
+    factory = FastDecoderFactory(StepRunner(tiny_engine.model, capacity=64))
+    first, second = factory(tiny_engine.model), factory(tiny_engine.model)
+    with torch.inference_mode():
+        first.prefill(_text_inputs(8))
+        second.prefill(_text_inputs(8, seed=9))
+        with pytest.raises(RuntimeError):
+            first.step(_forced(1))
+    with pytest.raises(ValueError):
+        factory(torch.nn.Linear(2, 2))
+
+
+def test_choose_decoder_is_eager_on_the_cpu(tiny_engine: Engine) -> None:
+    factory, reason = choose_decoder(tiny_engine.model, choose_device(force_cpu=True))
+    assert factory is EagerDecoder and "GPU" in reason
