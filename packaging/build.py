@@ -1,0 +1,211 @@
+"""Build the frozen one-folder app, then a Debian package and a .tar.gz of the same folder.
+
+Run from the repository's virtual environment (the frozen app bundles whatever torch it holds: the CPU wheel
+gives the CPU installer, the CUDA wheel the NVIDIA one). Artifacts go to packaging/dist/ (git-ignored); each
+step prints its duration so the build time can be tracked.
+
+    python packaging/build.py                 # freeze + .deb + .tar.gz
+    python packaging/build.py --skip-freeze   # repackage an existing frozen folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+PACKAGING = Path(__file__).resolve().parent
+ROOT = PACKAGING.parent
+NAME = "medgemma-desktop"
+INSTALL_DIR = Path("opt") / NAME
+
+# System libraries the bundled Qt xcb platform plugin links against and PySide6's wheel does not ship
+# (found with `ldd` on the frozen folder; the t64 names are Debian 13 / Ubuntu 24.04's renamed packages).
+DEB_DEPENDS = [
+    "libc6 (>= 2.34)",
+    "libegl1",
+    "libgl1",
+    "libopengl0",
+    "libfontconfig1",
+    "libfreetype6",
+    "libdbus-1-3",
+    "libglib2.0-0t64 | libglib2.0-0",
+    "libx11-6",
+    "libx11-xcb1",
+    "libxkbcommon0",
+    "libxkbcommon-x11-0",
+    "libxcb1",
+    "libxcb-cursor0",
+    "libxcb-icccm4",
+    "libxcb-image0",
+    "libxcb-keysyms1",
+    "libxcb-randr0",
+    "libxcb-render-util0",
+    "libxcb-shape0",
+    "libxcb-shm0",
+    "libxcb-sync1",
+    "libxcb-xfixes0",
+    "libxcb-xkb1",
+]
+DEB_RECOMMENDS = ["libwayland-client0", "libwayland-cursor0", "libwayland-egl1"]
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Print how long a step took: the build time decides whether CI can afford it."""
+    start = time.monotonic()
+    print(f"== {step}", flush=True)
+    yield
+    print(f"== {step}: {time.monotonic() - start:.0f} s", flush=True)
+
+
+def freeze(out: Path) -> Path:
+    """Run PyInstaller on the spec; returns the frozen folder."""
+    subprocess.run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
+                    "--distpath", str(out / "pyinstaller"), "--workpath", str(out / "work"),
+                    str(PACKAGING / "medgemma-desktop.spec")], check=True, cwd=ROOT)
+    return out / "pyinstaller" / NAME
+
+
+def app_icon_svg() -> Path:
+    """The app's own icon when the package has one, else the packaging fallback."""
+    own = ROOT / "medgemma_desktop" / "resources" / "icon.svg"
+    return own if own.is_file() else PACKAGING / "linux" / "medgemma-desktop.svg"
+
+
+def render_png(svg: Path, png: Path, size: int) -> None:
+    """Rasterise the SVG icon with Qt (already a build dependency) for desktops that want PNG icons."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication, QImage, QPainter
+    from PySide6.QtSvg import QSvgRenderer
+
+    _app = QGuiApplication.instance() or QGuiApplication([])
+    image = QImage(size, size, QImage.Format.Format_ARGB32)
+    image.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(image)
+    QSvgRenderer(str(svg)).render(painter)
+    painter.end()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    if not image.save(str(png)):
+        raise RuntimeError(f"could not write {png}")
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def deb_architecture() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def stage_deb(frozen: Path, staging: Path, app_version: str) -> None:
+    """Lay out the Debian package tree: the app under /opt, a /usr/bin link, menu entry, icons, copyright."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(frozen, staging / INSTALL_DIR, symlinks=True)
+    bin_dir = staging / "usr" / "bin"
+    bin_dir.mkdir(parents=True)
+    # A relative link keeps the tree relocatable (dpkg-deb -x into a test root); the bootloader finds its
+    # _internal folder through /proc/self/exe, so running through the link works.
+    (bin_dir / NAME).symlink_to(Path("..", "..", INSTALL_DIR, NAME))
+    share = staging / "usr" / "share"
+    (share / "applications").mkdir(parents=True)
+    shutil.copy2(PACKAGING / "linux" / f"{NAME}.desktop", share / "applications" / f"{NAME}.desktop")
+    icons = share / "icons" / "hicolor"
+    (icons / "scalable" / "apps").mkdir(parents=True)
+    shutil.copy2(app_icon_svg(), icons / "scalable" / "apps" / f"{NAME}.svg")
+    for size in (48, 128, 256):
+        render_png(app_icon_svg(), icons / f"{size}x{size}" / "apps" / f"{NAME}.png", size)
+    doc = share / "doc" / NAME
+    doc.mkdir(parents=True)
+    notices = sorted((PACKAGING / "notices").glob("*.txt"))
+    (doc / "copyright").write_text("\n\n".join(n.read_text(encoding="utf-8") for n in notices), encoding="utf-8")
+    control = {
+        "Package": NAME,
+        "Version": app_version,
+        "Architecture": deb_architecture(),
+        "Maintainer": "MedGemma Desktop maintainers <medgemma-desktop@localhost>",
+        "Installed-Size": str(folder_size(staging) // 1024),
+        "Depends": ", ".join(DEB_DEPENDS),
+        "Recommends": ", ".join(DEB_RECOMMENDS),
+        "Section": "science",
+        "Priority": "optional",
+        "Description": "Offline MedGemma 1.5 4B for medical images (research use only)\n"
+                       " Drop a medical image, a DICOM file or a CT/MRI series into the window, ask a question and\n"
+                       " read the answer streamed from MedGemma 1.5 4B (4-bit NF4 + LoRA) on this machine.\n"
+                       " The model weights are not included: they are governed by Google's Health AI Developer\n"
+                       " Foundations terms and are downloaded separately.",
+    }
+    (staging / "DEBIAN").mkdir()
+    (staging / "DEBIAN" / "control").write_text("".join(f"{k}: {v}\n" for k, v in control.items()),
+                                                 encoding="utf-8")
+
+
+def build_deb(staging: Path, deb: Path) -> None:
+    """xz keeps the package installable on older dpkg (zstd needs dpkg >= 1.21.18 on Debian)."""
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-z6", "--build", str(staging), str(deb)],
+                   check=True)
+
+
+def build_tarball(frozen: Path, tarball: Path, top: str) -> None:
+    """The same folder for any Linux: unpack anywhere and run ./medgemma-desktop."""
+    with tarfile.open(tarball, "w:gz", compresslevel=6) as archive:
+        archive.add(frozen, arcname=top)
+        archive.add(PACKAGING / "linux" / f"{NAME}.desktop", arcname=f"{top}/share/{NAME}.desktop")
+        archive.add(app_icon_svg(), arcname=f"{top}/share/{NAME}.svg")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=PACKAGING / "dist", help="artifact folder (default: %(default)s)")
+    parser.add_argument("--skip-freeze", action="store_true", help="reuse the frozen folder from a previous run")
+    parser.add_argument("--freeze-only", action="store_true",
+                        help="only the frozen folder (Windows, macOS: their installers are made from it)")
+    parser.add_argument("--no-tarball", action="store_true", help="only build the .deb (the smoke test needs no more)")
+    args = parser.parse_args()
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    app_version = version("medgemma-desktop")
+    start = time.monotonic()
+
+    frozen = out / "pyinstaller" / NAME
+    if not args.skip_freeze:
+        with timed("PyInstaller one-folder build"):
+            frozen = freeze(out)
+    if not any((frozen / exe).is_file() for exe in (NAME, f"{NAME}.exe")):
+        raise SystemExit(f"no frozen app at {frozen}; run without --skip-freeze")
+    if args.freeze_only:
+        print(f"\nfrozen in {time.monotonic() - start:.0f} s: {frozen} ({folder_size(frozen) / 2**20:.0f} MiB)")
+        return 0
+
+    deb = out / f"{NAME}_{app_version}_{deb_architecture()}.deb"
+    with timed("Debian package"):
+        stage_deb(frozen, out / "deb-root", app_version)
+        build_deb(out / "deb-root", deb)
+    shutil.rmtree(out / "deb-root")
+    artifacts = [deb]
+    if not args.no_tarball:
+        tarball = out / f"{NAME}-{app_version}-linux-{platform.machine()}.tar.gz"
+        with timed(".tar.gz"):
+            build_tarball(frozen, tarball, f"{NAME}-{app_version}")
+        artifacts.append(tarball)
+
+    print(f"\nbuilt in {time.monotonic() - start:.0f} s")
+    print(f"  {folder_size(frozen) / 2**20:8.0f} MiB  {frozen} (unpacked folder)")
+    for artifact in artifacts:
+        print(f"  {artifact.stat().st_size / 2**20:8.0f} MiB  {artifact}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Smoke-test the built .deb the way a user gets it: unpacked into a clean root, run with a bare environment.
+
+Proves the frozen app carries everything it needs (torch, bitsandbytes' native library, PEFT, the Gemma 3
+processor, pydicom's and pylibjpeg's plugins, Qt's platform plugins): `--version`, `doctor` (the whole
+tiny-checkpoint pipeline), `ask` on compressed DICOM files, then the window under Xvfb with a screenshot.
+Any stderr line not on the allowlist fails the test, as in qutebrowser's build_release smoke test.
+
+    python packaging/smoke_test.py packaging/dist/medgemma-desktop_0.1.0_amd64.deb
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+NAME = "medgemma-desktop"
+
+# Known harmless stderr lines. Anything else is a finding.
+STDERR_ALLOWLIST = [
+    # bitsandbytes >= 0.49 tries the optional `kernels` package first, then uses its own CPU kernels.
+    r"Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'\..*",
+    # transformers: no torchvision is bundled, so the Gemma 3 processor uses its PIL backend (the tested path).
+    r"\[transformers\] `Gemma3ImageProcessor` requires torchvision \(not installed\); falling back to .*",
+    # tqdm progress bars (carriage-return separated) written by the checkpoint writer and the weight loader.
+    r"(Writing model shards|Loading weights):.*",
+    # `ask` reports load progress and the closing statistics on stderr by design.
+    r"\[\s*\d+%\] .*",
+    r"-- \d+ prompt \+ \d+ new tokens; .*",
+    # Xvfb has no GL: Qt falls back to software rendering and says so.
+    r"qt\.glx: qglx_findConfig: Failed to finding matching FBConfig.*",
+    r"Could not initialize GLX",
+]
+
+# Compressed DICOM files shipped with pydicom, one per decoder plugin the frozen app must carry.
+DICOM_SAMPLES = {
+    "MR_small_jp2klossless.dcm": "JPEG 2000 (pylibjpeg-openjpeg)",
+    "MR_small_jpeg_ls_lossless.dcm": "JPEG-LS (pyjpegls)",
+    "MR_small_RLE.dcm": "RLE (pylibjpeg-rle)",
+    "SC_rgb_jpeg_dcmtk.dcm": "baseline JPEG (pylibjpeg-libjpeg or Pillow)",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class SmokeFailure(Exception):
+    """One failed check; the message says what and shows the output."""
+
+
+def unexpected_stderr(stderr: str) -> list[str]:
+    lines = [part.strip() for line in stderr.splitlines() for part in line.split("\r")]
+    return [line for line in lines if line and not any(re.fullmatch(p, line) for p in STDERR_ALLOWLIST)]
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """Nothing from the developer's environment: no venv, no PYTHONPATH, a fresh home and config dirs."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "XDG_RUNTIME_DIR": str(home / "runtime"),
+    }
+    (home / "runtime").mkdir(parents=True, mode=0o700, exist_ok=True)
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Run:
+    start = time.monotonic()
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+
+def check(run_: Run, what: str, expect_stdout: str | None = None) -> None:
+    problems = []
+    if run_.returncode != 0:
+        problems.append(f"exit status {run_.returncode}")
+    if expect_stdout is not None and expect_stdout not in run_.stdout:
+        problems.append(f"stdout lacks {expect_stdout!r}")
+    if unexpected := unexpected_stderr(run_.stderr):
+        problems.append("unexpected stderr lines:\n    " + "\n    ".join(unexpected))
+    if problems:
+        raise SmokeFailure(f"{what}: " + "; ".join(problems) + f"\n--- stdout ---\n{run_.stdout}"
+                           f"\n--- stderr ---\n{run_.stderr}")
+    print(f"ok   {what} ({run_.seconds:.1f} s)")
+
+
+def check_layout(root: Path) -> Path:
+    """The package installs what the README promises; returns the frozen executable."""
+    exe = root / "opt" / NAME / NAME
+    expected = [
+        exe,
+        root / "usr" / "share" / "applications" / f"{NAME}.desktop",
+        root / "usr" / "share" / "icons" / "hicolor" / "scalable" / "apps" / f"{NAME}.svg",
+        root / "usr" / "share" / "icons" / "hicolor" / "256x256" / "apps" / f"{NAME}.png",
+        root / "usr" / "share" / "doc" / NAME / "copyright",
+        root / "opt" / NAME / "_internal" / "notices" / "HAI-DEF-NOTICE.txt",
+    ]
+    missing = [str(p.relative_to(root)) for p in expected if not p.is_file()]
+    link = root / "usr" / "bin" / NAME
+    if not link.is_symlink() or link.resolve() != exe.resolve():
+        missing.append(f"usr/bin/{NAME} -> /opt/{NAME}/{NAME}")
+    weights = [*root.rglob("*.safetensors"), *root.rglob("*.gguf"), *root.rglob("*.bin")]
+    if weights:
+        raise SmokeFailure(f"model weights must never be bundled, found {weights[:3]}")
+    if missing:
+        raise SmokeFailure(f"the package lacks {missing}")
+    if shutil.which("desktop-file-validate"):
+        subprocess.run(["desktop-file-validate", str(expected[1])], check=True)
+    print("ok   package layout (/opt app, /usr/bin link, .desktop, icons, notices, no weights)")
+    return exe
+
+
+def check_dicom(exe: Path, env: dict[str, str], scratch: Path) -> None:
+    """`ask` on one compressed DICOM file per decoder: pixel plugins are found through entry points."""
+    import pydicom.data
+
+    from medgemma_desktop.testing import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(scratch / "checkpoint")
+    samples = Path(pydicom.data.__file__).parent / "test_files"
+    for name, codec in DICOM_SAMPLES.items():
+        result = run([str(exe), "ask", "--model", str(checkpoint.model_dir), "--adapter", str(checkpoint.adapter_dir),
+                      "--image", str(samples / name), "--max-new-tokens", "2", "Describe this image."],
+                     env, scratch, timeout=300)
+        check(result, f"ask on {name}, {codec}")
+
+
+def check_gui(exe: Path, env: dict[str, str], scratch: Path, screenshot: Path, seconds: float) -> None:
+    """Start the window on Xvfb (offscreen if Xvfb is absent), screenshot it, then SIGTERM it.
+
+    The app has no quit-after option yet, so it is stopped with SIGTERM; death by SIGTERM counts as a clean
+    stop, a crash (any other signal or a non-zero exit before the signal) does not.
+    """
+    env = dict(env)
+    xvfb = None
+    if shutil.which("Xvfb"):
+        display = ":73"
+        xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env["DISPLAY"] = display
+        env["QT_QPA_PLATFORM"] = "xcb"
+        time.sleep(1.5)
+    else:
+        env["QT_QPA_PLATFORM"] = "offscreen"
+    stderr_path = scratch / "gui-stderr.txt"
+    try:
+        with stderr_path.open("w") as stderr:
+            app = subprocess.Popen([str(exe)], env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=stderr)
+            time.sleep(seconds)
+            if app.poll() is not None:
+                raise SmokeFailure(f"the window exited early with status {app.returncode}:\n"
+                                   f"{stderr_path.read_text()}")
+            if xvfb is not None:
+                subprocess.run(["import", "-window", "root", str(screenshot)], env=env, check=True, timeout=60)
+            app.send_signal(signal.SIGTERM)
+            status = app.wait(timeout=30)
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+            xvfb.wait(timeout=10)
+    log = stderr_path.read_text()
+    if status not in (0, -signal.SIGTERM):
+        raise SmokeFailure(f"the window did not stop cleanly (status {status}):\n{log}")
+    if unexpected := unexpected_stderr(log):
+        raise SmokeFailure("window: unexpected stderr lines:\n    " + "\n    ".join(unexpected))
+    shot = f", screenshot {screenshot}" if xvfb is not None else " (offscreen, no screenshot)"
+    print(f"ok   window on {env['QT_QPA_PLATFORM']} for {seconds:.0f} s, stopped by SIGTERM{shot}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("deb", type=Path)
+    parser.add_argument("--screenshot", type=Path, default=Path(__file__).resolve().parent / "dist" / "window.png")
+    parser.add_argument("--gui-seconds", type=float, default=15.0, help="how long the window runs before SIGTERM")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="medgemma-smoke-") as temp:
+        scratch = Path(temp)
+        root = scratch / "root"
+        subprocess.run(["dpkg-deb", "-x", str(args.deb), str(root)], check=True)
+        try:
+            exe = check_layout(root)
+            env = clean_env(scratch / "home")
+            expected_version = f"{NAME} {version('medgemma-desktop')}"
+            check(run([str(exe), "--version"], env, scratch, 120), "--version", expected_version)
+            doctor = run([str(exe), "doctor"], env, scratch, 600)
+            check(doctor, "doctor (4-bit load, LoRA, image + text, streamed answer)", "All steps passed.")
+            print("     " + doctor.stdout.strip().replace("\n", "\n     "))
+            check_dicom(exe, env, scratch)
+            args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+            check_gui(exe, env, scratch, args.screenshot.resolve(), args.gui_seconds)
+        except SmokeFailure as failure:
+            print(f"FAIL {failure}", file=sys.stderr)
+            return 1
+    print("smoke test passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
