@@ -1,4 +1,4 @@
-"""DICOM loading on pydicom's own test files: HU values, compression, colour, multi-frame, series order, bad files, PHI."""
+"""DICOM loading on pydicom's own test files: HU, codecs, colour, frames, series order, bad files, patient data."""
 
 from __future__ import annotations
 
@@ -70,7 +70,6 @@ def test_ybr_and_jpeg_colour_images_come_out_as_rgb(name: str, tolerance: int) -
     image = load_dicom(bundled(name))
     assert image.is_color and image.values.dtype == np.uint8
     assert np.abs(image.values.astype(int) - reference).max() <= tolerance
-    assert image.frame_rgb(0)[0, 50].tolist() == [255, 0, 0] or tolerance  # top stripe is pure red
 
 
 def test_colour_16_bit_samples_are_scaled_to_8_bit() -> None:
@@ -140,7 +139,7 @@ def test_a_file_cut_anywhere_raises_input_file_error(tmp_path: Path) -> None:
     cut = tmp_path / "cut.dcm"
     for length in range(0, len(data) - 100, len(data) // 40):
         cut.write_bytes(data[:length])
-        with pytest.raises(InputFileError, match="cut short|not a DICOM file"):
+        with pytest.raises(InputFileError, match=r"cut short|not a DICOM file"):
             load_dicom(cut)
 
 
@@ -237,11 +236,12 @@ def test_ct_series_become_notebook_encoded_slices(tmp_path: Path) -> None:
 
 
 def test_mr_series_are_normalised_over_the_volume_and_sampled(tmp_path: Path) -> None:
+    dataset = pydicom.dcmread(bundled("MR_small.dcm"))
+    pixels = dataset.pixel_array
+    dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     for number in range(90):
-        dataset = pydicom.dcmread(bundled("MR_small.dcm"))
         dataset.ImagePositionPatient = [0.0, 0.0, float(number)]
-        dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        dataset.PixelData = (dataset.pixel_array + number * 10).astype(dataset.pixel_array.dtype).tobytes()
+        dataset.PixelData = (pixels + number * 10).astype(pixels.dtype).tobytes()
         dataset.save_as(tmp_path / f"{number}.dcm")
     (series,) = load_dicom_folder(tmp_path)
     inputs = volume_image_inputs(series)
