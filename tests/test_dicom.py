@@ -123,6 +123,7 @@ def test_single_dicom_becomes_a_model_input_through_its_default_window() -> None
     ("badVR.dcm", "invalid header values"),
     ("JPEG-lossy.dcm", "damaged"),
     ("README.txt", "not a DICOM file"),
+    ("DICOMDIR", "Open the folder that holds it"),
 ])
 def test_bad_files_raise_one_line_naming_the_file_and_the_fix(name: str, says: str) -> None:
     path = bundled(name)
@@ -239,16 +240,16 @@ def test_mr_series_are_normalised_over_the_volume_and_sampled(tmp_path: Path) ->
     dataset = pydicom.dcmread(bundled("MR_small.dcm"))
     pixels = dataset.pixel_array
     dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    for number in range(90):
+    for number in range(12):
         dataset.ImagePositionPatient = [0.0, 0.0, float(number)]
         dataset.PixelData = (pixels + number * 10).astype(pixels.dtype).tobytes()
         dataset.save_as(tmp_path / f"{number}.dcm")
     (series,) = load_dicom_folder(tmp_path)
-    inputs = volume_image_inputs(series)
-    assert len(inputs) == 85
+    inputs = volume_image_inputs(series, max_slices=10)
+    assert len(inputs) == 10
     first, last = np.asarray(inputs[0].image), np.asarray(inputs[-1].image)
     assert last.max() == 255 and first.max() < 255  # one scale for the whole volume
-    assert inputs[-1].label.endswith("slice 90/90")
+    assert inputs[-1].label.endswith("slice 12/12")
 
 
 # --- patient data -------------------------------------------------------------------------------------------------

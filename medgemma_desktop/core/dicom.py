@@ -81,8 +81,8 @@ class DicomImage:
     metadata: Mapping[str, str] = field(default_factory=dict)
     patient: Mapping[str, str] = field(default_factory=dict, repr=False)
     instance_number: int | None = None
-    position: tuple[float, float, float] | None = None
-    orientation: tuple[float, float, float, float, float, float] | None = None
+    position: tuple[float, ...] | None = None  # ImagePositionPatient: x, y, z in mm
+    orientation: tuple[float, ...] | None = None  # ImageOrientationPatient: row then column direction cosines
     series_uid: str = field(default="", repr=False)
 
     @property
@@ -185,6 +185,9 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
     """Decode the pixels of an already-read dataset into a `DicomImage`."""
     if "PixelData" not in dataset:
         sop_class = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID")
+        if sop_class == MediaStorageDirectoryStorage:
+            raise InputFileError("this is a DICOMDIR, the index of a disc or folder, not an image", path=path,
+                                 fix="Open the folder that holds it to load its series.")
         if len(dataset) == 0 or (sop_class is not None and sop_class.name.endswith("Image Storage")):
             raise InputFileError("the file is cut short before its image (truncated DICOM)", path=path,
                                  fix="Copy it again from the source.")
@@ -208,8 +211,6 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
     except Exception as exc:  # the decoder plugins report damaged data with many exception types
         raise InputFileError(f"the image data is cut short, damaged or has invalid header values "
                              f"({type(exc).__name__})", path=path, fix="Copy it again from the source.") from exc
-    position = _floats(dataset, "ImagePositionPatient", 3)
-    orientation = _floats(dataset, "ImageOrientationPatient", 6)
     return DicomImage(
         source=path,
         values=values,
@@ -219,8 +220,8 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
         metadata=_descriptive(dataset),
         patient={keyword: _text(dataset, keyword) for keyword in IDENTIFYING_KEYWORDS if keyword in dataset},
         instance_number=_instance_number(dataset),
-        position=position,  # type: ignore[arg-type]
-        orientation=orientation,  # type: ignore[arg-type]
+        position=_floats(dataset, "ImagePositionPatient", 3),
+        orientation=_floats(dataset, "ImageOrientationPatient", 6),
         series_uid=_text(dataset, "SeriesInstanceUID"),
     )
 
@@ -246,17 +247,18 @@ def _decode(dataset: Dataset) -> tuple[npt.NDArray[np.float32] | npt.NDArray[np.
     if int(dataset.get("NumberOfFrames") or 1) == 1:
         pixels = pixels[np.newaxis]
     if samples == 3:
-        return _to_uint8_rgb(pixels), False
+        # palette entries carry their own depth (uint8 or uint16); plain colour samples use Bits Stored
+        bits = pixels.dtype.itemsize * 8 if photometric == "PALETTE COLOR" else int(dataset.BitsStored)
+        return _to_uint8_rgb(pixels, bits), False
     values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
     return values, photometric == "MONOCHROME1"
 
 
-def _to_uint8_rgb(pixels: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
-    """Colour samples of any bit depth onto 0..255 (8-bit data passes through unchanged)."""
+def _to_uint8_rgb(pixels: npt.NDArray[np.generic], bits: int) -> npt.NDArray[np.uint8]:
+    """Colour samples of `bits` significant bits onto 0..255 (8-bit data passes through unchanged)."""
     if pixels.dtype == np.uint8:
-        return pixels
-    top = float(np.iinfo(pixels.dtype).max) if np.issubdtype(pixels.dtype, np.integer) else float(pixels.max())
-    return np.round(pixels.astype(np.float64) / max(top, 1.0) * 255.0).astype(np.uint8)
+        return np.asarray(pixels, dtype=np.uint8)
+    return np.round(pixels.astype(np.float64) / (2**bits - 1) * 255.0).clip(0, 255).astype(np.uint8)
 
 
 def _default_window(dataset: Dataset, values: npt.NDArray[np.generic]) -> Window:
@@ -316,10 +318,11 @@ def order_slices(images: Iterable[DicomImage]) -> tuple[DicomImage, ...]:
     """
     images = list(images)
     orientation = images[0].orientation if images else None
-    if orientation is not None and all(image.position is not None for image in images):
+    located = [(image, position) for image in images if (position := image.position) is not None]
+    if orientation is not None and len(located) == len(images):
         normal = np.cross(orientation[:3], orientation[3:])
-        return tuple(sorted(images, key=lambda image: (float(np.dot(image.position, normal)),  # type: ignore[arg-type]
-                                                       image.instance_number or 0)))
+        ordered = sorted(located, key=lambda pair: (float(np.dot(pair[1], normal)), pair[0].instance_number or 0))
+        return tuple(image for image, _ in ordered)
     return tuple(sorted(images, key=lambda image: (image.instance_number is None, image.instance_number or 0,
                                                    image.source.name)))
 
