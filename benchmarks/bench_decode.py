@@ -1,0 +1,342 @@
+"""Decode benchmark: the model card's recipe against the app's fast path, in one process on one GPU.
+
+Builds a randomly initialised model with MedGemma 1.5 4B's exact shapes (speed and memory depend on shapes, not
+weight values) plus a rank-8 LoRA adapter on q/v/o, then:
+1. the recipe, as /work/shared/bench/seed_recipe_bench.py: NF4, float16 compute (the baseline being reproduced;
+   the app never computes in float16), double quant, unmerged LoRA, plain `generate`;
+2. the app under an 8 GiB cap (torch.cuda.set_per_process_memory_fraction): `Engine.load`, `choose_decoder`
+   (compile + CUDA-graph capture), the engine's own per-token loop (prefill, pick, one host sync, step) with
+   the eager decoder and the fast decoders; 2K context with one image; and a per-step logits check of the fast
+   decoders against `EagerDecoder`, teacher-forced, with a prompt past the 1024-token sliding window.
+Prints JSON lines and writes them to OUT/bench_decode.json. Usage: python benchmarks/bench_decode.py [OUT]
+`--smoke` runs the app part on the tiny checkpoint on the CPU, to check this script without a GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medgemma_desktop.core.decoding import EagerDecoder, SamplingSettings, TokenPicker
+from medgemma_desktop.core.engine import Engine, LoadOptions
+from medgemma_desktop.core.fast_decode import FastDecoder, choose_decoder
+
+GIB = 2**30
+ROOT = Path(tempfile.gettempdir())
+CKPT, ADAPTER = ROOT / "medgemma-arch-random", ROOT / "lora-r8-random"
+CONTEXT = 2048
+CAP_BYTES = 8 * GIB
+NEW_TOKENS = 256
+CONFIG = dict(
+    text_config=dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                     num_key_value_heads=4, head_dim=256, vocab_size=262208, sliding_window=1024,
+                     query_pre_attn_scalar=256, max_position_embeddings=131072,
+                     rope_scaling={"rope_type": "linear", "factor": 8.0}),
+    vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                       image_size=896, patch_size=14, vision_use_head=False),
+    mm_tokens_per_image=256, boi_token_index=255999, eoi_token_index=256000, image_token_index=262144,
+    bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0)
+RESULTS: list[dict] = []
+
+
+def emit(record: dict, out: Path) -> None:
+    """Print one result and rewrite the JSON file, so a run cut short keeps what it measured."""
+    RESULTS.append(record)
+    print(json.dumps(record), flush=True)
+    (out / "bench_decode.json").write_text(json.dumps(RESULTS, indent=1))
+
+
+def add_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """The seed's adapter: rank 8 on q/v/o, non-zero B so the adapter path really computes."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+                                                  lora_dropout=0.0))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=1e-3)
+    return peft_model.eval()
+
+
+def build(out: Path) -> None:
+    """Random full-size checkpoint + tokenizer/processor files (the tiny ones: inputs here are token ids) + adapter."""
+    if (ADAPTER / "adapter_config.json").is_file():
+        return
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from medgemma_desktop.testing.tiny_checkpoint import (
+        BASE_MODEL_ID,
+        _build_processor,
+        _build_tokenizer,
+    )
+
+    start = time.time()
+    with torch.device("cuda"):
+        model = Gemma3ForConditionalGeneration(Gemma3Config(**CONFIG)).to(torch.bfloat16)
+    model.save_pretrained(CKPT)
+    _build_processor(_build_tokenizer()).save_pretrained(CKPT)
+    add_lora(model).save_pretrained(ADAPTER)
+    config = json.loads((ADAPTER / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = BASE_MODEL_ID
+    (ADAPTER / "adapter_config.json").write_text(json.dumps(config))
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    emit({"event": "built", "s": round(time.time() - start, 1)}, out)
+
+
+def prompt(dtype: torch.dtype, device: str, text_tokens: int = 40, smoke: bool = False) -> dict[str, torch.Tensor]:
+    """The seed bench's prompt: one image (256 soft tokens) and text, in Gemma 3's chat layout (smoke: tiny ids)."""
+    if smoke:
+        from medgemma_desktop.testing.tiny_checkpoint import IMAGE_SIZE, TOKENS_PER_IMAGE
+
+        image, boi, eoi, text = 364, 7, 8, [20 + i % 80 for i in range(text_tokens)]
+        image_tokens, image_size = TOKENS_PER_IMAGE, IMAGE_SIZE
+        ids = [2, 5, *text[:3], boi, *[image] * image_tokens, eoi, *text, 6, 5]
+    else:
+        image, boi, eoi, text = 262144, 255999, 256000, [1000 + i % 200000 for i in range(text_tokens)]
+        image_tokens, image_size = 256, 896
+        ids = [2, 105, 2364, 107, 108, boi, *[image] * image_tokens, eoi, 108, *text, 106, 107, 105, 4368, 107]
+    types = [1 if i == image else 0 for i in ids]
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    return {"input_ids": torch.tensor([ids], device=device),
+            "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device),
+            "token_type_ids": torch.tensor([types], device=device),
+            "pixel_values": torch.randn(1, 3, image_size, image_size, generator=generator).to(device, dtype)}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def memory() -> dict:
+    return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3)} if torch.cuda.is_available() else {}
+
+
+def run_recipe(out: Path) -> dict:
+    """The model card's quick start on the same GPU: float16 compute, double quant, plain generate."""
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value: torch.Tensor) -> None:
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.float16, bnb_4bit_use_double_quant=True)
+    model = add_lora(AutoModelForImageTextToText.from_pretrained(CKPT, quantization_config=quantization,
+                                                                 device_map="auto"))
+    load_s = time.time() - start
+    inputs = prompt(torch.float16, "cuda")
+    record = {}
+    for new_tokens in (8, NEW_TOKENS):  # warm-up, then timed
+        clock = Clock()
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           streamer=clock)
+        torch.cuda.synchronize()
+        record = {"event": "recipe", "load_s": round(load_s, 1), "prompt_tokens": inputs["input_ids"].shape[1],
+                  "new_tokens": new_tokens, "ttft_s": round(clock.times[1] - begin, 4),
+                  "decode_tok_s": round((len(clock.times) - 2) / (clock.times[-1] - clock.times[1]), 2), **memory()}
+    emit(record, out)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return record
+
+
+def generate(engine: Engine, decoder, inputs: dict[str, torch.Tensor], new_tokens: int) -> dict:
+    """The engine's per-token loop (as Engine._run): prefill, greedy pick, one host sync per token, step."""
+    device = engine.plan.device
+    picker = TokenPicker(SamplingSettings(), torch.device(device))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    start = time.perf_counter()
+    tokens = []
+    with torch.inference_mode():
+        logits = decoder.prefill(inputs)
+        for produced in range(new_tokens):
+            token = picker.pick(logits)
+            tokens.append(int(token))
+            if produced == 0:
+                first = time.perf_counter()
+            if produced + 1 < new_tokens:
+                logits = decoder.step(token)
+    end = time.perf_counter()
+    decoder.release()
+    return {"decoder": decoder.name, "prompt_tokens": inputs["input_ids"].shape[1], "new_tokens": new_tokens,
+            "ttft_s": round(first - start, 4), "decode_tok_s": round((new_tokens - 1) / (end - first), 2),
+            "tokens_head": tokens[:16], **memory()}
+
+
+def logits_check(engine: Engine, factories: dict, inputs: dict[str, torch.Tensor], steps: int) -> dict:
+    """Per-step max |logit difference| of each fast decoder against EagerDecoder on the same forced tokens."""
+    high = min(200000, engine.model.config.get_text_config().vocab_size - 64)
+    forced = torch.randint(20, high, (steps,), generator=torch.Generator().manual_seed(1)).to(engine.plan.device)
+
+    def run(decoder) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            logits = [decoder.prefill(inputs)] + [decoder.step(t.view(1)) for t in forced]
+        decoder.release()
+        return logits
+
+    eager = run(EagerDecoder(engine.model))
+    scale = [float((b - a).abs().max()) for a, b in itertools.pairwise(eager)]
+    record = {"event": "logits_check", "prompt_tokens": inputs["input_ids"].shape[1], "steps": steps,
+              "last_position": inputs["input_ids"].shape[1] + steps - 1,
+              "eager_step_to_step_max_abs": {"min": round(min(scale), 3),
+                                             "median": round(sorted(scale)[len(scale) // 2], 3)},
+              "eager_logit_abs_max": round(max(float(x.abs().max()) for x in eager), 2)}
+    for name, factory in factories.items():
+        fast = run(factory(engine.model))
+        diffs = [float((a - b).abs().max()) for a, b in zip(eager, fast, strict=True)]
+        agree = sum(int(a.argmax() == b.argmax()) for a, b in zip(eager, fast, strict=True))
+        record[name] = {"max_abs_diff": round(max(diffs), 4),
+                        "median_abs_diff": round(sorted(diffs)[len(diffs) // 2], 4),
+                        "per_step_first8": [round(d, 4) for d in diffs[:8]], "argmax_agree": f"{agree}/{len(diffs)}"}
+    return record
+
+
+def bytes_per_token(engine: Engine, context: int) -> int:
+    """Fewest bytes one decode step must read: the text tower's weights as stored (4-bit packed + scales,
+    LoRA, norms), the full tied lm_head (the embedding lookup reads one row) and the attended K/V."""
+    text = engine.model.get_base_model().model.language_model
+    total = sum(t.numel() * t.element_size() for t in text.parameters()) - text.embed_tokens.weight.numel() * 2
+    for module in text.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            total += state.absmax.numel() * state.absmax.element_size()
+    total += text.embed_tokens.weight.numel() * text.embed_tokens.weight.element_size()
+    config = text.config
+    per_token = 2 * config.num_key_value_heads * config.head_dim * 2
+    sliding = sum(t == "sliding_attention" for t in config.layer_types)
+    return total + per_token * (sliding * min(context, config.sliding_window)
+                                + (config.num_hidden_layers - sliding) * context)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (the practical bandwidth ceiling)."""
+    src = torch.empty(2 * GIB, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / 10
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2 * GIB / seconds
+
+
+def run_app(out: Path, model_dir: Path, adapter_dir: Path, smoke: bool) -> None:
+    """The app's path under the 8 GiB cap: load through Engine, build the fast decoder, generate, check logits."""
+    cuda = torch.cuda.is_available() and not smoke
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(CAP_BYTES / torch.cuda.get_device_properties(0).total_memory)
+        torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    engine = Engine.load(model_dir, adapter_dir, LoadOptions(force_cpu=smoke, context_limit=CONTEXT))
+    load_s = time.time() - start
+    emit({"event": "app_load", "load_s": round(load_s, 1), "plan": engine.plan.reason, **memory()}, out)
+    dtype, device = engine.plan.dtype, engine.plan.device
+    factories = {}
+    if cuda:
+        for compiled in (False, True):
+            start = time.time()
+            factory, reason = choose_decoder(engine.model, engine.plan, context_limit=CONTEXT, compile_step=compiled)
+            emit({"event": "decoder_setup", "compile": compiled, "s": round(time.time() - start, 1),
+                  "reason": reason, **memory()}, out)
+            if factory is not EagerDecoder:
+                factories[factory(engine.model).name] = factory
+    else:
+        from medgemma_desktop.core.fast_decode import FastDecoderFactory, StepRunner
+
+        factories["fast"] = FastDecoderFactory(StepRunner(engine.model, CONTEXT))
+    new_tokens = 24 if smoke else NEW_TOKENS
+    bench_prompt = prompt(dtype, device, smoke=smoke)
+    eager = generate(engine, EagerDecoder(engine.model), bench_prompt, 8)  # warm-up
+    eager = generate(engine, EagerDecoder(engine.model), bench_prompt, 64 if cuda else 8)
+    emit({"event": "app_generate", **eager}, out)
+    needed = bytes_per_token(engine, bench_prompt["input_ids"].shape[1] + new_tokens)
+    bandwidth = copy_bandwidth() if cuda else None
+    for factory in factories.values():
+        generate(engine, factory(engine.model), bench_prompt, 8)  # warm-up
+        record = generate(engine, factory(engine.model), bench_prompt, new_tokens)
+        record["same_first16_tokens_as_eager"] = record["tokens_head"][:8] == eager["tokens_head"][:8]
+        if bandwidth:
+            record["bandwidth_bound_tok_s"] = round(bandwidth / needed, 1)
+            record["fraction_of_bandwidth_bound"] = round(record["decode_tok_s"] * needed / bandwidth, 3)
+            record["bytes_per_token_gb"] = round(needed / 1e9, 3)
+        emit({"event": "app_generate", **record}, out)
+    # A 2K context with one image under the cap: prompt of ~1.75K tokens, then new tokens to the context limit.
+    long_text = CONTEXT - NEW_TOKENS - 256 - 20 if cuda else 40
+    long_prompt = prompt(dtype, device, text_tokens=long_text, smoke=smoke)
+    for factory in factories.values():
+        record = generate(engine, factory(engine.model), long_prompt, new_tokens)
+        emit({"event": "app_2k_context_one_image", "cap_gib": CAP_BYTES / GIB if cuda else None, **record}, out)
+    # Per-step logits past the sliding window: the prompt alone passes 1024 tokens, then steps wrap the ring.
+    check_text = 1000 if cuda else 30
+    check_prompt = prompt(dtype, device, text_tokens=check_text, smoke=smoke)
+    emit(logits_check(engine, factories, check_prompt, 64 if cuda else 30), out)
+
+
+def main() -> None:
+    import peft
+    import transformers
+
+    smoke = "--smoke" in sys.argv
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    out = Path(args[0] if args else Path(__file__).parent / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import bitsandbytes
+        bnb_version = bitsandbytes.__version__
+    except ImportError as exc:
+        bnb_version = repr(exc)
+    emit({"event": "versions", "torch": torch.__version__, "cuda": torch.version.cuda,
+          "transformers": transformers.__version__, "peft": peft.__version__, "bitsandbytes": bnb_version,
+          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": sys.version.split()[0],
+          "FastDecoder": FastDecoder.__module__}, out)
+    if smoke:
+        from medgemma_desktop.testing import write_tiny_checkpoint
+
+        tiny = write_tiny_checkpoint(Path(tempfile.mkdtemp()))
+        run_app(out, tiny.model_dir, tiny.adapter_dir, smoke=True)
+        return
+    build(out)
+    if "--no-recipe" not in sys.argv:
+        run_recipe(out)
+    run_app(out, CKPT, ADAPTER, smoke=False)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
