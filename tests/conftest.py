@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny MedGemma-shaped checkpoint per test session, loaded through the real code."""
+"""Shared fixtures: one tiny MedGemma-shaped checkpoint per test session, loaded through the real code, and a
+guard that fails any test leaving a QThread running (napari's `dangling_qthreads`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +27,36 @@ def tiny_engine(tiny_checkpoint: TinyCheckpoint):
     from medgemma_desktop.core.engine import Engine
 
     return Engine.load(tiny_checkpoint.model_dir, tiny_checkpoint.adapter_dir)
+
+
+@pytest.fixture(autouse=True)
+def no_dangling_qthreads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Record every QThread started during the test; fail if one is still running afterwards."""
+    import shiboken6
+    from PySide6.QtCore import QThread
+
+    started: list[QThread] = []
+    original = QThread.start
+
+    def recording_start(self: QThread, *args) -> None:
+        started.append(self)
+        original(self, *args)
+
+    monkeypatch.setattr(QThread, "start", recording_start)
+    yield
+    running = [thread for thread in started if shiboken6.isValid(thread) and thread.isRunning()]
+    for thread in running:  # end them so later tests are not affected by this one's leak
+        thread.quit()
+        thread.wait(5000)
+    assert not running, f"test left QThreads running: {[t.objectName() or repr(t) for t in running]}"
+
+
+@pytest.fixture
+def tiny_settings_path(tmp_path: Path, tiny_checkpoint: TinyCheckpoint) -> Path:
+    """A settings file pointing at the tiny checkpoint, with room for long answers (so Stop has work to stop)."""
+    from medgemma_desktop.core.settings import Settings, save_settings
+
+    path = tmp_path / "settings.json"
+    save_settings(Settings(model_dir=str(tiny_checkpoint.model_dir), adapter_dir=str(tiny_checkpoint.adapter_dir),
+                           max_new_tokens=2000), path)
+    return path
