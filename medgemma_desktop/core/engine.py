@@ -24,9 +24,11 @@ import torch
 
 from medgemma_desktop.core.decoding import Decoder, EagerDecoder, SamplingSettings, TokenPicker
 from medgemma_desktop.core.device import DevicePlan, choose_device
-from medgemma_desktop.core.errors import ContextTooLongError, LoadCancelled, OutOfMemoryError
+from medgemma_desktop.core.errors import AdapterFolderError, ContextTooLongError, LoadCancelled, OutOfMemoryError
+from medgemma_desktop.core.fingerprint import FingerprintCache
 from medgemma_desktop.core.model_folder import AdapterFolder, ModelFolder, check_adapter_folder, check_model_folder
 from medgemma_desktop.core.prompts import ChatTurn, to_processor_messages
+from medgemma_desktop.core.quant_cache import QuantizedModelCache, cache_key
 from medgemma_desktop.core.text_stream import IncrementalDetokenizer, TextChunk
 from medgemma_desktop.core.thinking import split_thinking
 
@@ -68,7 +70,9 @@ class ModelIdentity:
     """Which weights produced an answer: recorded with every answer and export."""
 
     model_name: str
+    model_sha256: str
     adapter_name: str | None
+    adapter_sha256: str | None
     device: str
     dtype: str
     quantization: str
@@ -110,61 +114,129 @@ class Engine:
     """Owns the quantized model, the processor and the active adapter."""
 
     def __init__(self, model: torch.nn.Module, processor, plan: DevicePlan, folder: ModelFolder,
-                 adapter: AdapterFolder | None, options: LoadOptions) -> None:
+                 options: LoadOptions, model_sha256: str, fingerprints: FingerprintCache) -> None:
         self.model = model
         self.processor = processor
         self.plan = plan
         self.folder = folder
-        self.adapter = adapter
         self.options = options
+        self.model_sha256 = model_sha256
+        self.loaded_from_cache = False
+        self.adapters: dict[str, AdapterFolder] = {}
+        self.active_adapter: str | None = None
         self.decoder_factory: Callable[[torch.nn.Module], Decoder] = EagerDecoder
+        self._fingerprints = fingerprints
+        self._adapter_sha256: dict[str, str] = {}
         eos = model.generation_config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos])
 
     @classmethod
     def load(cls, model_dir: Path | str, adapter_dir: Path | str | None = None, options: LoadOptions | None = None,
-             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Engine:
-        """Check the folders, then load the base model in NF4 and attach the adapter. Cancellable between steps."""
-        from peft import PeftModel
+             progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+             cache: QuantizedModelCache | None = None, fingerprints: FingerprintCache | None = None) -> Engine:
+        """Check the folders, then load the base model in NF4 (from `cache` when it holds this model) and attach
+        the adapter. Cancellable between steps."""
         from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration, Gemma3Processor
 
         options = options or LoadOptions()
+        fingerprints = fingerprints or FingerprintCache()
         report = progress or (lambda percent, step: None)
-        report(2, "checking the model folder")
+        report(1, "checking the model folder")
         folder = check_model_folder(model_dir)
         adapter = check_adapter_folder(adapter_dir, folder) if adapter_dir else None
         plan = choose_device(options.force_cpu)
         log.info("loading %s on %s (%s)", folder.path.name, plan.device, plan.reason)
         _check_cancel(cancel)
-        report(5, "reading the processor")
-        processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
+        digest = fingerprints.folder_digest(
+            folder.shards, lambda done, total: report(2 + 18 * done // max(total, 1), "checking the weights' hash"))
         _check_cancel(cancel)
-        report(10, "loading and quantizing the weights to 4-bit NF4")
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=plan.dtype,
-            bnb_4bit_use_double_quant=options.double_quant,
-        )
-        model = Gemma3ForConditionalGeneration.from_pretrained(
-            folder.path, quantization_config=quantization, dtype=plan.dtype, device_map={"": plan.device},
-            local_files_only=True, use_safetensors=True, trust_remote_code=False,
-        )
+        report(20, "reading the processor")
+        processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
+        key = cache_key(digest, options.double_quant, plan.dtype_name)
+        cached = cache.lookup(key) if cache is not None else None
+        common = dict(dtype=plan.dtype, device_map={"": plan.device}, local_files_only=True, use_safetensors=True,
+                      trust_remote_code=False)
+        model = None
+        from_cache = False
+        if cached is not None:
+            _check_cancel(cancel)
+            report(25, "reading the saved 4-bit model")
+            try:
+                model = Gemma3ForConditionalGeneration.from_pretrained(cached, **common)
+                from_cache = True
+            except Exception as exc:  # a damaged entry of any kind is rebuilt, never trusted
+                log.warning("the saved 4-bit model could not be read (%s); quantizing again", exc)
+                cache.remove(key)
+        if model is None:
+            _check_cancel(cancel)
+            report(25, "loading and quantizing the weights to 4-bit NF4")
+            quantization = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=plan.dtype,
+                bnb_4bit_use_double_quant=options.double_quant,
+            )
+            model = Gemma3ForConditionalGeneration.from_pretrained(folder.path, quantization_config=quantization,
+                                                                   **common)
+            if cache is not None and not (cancel is not None and cancel.is_set()):
+                report(75, "saving the 4-bit model for faster starts")
+                cache.store(model, key, folder.path.name)
         model.eval()
         if cancel is not None and cancel.is_set():
             del model
             _free_memory()
             raise LoadCancelled("loading was cancelled")
+        engine = cls(model, processor, plan, folder, options, digest, fingerprints)
+        engine.loaded_from_cache = from_cache
         if adapter is not None:
             report(85, f"attaching the adapter {adapter.name}")
-            model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name, is_trainable=False,
-                                              local_files_only=True)
-            model.eval()
+            engine.add_adapter(adapter.path)
         report(100, "ready")
-        return cls(model, processor, plan, folder, adapter, options)
+        return engine
+
+    @property
+    def adapter(self) -> AdapterFolder | None:
+        return self.adapters.get(self.active_adapter) if self.active_adapter else None
+
+    def add_adapter(self, adapter_dir: Path | str) -> AdapterFolder:
+        """Attach another LoRA adapter to the loaded base (no reload) and make it the active one."""
+        from peft import PeftModel
+
+        adapter = check_adapter_folder(adapter_dir, self.folder)
+        name = adapter.name
+        if name in self.adapters:
+            raise AdapterFolderError(f"an adapter named {name} is already loaded", path=adapter.path,
+                                     fix="Rename the folder to load a second adapter of the same name.")
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(adapter.path, adapter_name=name, is_trainable=False, local_files_only=True)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, adapter.path, adapter_name=name, is_trainable=False,
+                                                   local_files_only=True)
+        self.model.eval()
+        self.adapters[name] = adapter
+        self._adapter_sha256[name] = self._fingerprints.folder_digest([adapter.weights, adapter.path /
+                                                                        "adapter_config.json"])
+        self.use_adapter(name)
+        return adapter
+
+    def use_adapter(self, name: str | None) -> None:
+        """Switch the active adapter, or run the base model alone with `None`."""
+        if name is not None and name not in self.adapters:
+            raise AdapterFolderError(f"no adapter named {name} is loaded", fix="Add it in the model manager first.")
+        if not self.adapters:
+            return
+        lora_model = self.model.base_model
+        if name is None:
+            lora_model.disable_adapter_layers()
+        else:
+            lora_model.enable_adapter_layers()
+            self.model.set_adapter(name)
+        self.active_adapter = name
 
     @property
     def identity(self) -> ModelIdentity:
+        name = self.active_adapter
         return ModelIdentity(
-            model_name=self.folder.path.name, adapter_name=self.adapter.name if self.adapter else None,
+            model_name=self.folder.path.name, model_sha256=self.model_sha256, adapter_name=name,
+            adapter_sha256=self._adapter_sha256.get(name) if name else None,
             device=self.plan.device, dtype=self.plan.dtype_name,
             quantization="NF4, double quant" if self.options.double_quant else "NF4",
         )
