@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from medgemma_desktop.core.engine import LoadOptions
 from medgemma_desktop.core.errors import InputFileError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.imaging import load_image
@@ -98,7 +100,7 @@ def ask(qtbot, window: MainWindow, question: str) -> None:
 
 
 def test_drop_image_ask_and_tokens_stream_into_the_pane(qtbot, window: MainWindow, picture: Path) -> None:
-    window.settings = window.settings.__class__(**{**window.settings.__dict__, "max_new_tokens": 40})
+    window.settings = replace(window.settings, max_new_tokens=40)
     with qtbot.waitSignal(window.viewer.load_finished):
         drop(window.viewer.canvas, [picture])
     assert window.viewer.model.pending()[0].source == picture
@@ -106,7 +108,7 @@ def test_drop_image_ask_and_tokens_stream_into_the_pane(qtbot, window: MainWindo
 
     tokens: list[str] = []
     window.host.worker.token.connect(tokens.append)
-    with qtbot.waitSignal(window.host.worker.finished, timeout=ANSWER_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS) as finished:
         ask(qtbot, window, "Describe the image")
     answer: Answer = finished.args[0]
     assert tokens and "".join(tokens).strip() == answer.text
@@ -128,7 +130,7 @@ def test_tokens_are_coalesced_into_a_few_repaints_per_second(qtbot, window: Main
     window.chat.transcript.textChanged.connect(lambda: renders.append(time.perf_counter()))
     window.host.worker.token.connect(tokens.append)
     started = time.perf_counter()
-    with qtbot.waitSignal(window.host.worker.finished, timeout=ANSWER_TIMEOUT_MS):
+    with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS):
         ask(qtbot, window, "Write a long report")
         qtbot.waitUntil(lambda: len(tokens) >= 150, timeout=ANSWER_TIMEOUT_MS)
         window.host.stop()
@@ -141,7 +143,7 @@ def test_tokens_are_coalesced_into_a_few_repaints_per_second(qtbot, window: Main
 def test_stop_mid_answer_keeps_the_partial_answer(qtbot, window: MainWindow) -> None:
     tokens: list[str] = []
     window.host.worker.token.connect(tokens.append)
-    with qtbot.waitSignal(window.host.worker.finished, timeout=ANSWER_TIMEOUT_MS) as finished:
+    with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS) as finished:
         ask(qtbot, window, "Tell me everything")
         qtbot.waitUntil(lambda: len(tokens) >= 5, timeout=ANSWER_TIMEOUT_MS)
         assert window.chat.stop_button.isEnabled()
@@ -155,12 +157,12 @@ def test_stop_mid_answer_keeps_the_partial_answer(qtbot, window: MainWindow) -> 
 
 
 def test_regenerate_asks_the_same_turns_again(qtbot, window: MainWindow) -> None:
-    window.settings = window.settings.__class__(**{**window.settings.__dict__, "max_new_tokens": 30})
+    window.settings = replace(window.settings, max_new_tokens=30)
     requests = []
     window.host.generate_requested.connect(requests.append)
-    with qtbot.waitSignal(window.host.worker.finished, timeout=ANSWER_TIMEOUT_MS) as first:
+    with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS) as first:
         ask(qtbot, window, "What do you see?")
-    with qtbot.waitSignal(window.host.worker.finished, timeout=ANSWER_TIMEOUT_MS) as second:
+    with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS) as second:
         qtbot.mouseClick(window.chat.regenerate_button, Qt.MouseButton.LeftButton)
     assert requests[0].turns == requests[1].turns
     assert len(window.chat.conversation.exchanges) == 1
@@ -185,11 +187,12 @@ def test_corrupt_image_shows_an_error_and_the_app_stays_usable(qtbot, window: Ma
 
 
 def test_answer_failure_is_shown_in_the_window(qtbot, window: MainWindow) -> None:
-    window.settings = window.settings.__class__(**{**window.settings.__dict__, "max_new_tokens": 5})
-    window.host.worker._engine.options = window.host.worker._engine.options.__class__(context_limit=8)
+    window.settings = replace(window.settings, max_new_tokens=5)
+    window.host.worker._engine.options = LoadOptions(context_limit=8)
     with qtbot.waitSignal(window.host.worker.failed, timeout=ANSWER_TIMEOUT_MS) as failed:
         ask(qtbot, window, "This question is longer than eight tokens of context")
     assert failed.args[0] == "context"
+    qtbot.waitUntil(window.chat.notice.isVisible)
     assert "context limit" in window.chat.notice.text() and window.chat.notice.isVisible()
     assert window.host.state is ModelState.READY and window.chat.send_button.isEnabled()
 
@@ -220,7 +223,7 @@ def test_ui_thread_stays_responsive_while_loading_and_generating(qtbot, tiny_set
     tokens: list[str] = []
     main.host.worker.token.connect(tokens.append)
     meter.max_gap = 0.0
-    with qtbot.waitSignal(main.host.worker.finished, timeout=ANSWER_TIMEOUT_MS):
+    with qtbot.waitSignal(main.answer_finished, timeout=ANSWER_TIMEOUT_MS):
         main.ask("Stream for a while")
         qtbot.waitUntil(lambda: len(tokens) >= 200, timeout=ANSWER_TIMEOUT_MS)
         main.host.stop()

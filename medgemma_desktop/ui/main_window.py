@@ -10,7 +10,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
@@ -36,6 +36,9 @@ RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit")
 
 
 class MainWindow(QMainWindow):
+    # After the chat pane shows an answer (finished or stopped): the seam for saving it to the store.
+    answer_finished = Signal(object)  # Answer
+
     def __init__(self, settings_path: Path | None = None, loader: ImageLoader = load_image,
                  monitor: GpuMonitor | None = None) -> None:
         super().__init__()
@@ -181,6 +184,7 @@ class MainWindow(QMainWindow):
         self._answering = False
         self.chat.finish(answer)
         self._update_controls()
+        self.answer_finished.emit(answer)
 
     @Slot(str, str)
     def _on_failed(self, kind: str, message: str) -> None:
