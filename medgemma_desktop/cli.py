@@ -38,25 +38,90 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int, help="random seed for --sample")
     ask.add_argument("--context-limit", type=int, default=8192)
     ask.add_argument("--no-double-quant", dest="double_quant", action="store_false")
+    ask.add_argument("--no-cache", dest="use_cache", action="store_false",
+                     help="quantize from the original weights instead of reading the saved 4-bit model")
     ask.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     ask.add_argument("--show-thinking", action="store_true", help="also print the model's thinking trace")
 
     commands.add_parser("doctor", help="report on this machine and run the whole pipeline on a tiny test model")
+
+    models = commands.add_parser("models", help="check model and adapter folders; list or clear the 4-bit cache")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    check = model_commands.add_parser("check", help="validate a base model folder (and adapters) without loading")
+    check.add_argument("model", type=Path)
+    check.add_argument("--adapter", action="append", default=[], type=Path)
+    check.add_argument("--context", type=int, default=8192, help="context length for the memory plan")
+    check.add_argument("--images", type=int, default=1, help="images per question for the memory plan")
+    model_commands.add_parser("cache", help="list the saved 4-bit models")
+    model_commands.add_parser("clear-cache", help="delete the saved 4-bit models")
     return parser
 
 
+def _models(args: argparse.Namespace) -> int:
+    from medgemma_desktop.core.app_dirs import cache_dir
+    from medgemma_desktop.core.device import choose_device
+    from medgemma_desktop.core.model_folder import (
+        check_adapter_folder,
+        check_model_folder,
+        describe_adapter,
+        describe_model,
+    )
+    from medgemma_desktop.core.quant_cache import QuantizedModelCache
+    from medgemma_desktop.core.vram_plan import GIB, judge, plan_vram
+
+    cache = QuantizedModelCache(cache_dir() / "nf4")
+    if args.models_command == "cache":
+        entries = cache.entries()
+        for entry in entries:
+            print(f"{entry.key}  {entry.model_name}  {entry.size_bytes / 1e9:.2f} GB  {entry.path}")
+        print(f"{len(entries)} saved 4-bit model(s) in {cache.root}")
+        return 0
+    if args.models_command == "clear-cache":
+        print(f"removed {cache.clear()} saved 4-bit model(s) from {cache.root}")
+        return 0
+    model = check_model_folder(args.model)
+    for key, value in describe_model(model):
+        print(f"{key:>36}: {value}")
+    adapter_bytes = 0
+    for path in args.adapter:
+        adapter = check_adapter_folder(path, model)
+        adapter_bytes += adapter.weights.stat().st_size
+        print()
+        for key, value in describe_adapter(adapter):
+            print(f"{key:>36}: {value}")
+    plan = choose_device()
+    dtype_bytes = 2 if plan.dtype_name == "bfloat16" else 4
+    vram = plan_vram(model.config, args.context, args.images, dtype_bytes, adapter_bytes=adapter_bytes)
+    print(f"\nMemory plan ({plan.device}, {plan.dtype_name}):")
+    for name, size in vram.rows():
+        print(f"{name:>36}: {size / GIB:.2f} GiB")
+    print(f"{'total':>36}: {vram.total / GIB:.2f} GiB")
+    if plan.is_cuda:
+        import torch
+
+        print(judge(vram, torch.cuda.mem_get_info(0)[0], model.config, args.images, dtype_bytes).message)
+    else:
+        print(plan.reason)
+    return 0
+
+
 def _ask(args: argparse.Namespace) -> int:
+    from medgemma_desktop.core.app_dirs import cache_dir
     from medgemma_desktop.core.decoding import SamplingSettings
     from medgemma_desktop.core.engine import Engine, GenerationSettings, LoadOptions
-    from medgemma_desktop.core.imaging import load_image
+    from medgemma_desktop.core.fingerprint import FingerprintCache
+    from medgemma_desktop.core.imaging import load_any
     from medgemma_desktop.core.prompts import build_chat
+    from medgemma_desktop.core.quant_cache import QuantizedModelCache
 
     if args.max_new_tokens < 1:
         raise UserFacingError("--max-new-tokens must be at least 1")
-    images = [load_image(path) for path in args.image]  # bad files fail before the slow model load
-    engine = Engine.load(args.model, args.adapter, LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu,
-                                                               context_limit=args.context_limit),
-                         progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr))
+    images = [load_any(path) for path in args.image]  # bad files fail before the slow model load
+    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit)
+    engine = Engine.load(args.model, args.adapter, options,
+                         progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
+                         cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
+                         fingerprints=FingerprintCache(cache_dir() / "digests.json"))
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         sampling=SamplingSettings(greedy=not args.sample, temperature=args.temperature, seed=args.seed),
@@ -102,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ask(args)
         if args.command == "doctor":
             return _doctor()
+        if args.command == "models":
+            return _models(args)
         from medgemma_desktop.ui.app import run_app
 
         return run_app(sys.argv[:1])

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import os
 
+import tempfile
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Keep the app's config, data, cache and log folders (platformdirs reads XDG_*) out of the user's home.
+_HOME = tempfile.mkdtemp(prefix="medgemma-test-home-")
+for _variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+    os.environ[_variable] = os.path.join(_HOME, _variable.lower())
 
 from collections.abc import Iterator
 from pathlib import Path

@@ -89,3 +89,34 @@ def test_doctor_runs_the_whole_pipeline() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "bitsandbytes" in result.stdout and "Compute" in result.stdout
     assert result.stdout.count("ok  ") == 4 and "All steps passed." in result.stdout
+
+
+def test_ask_reads_a_dicom_file(tiny_checkpoint) -> None:
+    from pydicom.data import get_testdata_file
+
+    result = _run("ask", "--model", str(tiny_checkpoint.model_dir), "--image", get_testdata_file("CT_small.dcm"),
+                  "--max-new-tokens", "4", "What organ is this?")
+    assert result.returncode == 0, result.stderr
+    assert int(re.search(r"(\d+) prompt", result.stderr).group(1)) > 16  # the CT slice became 16 image tokens
+    assert "4 new tokens" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_models_check_reports_and_plans(tiny_checkpoint) -> None:
+    result = _run("models", "check", str(tiny_checkpoint.model_dir), "--adapter", str(tiny_checkpoint.adapter_dir))
+    assert result.returncode == 0, result.stderr
+    assert "Gemma3ForConditionalGeneration" in result.stdout and "rank 8, alpha 16" in result.stdout
+    assert "KV cache for 8,192 tokens" in result.stdout
+
+
+def test_models_check_of_a_wrong_folder_is_one_line(tmp_path: Path) -> None:
+    result = _run("models", "check", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "no config.json" in result.stderr
+
+
+def test_ask_saves_then_reuses_the_4bit_model(tiny_checkpoint) -> None:
+    args = ("ask", "--model", str(tiny_checkpoint.model_dir), "--max-new-tokens", "2", "hi")
+    first, second = _run(*args), _run(*args)
+    assert "quantizing" in first.stderr or "saved 4-bit" in first.stderr
+    assert "reading the saved 4-bit model" in second.stderr
+    listing = _run("models", "cache")
+    assert "medgemma-tiny" in listing.stdout

@@ -236,3 +236,26 @@ def check_adapter_folder(path: Path | str, model: ModelFolder) -> AdapterFolder:
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
     return AdapterFolder(path=folder, rank=int(config.get("r", 0)), alpha=float(config.get("lora_alpha", 0)),
                          target_modules=targets, weights=weights, config=config)
+
+
+def describe_model(model: ModelFolder) -> list[tuple[str, str]]:
+    """The report the model manager shows for a checked base model folder."""
+    text, vision = model.text_config, model.vision_config
+    return [
+        ("folder", str(model.path)),
+        ("architecture", ", ".join(model.config.get("architectures") or [model.config.get("model_type", "?")])),
+        ("weights", f"{len(model.shards)} safetensors file(s), {model.weight_bytes / 1e9:.2f} GB"),
+        ("text model", f"{text.get('num_hidden_layers')} layers, hidden {text.get('hidden_size')}, "
+                       f"sliding window {text.get('sliding_window')}"),
+        ("vision tower", f"{vision.get('num_hidden_layers')} layers, {vision.get('image_size')} px images, "
+                         f"{model.tokens_per_image} tokens per image"),
+        ("tokenizer, processor, chat template", "present"),
+    ]
+
+
+def describe_adapter(adapter: AdapterFolder) -> list[tuple[str, str]]:
+    return [
+        ("folder", str(adapter.path)),
+        ("LoRA", f"rank {adapter.rank}, alpha {adapter.alpha:g}, on {', '.join(adapter.target_modules)}"),
+        ("weights", f"{adapter.weights.stat().st_size / 1e6:.1f} MB, shapes fit the base model"),
+    ]
