@@ -4,22 +4,20 @@ guard that fails any test leaving a QThread running (napari's `dangling_qthreads
 from __future__ import annotations
 
 import os
-
 import tempfile
-
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Keep the app's config, data, cache and log folders (platformdirs reads XDG_*) out of the user's home.
-_HOME = tempfile.mkdtemp(prefix="medgemma-test-home-")
-for _variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
-    os.environ[_variable] = os.path.join(_HOME, _variable.lower())
-
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from medgemma_desktop.testing import TinyCheckpoint, write_tiny_checkpoint
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Keep the app's config, data, cache and log folders (platformdirs reads XDG_* on every call) out of HOME.
+_HOME = tempfile.mkdtemp(prefix="medgemma-test-home-")
+for _variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+    os.environ[_variable] = os.path.join(_HOME, _variable.lower())
 
 
 @pytest.fixture(scope="session")
