@@ -11,13 +11,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+
+
+class _Job(QRunnable):
+    """Runs `job` on a pool thread and hands the outcome to the relay. Kept alive by `BackgroundJobs` (not by
+    the pool) until the outcome is delivered."""
+
+    def __init__(self, job: Callable[[], Any], relay: _Relay) -> None:
+        super().__init__()
+        self.setAutoDelete(False)
+        self._job = job
+        self.relay = relay
+
+    def run(self) -> None:
+        try:
+            result = self._job()
+        except Exception as exc:  # handed to on_failure, which decides what the user sees
+            self.relay.done.emit(False, exc)
+        else:
+            self.relay.done.emit(True, result)
 
 
 class _Relay(QObject):
     done = Signal(bool, object)  # succeeded, result or exception
 
-    def __init__(self, parent: QObject, on_success: Callable[[Any], None],
+    def __init__(self, parent: BackgroundJobs, on_success: Callable[[Any], None],
                  on_failure: Callable[[Exception], None]) -> None:
         super().__init__(parent)
         self._on_success = on_success
@@ -26,6 +45,9 @@ class _Relay(QObject):
 
     @Slot(bool, object)
     def _deliver(self, succeeded: bool, value: object) -> None:
+        jobs = self.parent()
+        assert isinstance(jobs, BackgroundJobs)
+        jobs.forget(self)
         try:
             if succeeded:
                 self._on_success(value)
@@ -42,20 +64,17 @@ class BackgroundJobs(QObject):
         super().__init__(parent)
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(1)
+        self._running: dict[_Relay, _Job] = {}
 
     def run(self, job: Callable[[], Any], on_success: Callable[[Any], None],
             on_failure: Callable[[Exception], None]) -> None:
         relay = _Relay(self, on_success, on_failure)
+        runnable = _Job(job, relay)
+        self._running[relay] = runnable
+        self._pool.start(runnable)
 
-        def work() -> None:
-            try:
-                result = job()
-            except Exception as exc:  # handed to on_failure, which decides what the user sees
-                relay.done.emit(False, exc)
-            else:
-                relay.done.emit(True, result)
-
-        self._pool.start(work)
+    def forget(self, relay: _Relay) -> None:
+        self._running.pop(relay, None)
 
     def wait(self, msecs: int = -1) -> bool:
         """Wait for running jobs (shutdown, tests)."""
