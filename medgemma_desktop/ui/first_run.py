@@ -48,6 +48,7 @@ class FirstRunPage(QWidget):
         form.addRow("Model folder:", self.model_field)
         form.addRow("Adapter folder:", self.adapter_field)
         column = QWidget()
+        column.setMinimumWidth(640)
         column.setMaximumWidth(760)
         inner = QVBoxLayout(column)
         inner.addWidget(intro)

@@ -1,0 +1,117 @@
+"""Render the main window offscreen to PNG files under docs/ for the README.
+
+The window runs for real: the tiny random checkpoint is loaded through the real worker (the status bar says so)
+and a synthetic chest-X-ray-like picture is opened through the viewer. The answer on screen is a fixed
+illustrative sample, because the tiny model writes random characters; it is not MedGemma output.
+
+    python scripts/render_screenshots.py [--out docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PIL import Image, ImageDraw, ImageFilter
+from PySide6.QtCore import QEventLoop, QTimer
+from PySide6.QtWidgets import QApplication
+
+from medgemma_desktop.core.engine import GenerationStats
+from medgemma_desktop.core.settings import Settings, save_settings
+from medgemma_desktop.testing import write_tiny_checkpoint
+from medgemma_desktop.ui.main_window import MainWindow
+from medgemma_desktop.ui.theme import apply_theme
+from medgemma_desktop.ui.worker import Answer, ModelState
+
+QUESTION = "Describe the findings on this chest X-ray."
+SAMPLE_ANSWER = """**Findings** (illustrative sample text)
+
+| Region | Observation |
+|---|---|
+| Lungs | Clear, no focal consolidation |
+| Heart | Normal size |
+| Pleura | No effusion or pneumothorax |
+
+- Trachea midline
+- No acute bony abnormality
+
+**Impression:** no acute cardiopulmonary process."""
+SAMPLE_STATS = GenerationStats(prompt_tokens=273, new_tokens=64, time_to_first_token_s=0.42,
+                               decode_tokens_per_s=38.5, total_s=2.1, stop_reason="end", decoder="eager")
+
+
+def synthetic_chest_film(path: Path) -> Path:
+    """A grey, blurred, roughly thorax-shaped picture: no patient data anywhere."""
+    image = Image.new("L", (640, 720), 20)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((90, 120, 300, 620), fill=70)
+    draw.ellipse((340, 120, 550, 620), fill=70)
+    draw.ellipse((250, 330, 430, 600), fill=170)
+    draw.rectangle((300, 40, 340, 330), fill=150)
+    for y in range(170, 600, 46):
+        draw.arc((70, y - 40, 570, y + 80), 200, 340, fill=200, width=6)
+    image.filter(ImageFilter.GaussianBlur(6)).convert("RGB").save(path)
+    return path
+
+
+def spin_until(done, timeout_s: float = 30) -> None:
+    loop = QEventLoop()
+    timer = QTimer()
+    timer.timeout.connect(lambda: done() and loop.quit())
+    timer.start(20)
+    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+    loop.exec()
+    if not done():
+        raise RuntimeError("the window did not reach the expected state in time")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    app = QApplication(sys.argv[:1])
+    apply_theme(app, "light")
+    work = Path(tempfile.mkdtemp(prefix="medgemma-screens-"))
+
+    first = MainWindow(work / "empty-settings.json")
+    first.resize(1180, 760)
+    first.show()
+    first.grab().save(str(args.out / "first_run.png"))
+    first.close()
+
+    checkpoint = write_tiny_checkpoint(work / "checkpoint")
+    settings_path = work / "settings.json"
+    save_settings(Settings(model_dir=str(checkpoint.model_dir), adapter_dir=str(checkpoint.adapter_dir)),
+                  settings_path)
+    window = MainWindow(settings_path)
+    window.resize(1180, 760)
+    window.show()
+    spin_until(lambda: window.host.state is ModelState.READY)
+    window.viewer.open_paths([synthetic_chest_film(work / "synthetic_chest.png")])
+    spin_until(lambda: window.viewer.model.rowCount() == 1)
+    window.chat.begin(QUESTION, window.viewer.model.pending())
+    window.viewer.model.mark_sent()
+    window.chat.finish(Answer(SAMPLE_ANSWER, "", SAMPLE_STATS))
+    window._update_controls()
+    window.chat.question.setPlainText("Is the heart size normal?")
+    app.processEvents()
+    window.grab().save(str(args.out / "window.png"))
+
+    window._change_settings(replace(window.settings, theme="dark"))
+    app.processEvents()
+    window.grab().save(str(args.out / "window_dark.png"))
+    window.close()
+    for name in ("first_run.png", "window.png", "window_dark.png"):
+        print(args.out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
