@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from medgemma_desktop.core.store import AnswerStatus, ConversationStore, ModelIdentity
+from medgemma_desktop.core.store import AnswerStatus, ConversationStore, WeightsIdentity
 
-MODEL = ModelIdentity("medgemma-1.5-4b-it", "0" * 64)
+MODEL = WeightsIdentity("medgemma-1.5-4b-it", "0" * 64)
 
 
 def main(path: str) -> None:

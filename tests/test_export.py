@@ -23,10 +23,10 @@ from medgemma_desktop.core.export import (
     export_markdown,
 )
 from medgemma_desktop.core.imaging import ImageInput, load_image
-from medgemma_desktop.core.store import AnswerStatus, ConversationStore, ModelIdentity
+from medgemma_desktop.core.store import AnswerStatus, ConversationStore, WeightsIdentity
 
-MODEL = ModelIdentity("medgemma-1.5-4b-it", "1" * 64)
-ADAPTER = ModelIdentity("cxr-lora-r8", "2" * 64)
+MODEL = WeightsIdentity("medgemma-1.5-4b-it", "1" * 64)
+ADAPTER = WeightsIdentity("cxr-lora-r8", "2" * 64)
 SETTINGS = {"max_new_tokens": 300, "temperature": 0.0}
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042"}
 BOXES = [{"box_2d": [120, 340, 560, 780], "label": "right lower lobe opacity"}]

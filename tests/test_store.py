@@ -24,12 +24,12 @@ from medgemma_desktop.core.store import (
     SCHEMA_VERSION,
     AnswerStatus,
     ConversationStore,
-    ModelIdentity,
     StoreProblem,
+    WeightsIdentity,
 )
 
-MODEL = ModelIdentity("medgemma-1.5-4b-it", "a" * 64)
-ADAPTER = ModelIdentity("cxr-lora", "b" * 64)
+MODEL = WeightsIdentity("medgemma-1.5-4b-it", "a" * 64)
+ADAPTER = WeightsIdentity("cxr-lora", "b" * 64)
 SETTINGS = {"max_new_tokens": 512, "temperature": 0.0}
 
 

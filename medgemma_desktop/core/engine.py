@@ -25,7 +25,7 @@ import torch
 from medgemma_desktop.core.decoding import Decoder, EagerDecoder, SamplingSettings, TokenPicker
 from medgemma_desktop.core.device import DevicePlan, choose_device
 from medgemma_desktop.core.errors import AdapterFolderError, ContextTooLongError, LoadCancelled, OutOfMemoryError
-from medgemma_desktop.core.fingerprint import FingerprintCache
+from medgemma_desktop.core.fingerprint import FingerprintCache, WeightsIdentity
 from medgemma_desktop.core.model_folder import AdapterFolder, ModelFolder, check_adapter_folder, check_model_folder
 from medgemma_desktop.core.prompts import ChatTurn, to_processor_messages
 from medgemma_desktop.core.quant_cache import QuantizedModelCache, cache_key
@@ -67,15 +67,21 @@ class GenerationStats:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Which weights produced an answer: recorded with every answer and export."""
+    """Which weights produced an answer and how they ran: recorded with every answer and export."""
 
-    model_name: str
-    model_sha256: str
-    adapter_name: str | None
-    adapter_sha256: str | None
+    model: WeightsIdentity
+    adapter: WeightsIdentity | None
     device: str
     dtype: str
     quantization: str
+
+    @property
+    def model_name(self) -> str:
+        return self.model.folder
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.adapter.folder if self.adapter else None
 
 
 class Generation:
@@ -235,8 +241,8 @@ class Engine:
     def identity(self) -> ModelIdentity:
         name = self.active_adapter
         return ModelIdentity(
-            model_name=self.folder.path.name, model_sha256=self.model_sha256, adapter_name=name,
-            adapter_sha256=self._adapter_sha256.get(name) if name else None,
+            model=WeightsIdentity(self.folder.path.name, self.model_sha256),
+            adapter=WeightsIdentity(name, self._adapter_sha256[name]) if name else None,
             device=self.plan.device, dtype=self.plan.dtype_name,
             quantization="NF4, double quant" if self.options.double_quant else "NF4",
         )

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from medgemma_desktop.core.errors import UserFacingError
-from medgemma_desktop.core.store import AnswerVariant, ConversationStore, Message, ModelIdentity
+from medgemma_desktop.core.store import AnswerVariant, ConversationStore, Message, WeightsIdentity
 from medgemma_desktop.core.thinking import split_thinking
 
 DISCLAIMER = "Research use only. Not for clinical diagnosis or treatment. Outputs need independent verification."
@@ -38,7 +38,7 @@ def _when(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
-def _identity(identity: ModelIdentity | None) -> dict[str, str] | None:
+def _identity(identity: WeightsIdentity | None) -> dict[str, str] | None:
     return None if identity is None else {"folder": identity.folder, "sha256": identity.sha256}
 
 

@@ -11,9 +11,19 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class WeightsIdentity:
+    """Which weights produced an answer: the folder's name and a hash of its contents."""
+
+    folder: str
+    sha256: str
+
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 

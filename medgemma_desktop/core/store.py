@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import platformdirs
 
 from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.core.fingerprint import WeightsIdentity
 from medgemma_desktop.core.imaging import ImageInput
 
 APP_NAME = "MedGemma Desktop"
@@ -56,14 +57,6 @@ class AnswerStatus(str, Enum):
     STOPPED = "stopped"  # the user pressed Stop
     FAILED = "failed"  # generation raised (out of memory, ...)
     INTERRUPTED = "interrupted"  # the app died while streaming
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Which weights produced an answer: the folder's name and a hash of its contents."""
-
-    folder: str
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -99,8 +92,8 @@ class AnswerVariant:
     question: str
     text: str  # as generated, thinking trace included (see core.thinking)
     status: AnswerStatus
-    model: ModelIdentity
-    adapter: ModelIdentity | None
+    model: WeightsIdentity
+    adapter: WeightsIdentity | None
     settings: Mapping[str, Any]
     stats: Mapping[str, Any]
     boxes: Any  # the parsed localization JSON, or None
@@ -583,7 +576,7 @@ class ConversationStore:
 
     # -- answers ------------------------------------------------------------------------------------------------
 
-    def begin_answer(self, message_id: int, model: ModelIdentity, adapter: ModelIdentity | None,
+    def begin_answer(self, message_id: int, model: WeightsIdentity, adapter: WeightsIdentity | None,
                      settings: Mapping[str, Any]) -> int:
         """Start a new answer variant (the active one) for the message's current question; returns its id."""
         now = time.time()
@@ -659,11 +652,11 @@ class ConversationStore:
         self._write(work)
 
     def _variant_from(self, row: sqlite3.Row) -> AnswerVariant:
-        adapter = ModelIdentity(row["adapter_folder"], row["adapter_sha256"]) if row["adapter_folder"] else None
+        adapter = WeightsIdentity(row["adapter_folder"], row["adapter_sha256"]) if row["adapter_folder"] else None
         return AnswerVariant(
             id=row["id"], message_id=row["message_id"], question=row["question"],
             text=self._pending.get(row["id"], row["text"]), status=AnswerStatus(row["status"]),
-            model=ModelIdentity(row["model_folder"], row["model_sha256"]), adapter=adapter,
+            model=WeightsIdentity(row["model_folder"], row["model_sha256"]), adapter=adapter,
             settings=json.loads(row["settings"]), stats=json.loads(row["stats"]),
             boxes=None if row["boxes"] is None else json.loads(row["boxes"]),
             started_at=row["started_at"], updated_at=row["updated_at"], finished_at=row["finished_at"])
