@@ -38,4 +38,5 @@ def run_app(argv: Sequence[str] | None = None, settings_path: Path | None = None
     try:
         return app.exec()
     finally:
+        window.close()  # also when the loop ended without a close (app.quit): joins the model thread
         uninstall()
