@@ -131,6 +131,7 @@ class Engine:
         self.adapters: dict[str, AdapterFolder] = {}
         self.active_adapter: str | None = None
         self.decoder_factory: Callable[[torch.nn.Module], Decoder] = EagerDecoder
+        self.decoder_reason = "plain decoding"
         self._fingerprints = fingerprints
         self._adapter_sha256: dict[str, str] = {}
         eos = model.generation_config.eos_token_id
@@ -194,15 +195,30 @@ class Engine:
         engine.loaded_from_cache = from_cache
         if adapter is not None:
             report(85, f"attaching the adapter {adapter.name}")
-            engine.add_adapter(adapter.path)
+            engine.add_adapter(adapter.path, prepare_decoder=False)
+        _check_cancel(cancel)
+        if plan.is_cuda:
+            report(90, "preparing fast decoding (the first start on this machine compiles for about a minute)")
+        engine.prepare_decoder()
         report(100, "ready")
         return engine
+
+    def prepare_decoder(self) -> None:
+        """Pick the decode path: the CUDA-graph step on CUDA (captured for the current adapter and context limit),
+        plain decoding elsewhere or when the fast path cannot start, with the reason in `decoder_reason`."""
+        from medgemma_desktop.core.fast_decode import choose_decoder
+
+        if self.decoder_factory is not EagerDecoder:  # drop the previous graph and static cache first
+            self.decoder_factory = EagerDecoder
+            _free_memory()
+        self.decoder_factory, self.decoder_reason = choose_decoder(self.model, self.plan, self.options.context_limit)
+        log.info("%s", self.decoder_reason)
 
     @property
     def adapter(self) -> AdapterFolder | None:
         return self.adapters.get(self.active_adapter) if self.active_adapter else None
 
-    def add_adapter(self, adapter_dir: Path | str) -> AdapterFolder:
+    def add_adapter(self, adapter_dir: Path | str, prepare_decoder: bool = True) -> AdapterFolder:
         """Attach another LoRA adapter to the loaded base (no reload) and make it the active one."""
         from peft import PeftModel
 
@@ -220,11 +236,12 @@ class Engine:
         self.adapters[name] = adapter
         self._adapter_sha256[name] = self._fingerprints.folder_digest([adapter.weights, adapter.path /
                                                                         "adapter_config.json"])
-        self.use_adapter(name)
+        self.use_adapter(name, prepare_decoder)
         return adapter
 
-    def use_adapter(self, name: str | None) -> None:
-        """Switch the active adapter, or run the base model alone with `None`."""
+    def use_adapter(self, name: str | None, prepare_decoder: bool = True) -> None:
+        """Switch the active adapter, or run the base model alone with `None`. A captured CUDA graph holds the
+        adapter that was active at capture, so the decode path is prepared again."""
         if name is not None and name not in self.adapters:
             raise AdapterFolderError(f"no adapter named {name} is loaded", fix="Add it in the model manager first.")
         if not self.adapters:
@@ -236,6 +253,8 @@ class Engine:
             lora_model.enable_adapter_layers()
             self.model.set_adapter(name)
         self.active_adapter = name
+        if prepare_decoder:
+            self.prepare_decoder()
 
     @property
     def identity(self) -> ModelIdentity:
@@ -336,7 +355,8 @@ class Engine:
             yield tail
 
     def close(self) -> None:
-        """Drop the model and give its memory back."""
+        """Drop the model, the decode graph and static cache, and give their memory back."""
+        self.decoder_factory = EagerDecoder
         self.model = None  # type: ignore[assignment]
         _free_memory()
 

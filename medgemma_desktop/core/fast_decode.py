@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
+from medgemma_desktop.core.app_dirs import cache_dir
 from medgemma_desktop.core.decoding import Decoder, EagerDecoder
 from medgemma_desktop.core.device import DevicePlan
 from medgemma_desktop.core.errors import ContextTooLongError
@@ -45,9 +46,7 @@ def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def compile_cache_dir() -> Path:
     """Where inductor keeps compiled kernels and graphs: the platform cache dir, so compiling happens once."""
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("MedGemma Desktop")) / "torch-compile"
+    return cache_dir() / "torch-compile"
 
 
 class StaticDecodeState:
