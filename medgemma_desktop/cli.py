@@ -54,7 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--images", type=int, default=1, help="images per question for the memory plan")
     model_commands.add_parser("cache", help="list the saved 4-bit models")
     model_commands.add_parser("clear-cache", help="delete the saved 4-bit models")
+
+    bench = commands.add_parser("bench", help="decode speed and memory: the model card's recipe against this app on "
+                                              "a full-size random model (source checkout and a CUDA GPU; --smoke: "
+                                              "tiny model on the CPU)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="[OUT_DIR] [--smoke] [--no-recipe]")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_decode.py"
+    if not script.is_file():
+        raise UserFacingError("the benchmarks are not installed with the app", path=script,
+                              fix="Run `medgemma-desktop bench` from a source checkout of MedGemma Desktop.")
+    return subprocess.call([sys.executable, str(script), *args.bench_args])
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -169,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor()
         if args.command == "models":
             return _models(args)
+        if args.command == "bench":
+            return _bench(args)
         from medgemma_desktop.ui.app import run_app
 
         return run_app(sys.argv[:1])
