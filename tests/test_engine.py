@@ -11,7 +11,7 @@ from PIL import Image
 
 from medgemma_desktop.core.decoding import EagerDecoder, SamplingSettings
 from medgemma_desktop.core.engine import Engine, GenerationSettings, LoadOptions
-from medgemma_desktop.core.errors import ContextTooLongError, LoadCancelled, OutOfMemoryError
+from medgemma_desktop.core.errors import ContextTooLongError, LoadCancelled, OutOfMemoryError, VisionUnavailableError
 from medgemma_desktop.core.prompts import build_chat
 
 
@@ -156,3 +156,18 @@ def test_loading_can_be_cancelled(tiny_checkpoint) -> None:
     with pytest.raises(LoadCancelled):
         Engine.load(tiny_checkpoint.model_dir, tiny_checkpoint.adapter_dir, progress=progress, cancel=cancel)
     assert steps[0] == "checking the model folder"
+
+
+def test_vision_check_passes_and_a_dead_projector_is_caught(tiny_checkpoint) -> None:
+    engine = Engine.load(tiny_checkpoint.model_dir)
+    assert engine.vision_active
+    projector = engine.model.model.multi_modal_projector
+    with torch.no_grad():
+        projector.mm_input_projection_weight.zero_()
+    assert not engine.check_vision()
+    engine.vision_active = False
+    with pytest.raises(VisionUnavailableError, match="cannot answer about images"):
+        list(engine.generate(build_chat("Describe.", [_image(9)])))
+    text_only = engine.generate(build_chat("Hello?"), GenerationSettings(max_new_tokens=3))
+    list(text_only)
+    assert text_only.stats.new_tokens == 3

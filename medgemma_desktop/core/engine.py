@@ -24,7 +24,13 @@ import torch
 
 from medgemma_desktop.core.decoding import Decoder, EagerDecoder, SamplingSettings, TokenPicker
 from medgemma_desktop.core.device import DevicePlan, choose_device
-from medgemma_desktop.core.errors import AdapterFolderError, ContextTooLongError, LoadCancelled, OutOfMemoryError
+from medgemma_desktop.core.errors import (
+    AdapterFolderError,
+    ContextTooLongError,
+    LoadCancelled,
+    OutOfMemoryError,
+    VisionUnavailableError,
+)
 from medgemma_desktop.core.fingerprint import FingerprintCache, WeightsIdentity
 from medgemma_desktop.core.model_folder import AdapterFolder, ModelFolder, check_adapter_folder, check_model_folder
 from medgemma_desktop.core.prompts import ChatTurn, to_processor_messages
@@ -128,6 +134,7 @@ class Engine:
         self.options = options
         self.model_sha256 = model_sha256
         self.loaded_from_cache = False
+        self.vision_active = False
         self.adapters: dict[str, AdapterFolder] = {}
         self.active_adapter: str | None = None
         self.decoder_factory: Callable[[torch.nn.Module], Decoder] = EagerDecoder
@@ -193,6 +200,8 @@ class Engine:
             raise LoadCancelled("loading was cancelled")
         engine = cls(model, processor, plan, folder, options, digest, fingerprints)
         engine.loaded_from_cache = from_cache
+        report(80, "checking that the vision tower sees images")
+        engine.vision_active = engine.check_vision()
         if adapter is not None:
             report(85, f"attaching the adapter {adapter.name}")
             engine.add_adapter(adapter.path, prepare_decoder=False)
@@ -213,6 +222,23 @@ class Engine:
             _free_memory()
         self.decoder_factory, self.decoder_reason = choose_decoder(self.model, self.plan, self.options.context_limit)
         log.info("%s", self.decoder_reason)
+
+    def check_vision(self) -> bool:
+        """Is the image path live? Two different tiny images must give finite, different next-token logits.
+
+        Other apps lose vision silently when the projector or tower does not match; this catches it at load.
+        """
+        from PIL import Image
+
+        from medgemma_desktop.core.prompts import build_chat
+
+        logits = []
+        with torch.inference_mode():
+            for shade in (0, 255):
+                inputs = self.prepare(build_chat("Describe.", [Image.new("RGB", (32, 32), (shade,) * 3)]))
+                logits.append(self.model(**inputs, logits_to_keep=1).logits[0, -1].float())
+        finite = bool(torch.isfinite(logits[0]).all() and torch.isfinite(logits[1]).all())
+        return finite and not torch.equal(logits[0], logits[1])
 
     @property
     def adapter(self) -> AdapterFolder | None:
@@ -295,6 +321,11 @@ class Engine:
              cancel: threading.Event | None) -> Iterator[TextChunk]:
         stats = generation.stats
         start = time.perf_counter()
+        if not self.vision_active and any(turn.images for turn in turns):
+            raise VisionUnavailableError(
+                "this model's vision path gave no usable output at load, so it cannot answer about images",
+                path=self.folder.path, fix="Copy the complete google/medgemma-1.5-4b-it folder again, or ask "
+                                           "without images.")
         inputs = self.prepare(turns)
         prompt_tokens = int(inputs["input_ids"].shape[1])
         stats.prompt_tokens = prompt_tokens

@@ -55,6 +55,12 @@ class OutOfMemoryError(UserFacingError):
     kind = "memory"
 
 
+class VisionUnavailableError(UserFacingError):
+    """The loaded model's image path does not work, so image questions are refused."""
+
+    kind = "vision"
+
+
 class LoadCancelled(UserFacingError):
     """The user cancelled loading a model."""
 

@@ -166,6 +166,8 @@ def write_tiny_checkpoint(root: Path, seed: int = 0) -> TinyCheckpoint:
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16).eval()
     with torch.no_grad():
+        # transformers initialises the image projector to zeros, which would make every image look the same.
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.5)
         embed = model.get_input_embeddings().weight
         quiet = SPECIAL_TOKENS + [f"<0x{b:02X}>" for b in range(256)]
         embed[tokenizer.convert_tokens_to_ids(quiet)] *= 0.01
