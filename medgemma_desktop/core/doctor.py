@@ -99,7 +99,10 @@ def _load_4bit(root: Path, state: dict) -> str:
     if quantized == 0:
         raise RuntimeError("no layer was quantized to 4-bit")
     state["engine"] = engine
-    return f"{quantized} linear layers in NF4 on {engine.plan.device} ({engine.plan.dtype_name} compute)"
+    if not engine.vision_active:
+        raise RuntimeError("the vision tower's output does not change with the image")
+    return (f"{quantized} linear layers in NF4 on {engine.plan.device} ({engine.plan.dtype_name} compute); "
+            f"vision active; {engine.decoder_reason}")
 
 
 def _check_adapter(root: Path, state: dict) -> str:
