@@ -11,6 +11,7 @@ Any stderr line not on the allowlist fails the test, as in qutebrowser's build_r
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import re
 import shutil
 import signal
@@ -45,7 +46,8 @@ DICOM_SAMPLES = {
     "MR_small_jp2klossless.dcm": "JPEG 2000 (pylibjpeg-openjpeg)",
     "MR_small_jpeg_ls_lossless.dcm": "JPEG-LS (pyjpegls)",
     "MR_small_RLE.dcm": "RLE (pylibjpeg-rle)",
-    "SC_rgb_jpeg_dcmtk.dcm": "baseline JPEG (pylibjpeg-libjpeg or Pillow)",
+    "SC_rgb_jpeg_gdcm.dcm": "lossless JPEG (pylibjpeg-libjpeg)",
+    "JPGExtended.dcm": "12-bit extended JPEG (pylibjpeg-libjpeg)",
 }
 
 
@@ -128,6 +130,60 @@ def check_layout(root: Path) -> Path:
     return exe
 
 
+# Libraries the app may lack without harm: bitsandbytes' GPU kernels (CUDA comes with the CUDA build), Qt's
+# Wayland, EGLFS/KMS and GTK-theme plugins (used only on such desktops, pulled in by the .deb's Recommends).
+OPTIONAL_ELF = [
+    "bitsandbytes/libbitsandbytes_cuda*",
+    "PySide6/Qt/plugins/platforms/libqwayland*",
+    "PySide6/Qt/plugins/platforms/libqeglfs*",
+    "PySide6/Qt/plugins/platforms/libqminimalegl*",
+    "PySide6/Qt/plugins/platforms/libqvkkhrdisplay*",
+    "PySide6/Qt/plugins/wayland-*/*",
+    "PySide6/Qt/plugins/egldeviceintegrations/*",
+    "PySide6/Qt/plugins/platformthemes/libqgtk3*",
+    "PySide6/Qt/lib/libQt6Wayland*",
+    "PySide6/Qt/lib/libQt6WlShellIntegration*",
+    "PySide6/Qt/lib/libQt6EglFs*",
+    "PySide6/Qt/lib/libQt6EglFSDeviceIntegration*",
+]
+
+
+def check_depends(deb: Path, exe: Path, install: bool) -> None:
+    """The .deb's Depends are installed here, and with them every library the app's ELF files link against.
+
+    A library missing from Depends shows up as 'not found' in ldd; that is how the Depends list is kept true.
+    """
+    depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True,
+                             text=True).stdout
+    missing = []
+    for group in depends.split(","):
+        names = [re.sub(r"\s*\(.*\)", "", alt).strip() for alt in group.split("|")]
+        installed = [name for name in names if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True).stdout.endswith(" installed")]
+        if not installed:
+            missing.append(names[0])
+    if missing and install:
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL)
+    elif missing:
+        raise SmokeFailure(f"this machine lacks the package's Depends: apt-get install {' '.join(missing)} "
+                           "(or pass --install-depends)")
+    internal = exe.parent / "_internal"
+    unresolved: dict[str, list[str]] = {}
+    for path in [exe, *internal.rglob("*.so*")]:
+        relative = str(path.relative_to(internal)) if path != exe else exe.name
+        if path.is_symlink() or not path.is_file() or any(fnmatch.fnmatch(relative, p) for p in OPTIONAL_ELF):
+            continue
+        ldd = subprocess.run(["ldd", str(path)], capture_output=True, text=True,
+                             env={"LD_LIBRARY_PATH": str(internal)})
+        for line in ldd.stdout.splitlines():
+            if "=> not found" in line:
+                unresolved.setdefault(line.split()[0], []).append(relative)
+    if unresolved:
+        details = "\n    ".join(f"{lib} (needed by {', '.join(users[:3])})" for lib, users in unresolved.items())
+        raise SmokeFailure(f"libraries neither bundled nor in Depends:\n    {details}")
+    print(f"ok   Depends installed and every required library resolves ({depends.strip()[:60]}...)")
+
+
 def check_dicom(exe: Path, env: dict[str, str], scratch: Path) -> None:
     """`ask` on one compressed DICOM file per decoder: pixel plugins are found through entry points."""
     import pydicom.data
@@ -189,6 +245,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("deb", type=Path)
     parser.add_argument("--screenshot", type=Path, default=Path(__file__).resolve().parent / "dist" / "window.png")
+    parser.add_argument("--install-depends", action="store_true", help="apt-get install missing Depends first")
     parser.add_argument("--gui-seconds", type=float, default=15.0, help="how long the window runs before SIGTERM")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="medgemma-smoke-") as temp:
@@ -197,6 +254,7 @@ def main() -> int:
         subprocess.run(["dpkg-deb", "-x", str(args.deb), str(root)], check=True)
         try:
             exe = check_layout(root)
+            check_depends(args.deb, exe, args.install_depends)
             env = clean_env(scratch / "home")
             expected_version = f"{NAME} {version('medgemma-desktop')}"
             check(run([str(exe), "--version"], env, scratch, 120), "--version", expected_version)
