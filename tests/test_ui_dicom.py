@@ -4,14 +4,11 @@ panel keeping patient data hidden until asked."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QMouseEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication
@@ -36,25 +33,6 @@ def open_and_wait(qtbot, viewer: ViewerPanel, paths: list[Path]) -> None:
     with qtbot.waitSignal(viewer.load_finished, timeout=20_000):
         viewer.open_paths(paths)
     assert not viewer.error_label.isVisible(), viewer.error_label.text()
-
-
-def write_ct_series(folder: Path, offsets: list[int]) -> list[int]:
-    """Copies of CT_small as axial slices 2.5 mm apart, slice i's values raised by offsets[i] HU, written in
-    shuffled order under random names with their own SeriesInstanceUID. Returns the offsets in slice order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    uid = generate_uid()
-    order = list(range(len(offsets)))
-    random.Random(7).shuffle(order)
-    for number in order:
-        dataset = pydicom.dcmread(CT_SMALL)
-        dataset.SeriesInstanceUID = uid
-        dataset.SOPInstanceUID = generate_uid()
-        dataset.ImagePositionPatient = [0.0, 0.0, 2.5 * number]
-        dataset.InstanceNumber = len(offsets) - number  # against the geometry: position must win
-        pixels = dataset.pixel_array
-        dataset.PixelData = (pixels + offsets[number]).astype(pixels.dtype).tobytes()
-        dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
-    return offsets
 
 
 def move_mouse(canvas: ImageCanvas, x: float, y: float, buttons=Qt.MouseButton.NoButton) -> None:
@@ -119,9 +97,9 @@ def test_window_presets_and_right_drag_re_render_from_the_hounsfield_units(qtbot
     assert viewer.canvas.dragMode() is viewer.canvas.DragMode.ScrollHandDrag  # left-drag still pans
 
 
-def test_a_shuffled_series_folder_is_one_item_scrolled_in_slice_order(qtbot, viewer: ViewerPanel,
-                                                                      tmp_path: Path) -> None:
-    offsets = write_ct_series(tmp_path / "series", [0, 100, 200, 300, 400])
+def test_a_shuffled_series_folder_is_one_item_scrolled_in_slice_order(qtbot, viewer: ViewerPanel, tmp_path: Path,
+                                                                      ct_series) -> None:
+    offsets = ct_series(tmp_path / "series", [0, 100, 200, 300, 400])
     (tmp_path / "series" / "notes.txt").write_text("not DICOM")
     open_and_wait(qtbot, viewer, [tmp_path / "series"])
     assert viewer.model.rowCount() == 1
