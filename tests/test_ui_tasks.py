@@ -32,7 +32,6 @@ from medgemma_desktop.core.prompts import (
 )
 from medgemma_desktop.core.windowing import ct_rgb_slice, sample_slice_indices
 from medgemma_desktop.ui.main_window import MainWindow
-from medgemma_desktop.ui.token_budget import load_token_counter
 from medgemma_desktop.ui.worker import Answer, GenerateRequest, ModelState
 
 TIMEOUT_MS = 30_000
@@ -221,17 +220,17 @@ def test_a_localization_answer_draws_its_boxes_through_the_padding(qtbot, window
 
 
 def test_the_token_budget_refuses_a_series_that_does_not_fit_and_offers_what_does(
-        qtbot, window: MainWindow, requests: list[GenerateRequest], tiny_checkpoint, tmp_path: Path,
-        ct_series) -> None:
+        qtbot, window: MainWindow, requests: list[GenerateRequest], tmp_path: Path, ct_series) -> None:
     window.settings = replace(window.settings, context_limit=900, max_new_tokens=100)
     ct_series(tmp_path / "ct", [0] * 40)
     open_files(qtbot, window, [tmp_path / "ct"])
-    counter = load_token_counter(tiny_checkpoint.model_dir)
+    counter = window.token_counter
+    assert counter is not None and counter.tokens_per_image == 16  # the tiny checkpoint's, from the worker
     fit = max_slices_that_fit(CT_QUESTION, counter.tokens_per_image, counter.count_text, context_limit=900,
                               reserve_tokens=100)
     assert 0 < fit < 40
     task = window.chat.task
-    qtbot.waitUntil(lambda: task.fit_button.isVisible(), timeout=TIMEOUT_MS)  # the tokenizer loads in background
+    qtbot.waitUntil(lambda: task.fit_button.isVisible(), timeout=TIMEOUT_MS)  # recounted after a short pause
     assert "limit of 900" in task.budget.text() and task.fit_button.text() == f"Use {fit} slices"
 
     qtbot.mouseClick(window.chat.send_button, Qt.MouseButton.LeftButton)

@@ -36,6 +36,7 @@ class DicomTagsPanel(QWidget):
         self.table.setAccessibleName("DICOM tag values")
         self.table.setHeaderLabels(["Tag", "Value"])
         self.table.setRootIsDecorated(False)
+        self.table.header().setAccessibleName("DICOM tag columns")
         self.table.setMaximumHeight(160)
 
         header = QHBoxLayout()

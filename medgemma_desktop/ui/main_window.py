@@ -45,7 +45,7 @@ from medgemma_desktop.ui.task_inputs import (
     plan_images,
 )
 from medgemma_desktop.ui.theme import app_icon, apply_theme
-from medgemma_desktop.ui.token_budget import BudgetCheck, TokenCounter, check_budget, load_token_counter
+from medgemma_desktop.ui.token_budget import BudgetCheck, TokenCounter, check_budget
 from medgemma_desktop.ui.viewer import ImageLoader, ViewerPanel
 from medgemma_desktop.ui.worker import Answer, ModelHost, ModelState
 
@@ -73,8 +73,7 @@ class MainWindow(QMainWindow):
         self._answering = False
         self._preparing = False
         self._load_when_idle = False
-        self._counter: TokenCounter | None = None
-        self._counter_dir: str | None = None
+        self.token_counter: TokenCounter | None = None  # from the worker once a model is ready
 
         self.host = ModelHost(self)
         self.jobs = BackgroundJobs(self)
@@ -107,6 +106,7 @@ class MainWindow(QMainWindow):
 
         self.host.state_changed.connect(self._on_state)
         self.host.worker.token.connect(self.chat.append_token)
+        self.host.worker.token_counter_ready.connect(self._use_token_counter)
         self.host.worker.finished.connect(self._on_finished)
         self.host.worker.failed.connect(self._on_failed)
         self.chat.question_submitted.connect(self.ask)
@@ -247,10 +247,10 @@ class MainWindow(QMainWindow):
         when it cannot take these images."""
         counted = [_COUNTED_IMAGE] * count_model_images(plan, self.chat.task.slice_count)
         turns = self.chat.conversation.preview(question, counted, mode)
-        if self._counter is None:
+        if self.token_counter is None:
             return None
         has_series = any(picture.series is not None for picture in plan)
-        return check_budget(turns, self._counter, context_limit=self.settings.context_limit,
+        return check_budget(turns, self.token_counter, context_limit=self.settings.context_limit,
                             reserve_tokens=self.settings.max_new_tokens,
                             series=SERIES_MODES.get(mode) if has_series else None,
                             question=question.strip() or mode.default_question)
@@ -270,24 +270,10 @@ class MainWindow(QMainWindow):
         else:
             self.chat.task.show_budget(check)
 
-    def _load_token_counter(self) -> None:
-        model_dir = self.settings.model_dir
-        if not model_dir or model_dir == self._counter_dir:
-            return
-        self._counter_dir, self._counter = model_dir, None
-
-        def loaded(counter: TokenCounter) -> None:
-            if self._counter_dir == model_dir:
-                self._counter = counter
-                self.update_budget()
-
-        def failed(exc: Exception) -> None:
-            if not isinstance(exc, UserFacingError):
-                report_unexpected(type(exc), exc, exc.__traceback__)
-            self._counter_dir = None
-            self.chat.task.show_message(f"Token count unavailable: {exc}")
-
-        self.jobs.run(lambda: load_token_counter(Path(model_dir)), loaded, failed)
+    @Slot(object)
+    def _use_token_counter(self, counter: TokenCounter) -> None:
+        self.token_counter = counter
+        self.update_budget()
 
     @Slot(str)
     def _suggest_series_mode(self, modality: str) -> None:
@@ -338,8 +324,8 @@ class MainWindow(QMainWindow):
     @Slot(object, str)
     def _on_state(self, state: ModelState, detail: str) -> None:
         self.model_status.show_state(state, detail, self.host.identity)
-        if state is ModelState.READY:
-            self._load_token_counter()
+        if state is ModelState.LOADING:
+            self.token_counter = None  # another model may count differently
         if self._load_when_idle and not self.host.busy:
             self._load_when_idle = False
             self._request_load()
