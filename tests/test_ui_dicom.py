@@ -133,6 +133,17 @@ def test_a_shuffled_series_folder_is_one_item_scrolled_in_slice_order(qtbot, vie
     assert canvas.zoom == pytest.approx(zoom * 1.25) and viewer.slice_label.text() == "slice 4 / 5"
 
 
+def test_a_dicomdir_opens_one_item_per_series(qtbot, viewer: ViewerPanel) -> None:
+    dicomdir = Path(get_testdata_file("DICOMDIR"))  # type: ignore[arg-type]
+    open_and_wait(qtbot, viewer, [dicomdir])
+    pictures = viewer.model.pending_pictures()
+    assert len(pictures) == 13  # the DICOMDIR's series; one-slice series are plain DICOM pictures
+    assert sum(picture.series.slice_count if picture.series else 1 for picture in pictures) == 31
+    brain = next(picture for picture in pictures if picture.input.label.startswith("Routine Brain"))
+    viewer.strip.setCurrentIndex(viewer.model.index(pictures.index(brain)))
+    assert viewer.slice_label.text() == "slice 3 / 4" and viewer.canvas.scrolls_slices
+
+
 def test_patient_data_is_hidden_until_the_user_asks(qtbot, viewer: ViewerPanel) -> None:
     open_and_wait(qtbot, viewer, [CT_SMALL])
     tags = viewer.tags

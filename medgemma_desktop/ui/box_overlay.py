@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PySide6.QtCore import QRectF, Qt
+from PySide6.QtCore import QRectF
 from PySide6.QtGui import QBrush, QColor, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsItemGroup, QGraphicsRectItem, QGraphicsSimpleTextItem
 
@@ -59,8 +59,10 @@ class BoxOverlay(QGraphicsItemGroup):
             self.rects.append(rect)
             if box.label:
                 label = QGraphicsSimpleTextItem(box.label)
+                font = label.font()
+                font.setBold(True)
+                label.setFont(font)
                 label.setBrush(QBrush(BOX_COLOUR))
-                label.setPen(QPen(Qt.GlobalColor.black, 0.5))
                 label.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)  # readable at any zoom
                 label.setPos(box.left, box.top)
                 self.addToGroup(label)

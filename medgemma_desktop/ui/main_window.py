@@ -283,7 +283,7 @@ class MainWindow(QMainWindow):
             self.chat.task.set_mode(mode)
 
     def regenerate(self) -> None:
-        if self.host.state is not ModelState.READY or self.chat.conversation.last is None:
+        if self.host.state is not ModelState.READY or self._preparing or self.chat.conversation.last is None:
             return
         self._answering = True
         self.host.generate(self.chat.begin_regenerate(), self.generation_settings())
@@ -332,7 +332,7 @@ class MainWindow(QMainWindow):
         self._update_controls()
 
     def _update_controls(self) -> None:
-        self.chat.set_busy(self.host.busy or self._preparing, can_send=self.host.state is ModelState.READY)
+        self.chat.set_busy(self.host.busy, can_send=self.host.state is ModelState.READY and not self._preparing)
 
     # Dialogs and settings ------------------------------------------------------------------------------------
 

@@ -46,7 +46,8 @@ class BudgetCheck:
 
     @property
     def summary(self) -> str:
-        images = f", {self.images} image{'s' if self.images != 1 else ''}" if self.images else ""
+        noun = "slice" if self.series else "image"
+        images = f", {self.images} {noun}{'s' if self.images != 1 else ''}" if self.images else ""
         return (f"Input {self.budget.total:,} tokens{images} · limit {self.budget.context_limit:,}, "
                 f"{self.budget.reserve_tokens:,} kept for the answer")
 
