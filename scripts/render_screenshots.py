@@ -2,9 +2,12 @@
 
 The window runs for real: the tiny random checkpoint is loaded through the real worker (the status bar says so)
 and a synthetic chest-X-ray-like picture is opened through the viewer. The answer on screen is a fixed
-illustrative sample, because the tiny model writes random characters; it is not MedGemma output.
+illustrative sample, because the tiny model writes random characters; it is not MedGemma output. The DICOM view
+shows a small CT series made of pydicom's test file CT_small.dcm; the localization view draws the boxes of a
+fixed sample answer, handed to the window the way the worker hands over a finished answer. Token counts are
+the tiny checkpoint's (16 tokens per image, not MedGemma's 256).
 
-    python scripts/render_screenshots.py [--out docs]
+    PYTHONPATH=. python scripts/render_screenshots.py [--out docs]
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import pydicom
 from PIL import Image, ImageDraw, ImageFilter
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QApplication
 
 from medgemma_desktop.core.engine import GenerationStats
+from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.settings import Settings, save_settings
+from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS
 from medgemma_desktop.testing import write_tiny_checkpoint
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.theme import apply_theme
@@ -58,6 +66,27 @@ def synthetic_chest_film(path: Path) -> Path:
         draw.arc((70, y - 40, 570, y + 80), 200, 340, fill=200, width=6)
     image.filter(ImageFilter.GaussianBlur(6)).convert("RGB").save(path)
     return path
+
+
+BOXES_ANSWER = ("The left lung lies on the patient's left, the side of the heart (illustrative sample text).\n"
+                 'Final Answer: ```json[{"box_2d": [150, 520, 870, 870], "label": "left lung"}, '
+                 '{"box_2d": [150, 130, 870, 480], "label": "right lung"}]```')
+
+
+def ct_series_folder(folder: Path, slices: int = 12) -> Path:
+    """Copies of pydicom's CT_small.dcm as one axial series, 2.5 mm apart, values shifted a little per slice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = generate_uid()
+    for number in range(slices):
+        dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        dataset.SeriesInstanceUID = uid
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.SeriesDescription = "Synthetic CT (pydicom CT_small)"
+        dataset.ImagePositionPatient = [0.0, 0.0, 2.5 * number]
+        pixels = dataset.pixel_array
+        dataset.PixelData = (pixels + 8 * number).astype(pixels.dtype).tobytes()
+        dataset.save_as(folder / f"slice{number:03d}.dcm")
+    return folder
 
 
 def spin_until(done, timeout_s: float = 30) -> None:
@@ -107,8 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     window._change_settings(replace(window.settings, theme="dark"))
     app.processEvents()
     window.grab().save(str(args.out / "window_dark.png"))
+    window._change_settings(replace(window.settings, theme="light"))
+
+    window.new_conversation()
+    window.viewer.open_paths([ct_series_folder(work / "ct")])
+    spin_until(lambda: window.viewer.model.rowCount() == 1)
+    window.viewer.set_window(CT_WINDOW_PRESETS["lung"])
+    window.viewer.tags.toggle.setChecked(True)
+    window.update_budget()
+    app.processEvents()
+    window.grab().save(str(args.out / "window_ct.png"))
+
+    window.new_conversation()
+    window.chat.task.set_mode(TaskMode.LOCALIZATION)
+    window.viewer.open_paths([synthetic_chest_film(work / "synthetic_chest.png")])
+    spin_until(lambda: window.viewer.model.rowCount() == 1)
+    window.host.generate_requested.disconnect(window.host.worker.generate)  # the tiny model writes noise
+    window.ask("left lung")
+    spin_until(lambda: window.host.state is ModelState.GENERATING)
+    window.host.worker.finished.emit(Answer(BOXES_ANSWER, "", SAMPLE_STATS))
+    window.update_budget()
+    app.processEvents()
+    window.grab().save(str(args.out / "window_boxes.png"))
     window.close()
-    for name in ("first_run.png", "window.png", "window_dark.png"):
+    for name in ("first_run.png", "window.png", "window_dark.png", "window_ct.png", "window_boxes.png"):
         print(args.out / name)
     return 0
 

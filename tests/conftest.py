@@ -4,11 +4,15 @@ guard that fails any test leaving a QThread running (napari's `dangling_qthreads
 from __future__ import annotations
 
 import os
+import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from medgemma_desktop.testing import TinyCheckpoint, write_tiny_checkpoint
 
@@ -64,3 +68,28 @@ def tiny_settings_path(tmp_path: Path, tiny_checkpoint: TinyCheckpoint) -> Path:
     save_settings(Settings(model_dir=str(tiny_checkpoint.model_dir), adapter_dir=str(tiny_checkpoint.adapter_dir),
                            max_new_tokens=2000), path)
     return path
+
+
+@pytest.fixture
+def ct_series() -> Callable[[Path, list[int]], list[int]]:
+    """Writes a CT series folder made from pydicom's CT_small.dcm (see `_write_ct_series`)."""
+    return _write_ct_series
+
+
+def _write_ct_series(folder: Path, offsets: list[int]) -> list[int]:
+    """Copies of CT_small as axial slices 2.5 mm apart, slice i's values raised by offsets[i] HU, written in
+    shuffled order under random names with their own SeriesInstanceUID. Returns the offsets in slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = generate_uid()
+    order = list(range(len(offsets)))
+    random.Random(7).shuffle(order)
+    for number in order:
+        dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        dataset.SeriesInstanceUID = uid
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.ImagePositionPatient = [0.0, 0.0, 2.5 * number]
+        dataset.InstanceNumber = len(offsets) - number  # against the geometry: position must win
+        pixels = dataset.pixel_array
+        dataset.PixelData = (pixels + offsets[number]).astype(pixels.dtype).tobytes()
+        dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
+    return offsets

@@ -19,12 +19,15 @@ from PySide6.QtWidgets import (
 )
 
 from medgemma_desktop.core.engine import GenerationStats
-from medgemma_desktop.core.imaging import ImageInput
-from medgemma_desktop.core.prompts import ChatTurn
+from medgemma_desktop.core.imaging import ImageInput, PaddingInfo
+from medgemma_desktop.core.prompts import ChatTurn, TaskMode
 from medgemma_desktop.ui.conversation import Conversation, Exchange
+from medgemma_desktop.ui.task_bar import TaskBar
+from medgemma_desktop.ui.task_inputs import SERIES_MODES
 from medgemma_desktop.ui.worker import Answer
 
 FLUSH_INTERVAL_MS = 120
+FREE_PLACEHOLDER = "Ask about the images… (Enter sends, Shift+Enter for a new line)"
 
 
 def stats_line(stats: GenerationStats) -> str:
@@ -43,9 +46,11 @@ def stats_line(stats: GenerationStats) -> str:
 
 def exchange_markdown(exchange: Exchange) -> str:
     images = len(exchange.images)
-    attached = f"\n\n*{images} image{'s' if images != 1 else ''} attached*" if images else ""
+    noun = "slice" if exchange.mode in SERIES_MODES else "image"
+    attached = f"\n\n*{images} {noun}{'s' if images != 1 else ''} attached*" if images else ""
+    mode = f"*{exchange.mode.title}* · " if exchange.mode is not TaskMode.FREE_CHAT else ""
     answer = exchange.answer
-    lines = [f"**You**\n\n{exchange.question}{attached}", "**MedGemma**"]
+    lines = [f"**You**\n\n{mode}{exchange.shown_question}{attached}", "**MedGemma**"]
     if answer:
         lines.append(answer)
     elif not exchange.error and exchange.stats is None:
@@ -113,9 +118,10 @@ class ChatPane(QWidget):
         self.notice.hide()
         self.question = QuestionEdit()
         self.question.setAccessibleName("Question")
-        self.question.setPlaceholderText("Ask about the images… (Enter sends, Shift+Enter for a new line)")
         self.question.setMaximumHeight(110)
         self.question.submitted.connect(self.submit)
+        self.task = TaskBar()
+        self.task.mode_changed.connect(self._show_mode)
 
         self.send_button = _button("Send", "Send the question (Enter)")
         self.stop_button = _button("Stop", "Stop the answer (Esc)")
@@ -134,6 +140,7 @@ class ChatPane(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.transcript, 1)
         layout.addWidget(self.notice)
+        layout.addWidget(self.task)
         layout.addWidget(self.question)
         layout.addLayout(buttons)
 
@@ -141,6 +148,7 @@ class ChatPane(QWidget):
         self._flush_timer.setInterval(FLUSH_INTERVAL_MS)
         self._flush_timer.timeout.connect(self._flush)
         self.set_busy(False, can_send=False)
+        self._show_mode(self.task.mode)
 
     # Called by the main window -------------------------------------------------------------------------------
 
@@ -152,10 +160,13 @@ class ChatPane(QWidget):
         self.regenerate_button.setEnabled(self._can_send and last is not None)
         self.copy_button.setEnabled(not generating and last is not None and bool(last.answer))
 
-    def begin(self, question: str, images: list[ImageInput]) -> list[ChatTurn]:
-        """Record a new question and return the turns to send: the single place turns are built."""
+    def begin(self, question: str, images: list[ImageInput], mode: TaskMode = TaskMode.FREE_CHAT, *,
+              padding: PaddingInfo | None = None, target: ImageInput | None = None) -> list[ChatTurn]:
+        """Record a new question and return the turns to send (built by `Conversation.turns_for`); the question
+        box is emptied only now, so that a question refused before sending is still there to fix."""
         self.show_notice("")
-        turns = self.conversation.ask(question, images)
+        turns = self.conversation.ask(question, images, mode, padding=padding, target=target)
+        self.question.clear()
         self._render()
         return turns
 
@@ -204,10 +215,13 @@ class ChatPane(QWidget):
             QGuiApplication.clipboard().setText(last.answer)
 
     def submit(self) -> None:
+        """An empty question asks the mode's default question (shown as the placeholder)."""
         text = self.question.toPlainText().strip()
-        if text and self._can_send:
-            self.question.clear()
+        if (text or self.task.mode.default_question) and self._can_send:
             self.question_submitted.emit(text)
+
+    def _show_mode(self, mode: TaskMode) -> None:
+        self.question.setPlaceholderText(mode.default_question or FREE_PLACEHOLDER)
 
     # Rendering -----------------------------------------------------------------------------------------------
 

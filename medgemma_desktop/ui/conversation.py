@@ -1,40 +1,61 @@
 """The conversation as exchanges (question, images, answer) and the one place that turns it into model turns.
 
-Qt-free on purpose: the conversation store and task-mode presets will plug in here, and the rules for what the
-model sees (history, then this question's images, then its text) stay in one method, `turns_for`.
+Qt-free on purpose: the conversation store plugs in here, and the rules for what the model sees stay in one
+method, `turns_for`: a question in a task mode is built by `core.prompts.build_task_prompt` (Google's formats);
+a follow-up (no images of its own, after an answer in the same mode) is a plain question after the history.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from medgemma_desktop.core.engine import GenerationStats
-from medgemma_desktop.core.imaging import ImageInput
-from medgemma_desktop.core.prompts import ChatTurn, build_chat, user_turn
+from medgemma_desktop.core.imaging import ImageInput, PaddingInfo
+from medgemma_desktop.core.prompts import ChatTurn, TaskMode, build_chat, build_task_prompt
 
 
 @dataclass
 class Exchange:
-    question: str
-    images: tuple[ImageInput, ...]
+    question: str  # as typed; "" asks the mode's default question
+    images: tuple[ImageInput, ...]  # as the model sees them (a series' encoded slices, a padded picture)
     answer: str = ""
     thinking: str = ""
     stats: GenerationStats | None = None
     error: str = ""
+    mode: TaskMode = TaskMode.FREE_CHAT
+    padding: PaddingInfo | None = None  # localization: how the picture was padded to square
+    target: ImageInput | None = None  # localization: the original picture the answer's boxes belong on
 
     @property
     def complete(self) -> bool:
         """Answered, so it can be history for the next question (stopped answers count: the user saw them)."""
         return bool(self.answer.strip()) and not self.error
 
+    @property
+    def shown_question(self) -> str:
+        return self.question or self.mode.default_question
+
 
 class Conversation:
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
 
-    def ask(self, question: str, images: list[ImageInput]) -> list[ChatTurn]:
-        self.exchanges.append(Exchange(question, tuple(images)))
-        return self.turns_for(len(self.exchanges) - 1)
+    def ask(self, question: str, images: Sequence[ImageInput], mode: TaskMode = TaskMode.FREE_CHAT, *,
+            padding: PaddingInfo | None = None, target: ImageInput | None = None) -> list[ChatTurn]:
+        """Record a question and give its turns; a question the mode refuses (`UserFacingError`) is not kept."""
+        self.exchanges.append(Exchange(question, tuple(images), mode=mode, padding=padding, target=target))
+        try:
+            return self.turns_for(len(self.exchanges) - 1)
+        except Exception:
+            self.exchanges.pop()
+            raise
+
+    def preview(self, question: str, images: Sequence[ImageInput], mode: TaskMode) -> list[ChatTurn]:
+        """The turns this question would send, without recording it (for the token budget)."""
+        turns = self.ask(question, images, mode)
+        self.exchanges.pop()
+        return turns
 
     def retry_last(self) -> list[ChatTurn]:
         """Forget the last answer and give the turns that asked for it again."""
@@ -44,12 +65,21 @@ class Conversation:
 
     def turns_for(self, index: int) -> list[ChatTurn]:
         history: list[ChatTurn] = []
+        previous: Exchange | None = None
         for earlier in self.exchanges[:index]:
             if earlier.complete:
-                history.append(user_turn(*(item.image for item in earlier.images), earlier.question))
+                history.append(self._question_turns(earlier, previous, [])[-1])
                 history.append(ChatTurn("assistant", (earlier.answer.strip(),)))
-        exchange = self.exchanges[index]
-        return build_chat(exchange.question, [item.image for item in exchange.images], history=history)
+                previous = earlier
+        return self._question_turns(self.exchanges[index], previous, history)
+
+    @staticmethod
+    def _question_turns(exchange: Exchange, previous: Exchange | None,
+                        history: list[ChatTurn]) -> list[ChatTurn]:
+        images = [item.image for item in exchange.images]
+        if not images and previous is not None and previous.mode is exchange.mode:
+            return build_chat(exchange.shown_question, history=history)
+        return build_task_prompt(exchange.mode, images, exchange.question, history=history)
 
     @property
     def last(self) -> Exchange | None:

@@ -1,7 +1,8 @@
 """The conversation's images as a Qt list model: the thumbnail strip shows it, the next question reads it.
 
 Images already sent with an earlier question stay listed (marked "sent") because the conversation's history
-still holds them; only images not yet sent can be removed from the next question.
+still holds them; only images not yet sent can be removed from the next question. One image can be marked
+"prior": the older study of a longitudinal comparison, sent first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PICTURE_ROLE = Qt.ItemDataRole.UserRole + 1
 class _Entry:
     picture: Picture
     sent: bool = False
+    prior: bool = False
 
 
 class ImageListModel(QAbstractListModel):
@@ -39,7 +41,8 @@ class ImageListModel(QAbstractListModel):
         entry = self._entries[index.row()]
         item = entry.picture.input
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"{item.label} (sent)" if entry.sent else item.label
+            marks = [mark for mark, on in (("prior", entry.prior), ("sent", entry.sent)) if on]
+            return f"{item.label} ({', '.join(marks)})" if marks else item.label
         if role == Qt.ItemDataRole.DecorationRole:
             return QPixmap.fromImage(entry.picture.thumbnail)
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -63,6 +66,18 @@ class ImageListModel(QAbstractListModel):
     def is_sent(self, row: int) -> bool:
         return self._entries[row].sent
 
+    def is_prior(self, row: int) -> bool:
+        return self._entries[row].prior
+
+    def set_prior(self, row: int, prior: bool) -> None:
+        """Mark one image as the prior study (unmarking any other), or unmark it."""
+        for index, entry in enumerate(self._entries):
+            entry.prior = prior and index == row
+        self.dataChanged.emit(self.index(0), self.index(len(self._entries) - 1))
+
+    def prior(self) -> Picture | None:
+        return next((entry.picture for entry in self._entries if entry.prior), None)
+
     def remove(self, row: int) -> None:
         """Take a not-yet-sent image off the next question."""
         if self._entries[row].sent:
@@ -71,9 +86,12 @@ class ImageListModel(QAbstractListModel):
         del self._entries[row]
         self.endRemoveRows()
 
+    def pending_pictures(self) -> list[Picture]:
+        """The pictures (and series) the next question carries, in the order they were added."""
+        return [entry.picture for entry in self._entries if not entry.sent]
+
     def pending(self) -> list[ImageInput]:
-        """The images the next question carries, in the order they were added."""
-        return [entry.picture.input for entry in self._entries if not entry.sent]
+        return [picture.input for picture in self.pending_pictures()]
 
     def mark_sent(self) -> None:
         for entry in self._entries:

@@ -1,7 +1,8 @@
 """The main window: viewer on the left, chat on the right, status bar below, first-run page until a model is set.
 
 It wires the parts together and owns the decisions that span them: what a question carries (the viewer's
-pending images, the chat's turns), when a model (re)loads, and what happens to running work when it closes.
+pending images rendered for the chat's task mode, checked against the token budget before anything is sent),
+where a localization answer's boxes go, when a model (re)loads, and what happens to running work when it closes.
 """
 
 from __future__ import annotations
@@ -10,36 +11,56 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PIL import Image
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
+from medgemma_desktop.core.boxes import parse_boxes
 from medgemma_desktop.core.decoding import SamplingSettings
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import GenerationSettings, LoadOptions
+from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.gpu import GpuMonitor
-from medgemma_desktop.core.imaging import load_image
+from medgemma_desktop.core.imaging import ImageInput, load_any
+from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.settings import Settings, load_settings, save_settings
 from medgemma_desktop.ui.about import AboutDialog
+from medgemma_desktop.ui.background import BackgroundJobs
+from medgemma_desktop.ui.box_overlay import FoundBoxes
 from medgemma_desktop.ui.chat import ChatPane
 from medgemma_desktop.ui.first_run import FirstRunPage
 from medgemma_desktop.ui.folder_field import folders_problem
+from medgemma_desktop.ui.hooks import report_unexpected
+from medgemma_desktop.ui.pictures import Picture
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.status import GpuStatusLabel, ModelStatusLabel
+from medgemma_desktop.ui.task_inputs import (
+    MODE_FOR_MODALITY,
+    SERIES_MODES,
+    ModelImages,
+    count_model_images,
+    model_images,
+    plan_images,
+)
 from medgemma_desktop.ui.theme import app_icon, apply_theme
+from medgemma_desktop.ui.token_budget import BudgetCheck, TokenCounter, check_budget
 from medgemma_desktop.ui.viewer import ImageLoader, ViewerPanel
 from medgemma_desktop.ui.worker import Answer, ModelHost, ModelState
 
 log = logging.getLogger(__name__)
 RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit")
+BUDGET_DELAY_MS = 150  # recount after typing pauses, not on every key
+# Stands in for each image while counting: the count depends on how many images there are, not on their pixels.
+_COUNTED_IMAGE = ImageInput(image=Image.new("RGB", (1, 1)), source=Path("counted"), sha256="", label="counted")
 
 
 class MainWindow(QMainWindow):
     # After the chat pane shows an answer (finished or stopped): the seam for saving it to the store.
     answer_finished = Signal(object)  # Answer
 
-    def __init__(self, settings_path: Path | None = None, loader: ImageLoader = load_image,
+    def __init__(self, settings_path: Path | None = None, loader: ImageLoader = load_any,
                  monitor: GpuMonitor | None = None) -> None:
         super().__init__()
         self.setWindowTitle("MedGemma Desktop")
@@ -50,9 +71,12 @@ class MainWindow(QMainWindow):
         self.settings = loaded.settings
         self._monitor = monitor or GpuMonitor()
         self._answering = False
+        self._preparing = False
         self._load_when_idle = False
+        self.token_counter: TokenCounter | None = None  # from the worker once a model is ready
 
         self.host = ModelHost(self)
+        self.jobs = BackgroundJobs(self)
         self.viewer = ViewerPanel(loader)
         self.chat = ChatPane()
         self.first_run = FirstRunPage()
@@ -82,13 +106,23 @@ class MainWindow(QMainWindow):
 
         self.host.state_changed.connect(self._on_state)
         self.host.worker.token.connect(self.chat.append_token)
+        self.host.worker.token_counter_ready.connect(self._use_token_counter)
         self.host.worker.finished.connect(self._on_finished)
         self.host.worker.failed.connect(self._on_failed)
         self.chat.question_submitted.connect(self.ask)
         self.chat.stop_clicked.connect(self.host.stop)
         self.chat.regenerate_clicked.connect(self.regenerate)
         self.chat.question.image_pasted.connect(self.viewer.open_mime)
+        self.viewer.series_opened.connect(self._suggest_series_mode)
         self.first_run.folders_chosen.connect(self._use_folders)
+        self._budget_timer = QTimer(self)
+        self._budget_timer.setSingleShot(True)
+        self._budget_timer.setInterval(BUDGET_DELAY_MS)
+        self._budget_timer.timeout.connect(self.update_budget)
+        for signal in (self.chat.task.mode_changed, self.chat.task.slices_changed, self.chat.question.textChanged,
+                       self.viewer.model.rowsInserted, self.viewer.model.rowsRemoved, self.viewer.model.modelReset,
+                       self.viewer.model.dataChanged, self.answer_finished):
+            signal.connect(self._budget_timer.start)
         self.resize(1180, 760)
         if loaded.notice:
             self.statusBar().showMessage(loaded.notice, 20_000)
@@ -159,15 +193,97 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def ask(self, question: str) -> None:
-        if self.host.state is not ModelState.READY:
+        """Check the question against its mode and the token budget, render its images on a background job,
+        then send it. A refused question stays in the box with the reason above it."""
+        if self.host.state is not ModelState.READY or self._preparing:
             return
-        turns = self.chat.begin(question, self.viewer.model.pending())
+        mode, slices = self.chat.task.mode, self.chat.task.slice_count
+        try:
+            plan = self._plan(mode)
+            check = self._check_budget(question, mode, plan)
+        except UserFacingError as exc:
+            self.chat.show_notice(str(exc))
+            return
+        if check is not None and check.problem:
+            self.chat.task.show_budget(check)
+            self.chat.show_notice(check.problem)
+            return
+        self._preparing = True
+        self._update_controls()
+        self.jobs.run(lambda: model_images(mode, plan, slices), lambda images: self._send(question, mode, images),
+                      self._preparation_failed)
+
+    def _send(self, question: str, mode: TaskMode, images: ModelImages) -> None:
+        self._preparing = False
+        if self.host.state is not ModelState.READY:
+            self._update_controls()
+            return
+        try:
+            turns = self.chat.begin(question, list(images.images), mode, padding=images.padding,
+                                    target=images.target)
+        except UserFacingError as exc:
+            self.chat.show_notice(str(exc))
+            self._update_controls()
+            return
         self.viewer.model.mark_sent()
         self._answering = True
         self.host.generate(turns, self.generation_settings())
 
+    def _preparation_failed(self, exc: Exception) -> None:
+        self._preparing = False
+        if isinstance(exc, UserFacingError):
+            self.chat.show_notice(str(exc))
+        else:
+            report_unexpected(type(exc), exc, exc.__traceback__)
+            self.chat.show_notice(f"The images could not be prepared: {type(exc).__name__}: {exc}. "
+                                  "Details are in the log file.")
+        self._update_controls()
+
+    def _plan(self, mode: TaskMode) -> list[Picture]:
+        return plan_images(mode, self.viewer.model.pending_pictures(), self.viewer.model.prior())
+
+    def _check_budget(self, question: str, mode: TaskMode, plan: list[Picture]) -> BudgetCheck | None:
+        """The question's token cost (None until the tokenizer is loaded); raises the mode's `UserFacingError`
+        when it cannot take these images."""
+        counted = [_COUNTED_IMAGE] * count_model_images(plan, self.chat.task.slice_count)
+        turns = self.chat.conversation.preview(question, counted, mode)
+        if self.token_counter is None:
+            return None
+        has_series = any(picture.series is not None for picture in plan)
+        return check_budget(turns, self.token_counter, context_limit=self.settings.context_limit,
+                            reserve_tokens=self.settings.max_new_tokens,
+                            series=SERIES_MODES.get(mode) if has_series else None,
+                            question=question.strip() or mode.default_question)
+
+    def update_budget(self) -> None:
+        """Show what the question being typed would cost, or what its mode still needs."""
+        mode = self.chat.task.mode
+        # While the box is empty in a mode without a default question, count a one-word question.
+        question = self.chat.question.toPlainText() or mode.default_question or "?"
+        try:
+            check = self._check_budget(question, mode, self._plan(mode))
+        except UserFacingError as exc:
+            self.chat.task.show_message(str(exc))
+            return
+        if check is None:
+            self.chat.task.show_message("Token count: available once the model is loaded")
+        else:
+            self.chat.task.show_budget(check)
+
+    @Slot(object)
+    def _use_token_counter(self, counter: TokenCounter) -> None:
+        self.token_counter = counter
+        self.update_budget()
+
+    @Slot(str)
+    def _suggest_series_mode(self, modality: str) -> None:
+        """A CT or MR series just opened: switch to its series mode unless one is already chosen."""
+        mode = MODE_FOR_MODALITY.get(modality)
+        if mode is not None and self.chat.task.mode not in SERIES_MODES:
+            self.chat.task.set_mode(mode)
+
     def regenerate(self) -> None:
-        if self.host.state is not ModelState.READY or self.chat.conversation.last is None:
+        if self.host.state is not ModelState.READY or self._preparing or self.chat.conversation.last is None:
             return
         self._answering = True
         self.host.generate(self.chat.begin_regenerate(), self.generation_settings())
@@ -183,6 +299,14 @@ class MainWindow(QMainWindow):
     def _on_finished(self, answer: Answer) -> None:
         self._answering = False
         self.chat.finish(answer)
+        exchange = self.chat.conversation.last
+        if exchange is not None and exchange.mode is TaskMode.LOCALIZATION and exchange.target is not None:
+            boxes = parse_boxes(answer.text)
+            if boxes:
+                self.viewer.set_boxes(exchange.target, FoundBoxes(tuple(boxes), exchange.target.image.size,
+                                                                  exchange.padding))
+            else:
+                self.chat.show_notice("The answer holds no boxes in the expected format, so none are drawn.")
         self._update_controls()
         self.answer_finished.emit(answer)
 
@@ -200,13 +324,15 @@ class MainWindow(QMainWindow):
     @Slot(object, str)
     def _on_state(self, state: ModelState, detail: str) -> None:
         self.model_status.show_state(state, detail, self.host.identity)
+        if state is ModelState.LOADING:
+            self.token_counter = None  # another model may count differently
         if self._load_when_idle and not self.host.busy:
             self._load_when_idle = False
             self._request_load()
         self._update_controls()
 
     def _update_controls(self) -> None:
-        self.chat.set_busy(self.host.busy, can_send=self.host.state is ModelState.READY)
+        self.chat.set_busy(self.host.busy, can_send=self.host.state is ModelState.READY and not self._preparing)
 
     # Dialogs and settings ------------------------------------------------------------------------------------
 
@@ -233,6 +359,7 @@ class MainWindow(QMainWindow):
         if isinstance(app, QApplication):
             apply_theme(app, settings.theme)
         self.gpu_status.set_plan(choose_device(settings.force_cpu))
+        self._budget_timer.start()
 
     def _apply_settings(self, settings: Settings) -> None:
         reload = any(getattr(settings, name) != getattr(self.settings, name) for name in RELOAD_FIELDS)
@@ -250,5 +377,6 @@ class MainWindow(QMainWindow):
         self._load_when_idle = False
         self.host.shutdown()
         self.viewer.jobs.wait()
+        self.jobs.wait()
         self._monitor.close()
         super().closeEvent(event)

@@ -7,25 +7,44 @@ do the conversion and the thumbnail of a large picture without blocking the wind
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from PySide6.QtCore import QBuffer, QIODevice, Qt
 from PySide6.QtGui import QImage
 
-from medgemma_desktop.core.imaging import ImageInput
+from medgemma_desktop.core.dicom import DicomImage, DicomSeries
+from medgemma_desktop.core.imaging import ImageInput, dicom_image_input
 
 THUMBNAIL_SIZE = 96
 
 
 @dataclass(frozen=True)
 class Picture:
-    """An input with its screen renderings. A later window/level control re-renders `image` from `input`."""
+    """An input with its screen renderings. For a DICOM series shown as one item, `input` is its middle slice
+    (through the default window) and `series` holds every slice; the viewer re-renders from their values."""
 
     input: ImageInput
     image: QImage
     thumbnail: QImage
+    series: DicomSeries | None = None
+
+    @property
+    def frames(self) -> tuple[tuple[DicomImage, int], ...]:
+        """The (image, frame) pairs the viewer can scroll through, in slice order; () for a plain picture."""
+        if self.series is not None:
+            return series_frames(self.series)
+        if self.input.dicom is not None:
+            return tuple((self.input.dicom, frame) for frame in range(self.input.dicom.frame_count))
+        return ()
+
+
+def series_frames(series: DicomSeries) -> tuple[tuple[DicomImage, int], ...]:
+    """Every frame of every image of a series, in slice order (as `DicomSeries.volume` stacks them)."""
+    return tuple((image, frame) for image in series.images for frame in range(image.frame_count))
 
 
 def to_qimage(image: Image.Image) -> QImage:
@@ -35,11 +54,27 @@ def to_qimage(image: Image.Image) -> QImage:
     return QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888).copy()
 
 
-def render_picture(item: ImageInput) -> Picture:
+def rgb_to_qimage(pixels: npt.NDArray[np.uint8]) -> QImage:
+    """An HxWx3 uint8 array (a rendered DICOM frame) as a QImage that owns its pixels."""
+    pixels = np.ascontiguousarray(pixels)
+    height, width = pixels.shape[:2]
+    return QImage(pixels.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+
+
+def render_picture(item: ImageInput, series: DicomSeries | None = None) -> Picture:
     image = to_qimage(item.image)
     thumbnail = image.scaled(THUMBNAIL_SIZE, THUMBNAIL_SIZE, Qt.AspectRatioMode.KeepAspectRatio,
                              Qt.TransformationMode.SmoothTransformation)
-    return Picture(item, image, thumbnail)
+    return Picture(item, image, thumbnail, series)
+
+
+def render_series(series: DicomSeries) -> Picture:
+    """A series as one thumbnail item, shown by its middle slice."""
+    image, frame = series_frames(series)[series.slice_count // 2]
+    name = series.description or f"{series.modality} series"
+    item = replace(dicom_image_input(image, frame), label=f"{name} ({series.slice_count} slices)",
+                   source=image.source.parent)
+    return render_picture(item, series)
 
 
 def clipboard_input(image: QImage, number: int) -> ImageInput:

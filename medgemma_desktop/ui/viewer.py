@@ -1,9 +1,11 @@
 """The image viewer: a zoomable, pannable canvas, a thumbnail strip, and the ways pictures come in (drop,
 paste, File > Open).
 
-Files are decoded by a loader function handed in (`core.imaging.load_image` by default; DICOM and series
-loaders plug in the same way) on a background job, so a 100 MB TIFF never freezes the window. The canvas shows
-a `Picture`'s QImage; window/level and slice scrolling will re-render that image from the same `ImageInput`.
+Files are decoded by a loader function handed in (`core.imaging.load_any` by default: pictures and DICOM
+files) on a background job, so a 100 MB TIFF or a 300-slice CT never freezes the window; a folder of DICOM files
+or a DICOMDIR becomes one item per series. For DICOM the canvas shows frames re-rendered from their measured
+values (`dicom_view`): window/level by preset or right-drag, slices by wheel or keys, the value under the cursor.
+Localization boxes are drawn over the picture they belong to (`box_overlay`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QItemSelectionModel, QMimeData, QModelIndex, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QMimeData, QModelIndex, QPoint, QSize, Qt, Signal
 from PySide6.QtGui import (
     QDragEnterEvent,
     QDragMoveEvent,
     QDropEvent,
     QGuiApplication,
     QImage,
+    QKeyEvent,
+    QMouseEvent,
     QPainter,
     QPixmap,
     QResizeEvent,
@@ -37,18 +41,30 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from medgemma_desktop.core.dicom import DicomSeries, load_dicom_folder, load_dicomdir
 from medgemma_desktop.core.errors import UserFacingError
-from medgemma_desktop.core.imaging import ImageInput, load_image
+from medgemma_desktop.core.imaging import ImageInput, dicom_image_input, load_any
+from medgemma_desktop.core.windowing import Window
 from medgemma_desktop.ui.background import BackgroundJobs
+from medgemma_desktop.ui.box_overlay import BoxOverlay, FoundBoxes
+from medgemma_desktop.ui.dicom_tags import DicomTagsPanel
+from medgemma_desktop.ui.dicom_view import PictureView
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.image_list import ImageListModel
-from medgemma_desktop.ui.pictures import THUMBNAIL_SIZE, Picture, clipboard_input, render_picture
+from medgemma_desktop.ui.pictures import THUMBNAIL_SIZE, Picture, clipboard_input, render_picture, render_series
+from medgemma_desktop.ui.window_level import WindowPresetBox, dragged_window, window_text
 
 ImageLoader = Callable[[Path], ImageInput]
-# Files taken from a dropped folder; anything else in the folder (notes, hidden files) is skipped.
+# Files taken from a dropped folder; anything else in the folder (notes, hidden files) is skipped. A folder with
+# none of these is read as DICOM (files there often have no suffix at all).
 PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp);;All files (*)"
+OPEN_FILTER = ("Images and DICOM (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp *.dcm *.dicom DICOMDIR);;"
+               "All files (*)")
 ZOOM_STEP = 1.25
+SLICE_KEYS = {Qt.Key.Key_PageUp: -1, Qt.Key.Key_PageDown: 1, Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1,
+              Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}
+SERIES_HINT = ("Wheel, PageUp/PageDown or the arrow keys: previous/next slice · Ctrl+wheel: zoom · "
+               "right-drag: window/level")
 
 
 @dataclass(frozen=True)
@@ -57,33 +73,56 @@ class LoadResult:
     errors: list[str]
 
 
-def expand_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; folders replaced by their picture files, sorted by name."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith(".")))
-        else:
-            files.append(path)
-    return files
+def picture_files(folder: Path) -> list[Path]:
+    """The folder's picture files, sorted by name."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith("."))
+
+
+def series_pictures(series: Iterable[DicomSeries]) -> list[Picture]:
+    """One item per series; a one-slice series is just a DICOM picture."""
+    return [render_series(item) if item.slice_count > 1 else render_picture(dicom_image_input(item.images[0]))
+            for item in series]
 
 
 def load_pictures(paths: list[Path], loader: ImageLoader) -> LoadResult:
-    """Runs off the UI thread: decode each file, keep going past bad ones and say which failed."""
+    """Runs off the UI thread: decode each file, folder or DICOMDIR; keep going past bad ones and say which
+    failed. A folder of pictures opens its pictures; any other folder is read as DICOM series."""
     pictures, errors = [], []
-    for path in paths:
+
+    def attempt(load: Callable[[], list[Picture]]) -> None:
         try:
-            pictures.append(render_picture(loader(path)))
+            pictures.extend(load())
         except UserFacingError as exc:
             errors.append(str(exc))
+
+    for path in paths:
+        if path.is_dir():
+            files = picture_files(path)
+            if files:
+                for file in files:
+                    attempt(lambda file=file: [render_picture(loader(file))])
+            else:
+                attempt(lambda path=path: series_pictures(load_dicom_folder(path)))
+        elif path.name.upper() == "DICOMDIR":
+            attempt(lambda path=path: series_pictures(load_dicomdir(path)))
+        else:
+            attempt(lambda path=path: [render_picture(loader(path))])
     return LoadResult(pictures, errors)
 
 
 class ImageCanvas(QGraphicsView):
-    """Wheel zooms around the cursor, dragging pans; keeps fitting the window until the user zooms."""
+    """Wheel zooms around the cursor, dragging pans; keeps fitting the window until the user zooms.
+
+    While a series is shown (`scrolls_slices`), the wheel and the paging and arrow keys step through slices
+    and Ctrl+wheel zooms; while a DICOM picture is shown (`windowable`), right-drag adjusts window/level.
+    """
 
     dropped = Signal(QMimeData)
+    slice_step = Signal(int)  # -1 previous, +1 next
+    window_drag_started = Signal()
+    window_dragged = Signal(float, float)  # dx, dy in screen pixels since the drag started
+    hovered = Signal(object)  # (x, y) picture pixel under the cursor, or None
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -97,8 +136,14 @@ class ImageCanvas(QGraphicsView):
         self.setAcceptDrops(True)
         self.setAccessibleName("Image viewer")
         self.setAccessibleDescription("Drop image files or folders here")
+        self.viewport().setMouseTracking(True)
+        self.boxes = BoxOverlay(self._item)
+        self.scrolls_slices = False
+        self.windowable = False
+        self._drag_from: QPoint | None = None
         self._fitting = True
-        self._placeholder = self.scene().addText("Drop images or folders here,\npaste with Ctrl+V, or use File > Open.")
+        self._placeholder = self.scene().addText("Drop images, folders or DICOM series here,\n"
+                                                 "paste with Ctrl+V, or use File > Open.")
 
     def show_image(self, image: QImage | None) -> None:
         self._placeholder.setVisible(image is None)
@@ -106,6 +151,14 @@ class ImageCanvas(QGraphicsView):
         rect = self._item.boundingRect() if image is not None else self._placeholder.boundingRect()
         self.scene().setSceneRect(rect)
         self.fit_to_window()
+
+    def replace_pixels(self, image: QImage) -> None:
+        """Another slice or window of the same picture: new pixels, same zoom and scroll position."""
+        self._item.setPixmap(QPixmap.fromImage(image))
+
+    @property
+    def pixels(self) -> QImage:
+        return self._item.pixmap().toImage()
 
     @property
     def zoom(self) -> float:
@@ -128,9 +181,49 @@ class ImageCanvas(QGraphicsView):
 
     def wheelEvent(self, event: QWheelEvent) -> None:
         steps = event.angleDelta().y() / 120
-        if steps:
+        if steps and self.scrolls_slices and not event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            self.slice_step.emit(-1 if steps > 0 else 1)
+        elif steps:
             self.zoom_by(ZOOM_STEP ** steps)
         event.accept()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        step = SLICE_KEYS.get(Qt.Key(event.key()))
+        if self.scrolls_slices and step is not None:
+            self.slice_step.emit(step)
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.RightButton and self.windowable:
+            self._drag_from = event.position().toPoint()
+            self.window_drag_started.emit()
+            event.accept()
+            return
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        position = event.position().toPoint()
+        if self._drag_from is not None:
+            delta = position - self._drag_from
+            self.window_dragged.emit(float(delta.x()), float(delta.y()))
+        point = self._item.mapFromScene(self.mapToScene(position))
+        x, y = int(point.x() // 1), int(point.y() // 1)
+        inside = not self._item.pixmap().isNull() and self._item.boundingRect().contains(point)
+        self.hovered.emit((x, y) if inside else None)
+        super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.RightButton and self._drag_from is not None:
+            self._drag_from = None
+            event.accept()
+            return
+        super().mouseReleaseEvent(event)
+
+    def leaveEvent(self, event: QEvent) -> None:
+        self.hovered.emit(None)
+        super().leaveEvent(event)
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
@@ -163,25 +256,60 @@ class ViewerPanel(QWidget):
     """The left side of the window. Owns the image list model the next question reads."""
 
     load_finished = Signal()  # after each batch of files is in (or failed)
+    series_opened = Signal(str)  # DICOM modality of a series just opened ("CT", "MR", ...)
 
-    def __init__(self, loader: ImageLoader = load_image, parent: QWidget | None = None) -> None:
+    def __init__(self, loader: ImageLoader = load_any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAccessibleName("Images")
         self._loader = loader
         self._pasted = 0
+        self._view: PictureView | None = None
+        self._drag_start: Window | None = None
+        self._found: dict[ImageInput, FoundBoxes] = {}
         self.jobs = BackgroundJobs(self)
         self.model = ImageListModel(self)
         self.canvas = ImageCanvas()
         self.canvas.dropped.connect(self.open_mime)
+        self.canvas.slice_step.connect(self.step_slice)
+        self.canvas.window_drag_started.connect(self._start_window_drag)
+        self.canvas.window_dragged.connect(self._drag_window)
+        self.canvas.hovered.connect(self._show_value)
 
-        self.open_button = _tool_button("Open…", "Open image files (Ctrl+O)", self.choose_files)
+        self.open_button = _tool_button("Open…", "Open image files, DICOM files or a DICOMDIR (Ctrl+O)",
+                                        self.choose_files)
         self.fit_button = _tool_button("Fit", "Fit the image to the window", self.canvas.fit_to_window)
         self.actual_button = _tool_button("100%", "Show the image at its actual size", self.canvas.actual_size)
         self.remove_button = _tool_button("Remove", "Remove this image from the next question", self.remove_current)
+        self.prior_button = _tool_button("Prior", "Mark this image as the prior (older) study: Compare chest "
+                                         "X-rays sends it first", self._toggle_prior)
+        self.prior_button.setCheckable(True)
+        self.window_box = WindowPresetBox()
+        self.window_box.window_chosen.connect(self.set_window)
+        self.boxes_button = _tool_button("Show boxes", "Show the boxes of the localization answer",
+                                         self._update_boxes)
+        self.boxes_button.setCheckable(True)
+        self.boxes_button.setChecked(True)
+        self.export_boxes_button = _tool_button("Export boxes…", "Save the boxes as JSON (with the research-use "
+                                                "disclaimer)", self.choose_boxes_file)
         tools = QHBoxLayout()
-        for button in (self.open_button, self.fit_button, self.actual_button, self.remove_button):
-            tools.addWidget(button)
+        for widget in (self.open_button, self.fit_button, self.actual_button, self.remove_button,
+                       self.prior_button, self.window_box):
+            tools.addWidget(widget)
         tools.addStretch(1)
+        tools.addWidget(self.boxes_button)
+        tools.addWidget(self.export_boxes_button)
+
+        self.slice_label = QLabel()
+        self.slice_label.setAccessibleName("Slice")
+        self.slice_label.setToolTip(SERIES_HINT)
+        self.readout = QLabel()
+        self.readout.setAccessibleName("Pixel value")
+        self.readout.setToolTip("The value under the cursor (Hounsfield units for CT) and the display window")
+        info = QHBoxLayout()
+        info.addWidget(self.slice_label)
+        info.addStretch(1)
+        info.addWidget(self.readout)
+        self.tags = DicomTagsPanel()
 
         self.error_label = QLabel()
         self.error_label.setObjectName("errorLabel")
@@ -203,15 +331,23 @@ class ViewerPanel(QWidget):
         self.model.rowsInserted.connect(self._after_rows_changed)
         self.model.rowsRemoved.connect(self._after_rows_changed)
         self.model.modelReset.connect(self._after_rows_changed)
+        self.model.modelReset.connect(self._found.clear)
         self.model.dataChanged.connect(self._update_buttons)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(tools)
         layout.addWidget(self.canvas, 1)
+        layout.addLayout(info)
+        layout.addWidget(self.tags)
         layout.addWidget(self.error_label)
         layout.addWidget(self.strip)
         self._after_rows_changed()
+
+    @property
+    def view(self) -> PictureView | None:
+        """The picture on screen with its slice and window."""
+        return self._view
 
     def choose_files(self) -> None:
         names, _ = QFileDialog.getOpenFileNames(self, "Open images", "", OPEN_FILTER)
@@ -219,12 +355,8 @@ class ViewerPanel(QWidget):
             self.open_paths([Path(name) for name in names])
 
     def open_paths(self, paths: list[Path]) -> None:
-        files = expand_paths(paths)
-        if not files:
-            self.show_error(f"No picture files in {', '.join(str(p) for p in paths)}.")
-            return
         loader = self._loader
-        self.jobs.run(lambda: load_pictures(files, loader), self._add_result, self._job_failed)
+        self.jobs.run(lambda: load_pictures(paths, loader), self._add_result, self._job_failed)
 
     def paste_from_clipboard(self) -> None:
         self.open_mime(QGuiApplication.clipboard().mimeData())
@@ -251,6 +383,96 @@ class ViewerPanel(QWidget):
         self.error_label.setText(message)
         self.error_label.setVisible(bool(message))
 
+    # Slices and window/level ---------------------------------------------------------------------------------
+
+    def step_slice(self, delta: int) -> None:
+        if self._view is not None and self._view.step(delta):
+            self._render()
+
+    def show_slice(self, index: int) -> None:
+        if self._view is not None:
+            self.step_slice(index - self._view.slice)
+
+    def set_window(self, window: Window) -> None:
+        """Display only: what the model gets does not change."""
+        if self._view is not None and self._view.windowable:
+            self._view.window = window
+            self.window_box.show_window(window)
+            self._render()
+
+    def _start_window_drag(self) -> None:
+        self._drag_start = self._view.window if self._view is not None else None
+
+    def _drag_window(self, dx: float, dy: float) -> None:
+        if self._drag_start is not None:
+            self.set_window(dragged_window(self._drag_start, dx, dy))
+
+    def _render(self) -> None:
+        view = self._view
+        if view is None:
+            return
+        self.canvas.replace_pixels(view.render())
+        self._update_labels()
+
+    def _update_labels(self) -> None:
+        view = self._view
+        self.slice_label.setText(f"{'slice' if view.is_series else 'frame'} {view.slice + 1} / {view.slice_count}"
+                                 if view is not None and view.slice_count > 1 else "")
+        self._show_value(None)
+
+
+    def _show_value(self, point: tuple[int, int] | None) -> None:
+        view = self._view
+        parts = []
+        value = view.value_at(*point) if view is not None and point is not None else None
+        if point is not None and value is not None:
+            parts.append(f"x {point[0]}, y {point[1]}: {value}")
+        if view is not None and view.window is not None:
+            parts.append(window_text(view.window))
+        self.readout.setText(" · ".join(parts))
+
+    # Localization boxes --------------------------------------------------------------------------------------
+
+    def set_boxes(self, target: ImageInput, found: FoundBoxes) -> None:
+        """Keep the boxes with the picture they belong to, and show that picture."""
+        self._found[target] = found
+        row = next((row for row in range(self.model.rowCount()) if self.model.picture(row).input is target), -1)
+        if row >= 0:
+            self.strip.setCurrentIndex(self.model.index(row))
+        self.boxes_button.setChecked(True)
+        self._update_boxes()
+
+    def current_boxes(self) -> FoundBoxes | None:
+        return self._found.get(self._view.picture.input) if self._view is not None else None
+
+    def choose_boxes_file(self) -> None:
+        name, _ = QFileDialog.getSaveFileName(self, "Export boxes", "boxes.json", "JSON (*.json)")
+        if name:
+            self.export_boxes(Path(name))
+
+    def export_boxes(self, path: Path) -> None:
+        found = self.current_boxes()
+        if found is None:
+            return
+        try:
+            path.write_text(found.to_json(), encoding="utf-8")
+        except OSError as exc:
+            self.show_error(f"{path}: the boxes could not be saved ({exc.strerror or exc}). Choose another folder.")
+
+    def _update_boxes(self) -> None:
+        found = self.current_boxes()
+        self.canvas.boxes.set_boxes(found.pixel_boxes() if found is not None else [])
+        self.canvas.boxes.setVisible(self.boxes_button.isChecked())
+        self.boxes_button.setVisible(found is not None)
+        self.export_boxes_button.setVisible(found is not None)
+
+    # Model and selection -------------------------------------------------------------------------------------
+
+    def _toggle_prior(self) -> None:
+        row = self.strip.currentIndex().row()
+        if row >= 0:
+            self.model.set_prior(row, self.prior_button.isChecked())
+
     def _add_result(self, result: LoadResult) -> None:
         first_new = self.model.rowCount()
         self.model.add(result.pictures)
@@ -258,6 +480,9 @@ class ViewerPanel(QWidget):
             self.strip.selectionModel().setCurrentIndex(self.model.index(first_new),
                                                         QItemSelectionModel.SelectionFlag.ClearAndSelect)
         self.show_error("\n".join(result.errors))
+        series = next((picture.series for picture in result.pictures if picture.series is not None), None)
+        if series is not None:
+            self.series_opened.emit(series.modality)
         self.load_finished.emit()
 
     def _job_failed(self, exc: Exception) -> None:
@@ -266,14 +491,28 @@ class ViewerPanel(QWidget):
         self.load_finished.emit()
 
     def _show_current(self, current: QModelIndex, _previous: QModelIndex) -> None:
-        self.canvas.show_image(self.model.picture(current.row()).image if current.isValid() else None)
+        view = PictureView(self.model.picture(current.row())) if current.isValid() else None
+        self._view = view
+        self.canvas.scrolls_slices = view is not None and view.slice_count > 1
+        self.canvas.windowable = view is not None and view.windowable
+        self.canvas.setToolTip(SERIES_HINT if self.canvas.scrolls_slices else "")
+        self.canvas.show_image(view.render() if view is not None else None)
+        self._update_labels()
+        self.window_box.setVisible(self.canvas.windowable)
+        if view is not None and view.default_window is not None:
+            self.window_box.reset(view.default_window, view.is_ct)
+        dicom = view.frames[0][0] if view is not None and view.frames else None
+        self.tags.setVisible(dicom is not None)
+        if dicom is not None:
+            self.tags.show_tags(dicom.metadata, dicom.patient)
+        self._update_boxes()
         self._update_buttons()
 
     def _after_rows_changed(self) -> None:
         rows = self.model.rowCount()
         self.strip.setVisible(rows > 1)
         if rows == 0:
-            self.canvas.show_image(None)
+            self._show_current(QModelIndex(), QModelIndex())
         elif not self.strip.currentIndex().isValid():
             self.strip.setCurrentIndex(self.model.index(rows - 1))
         self._update_buttons()
@@ -284,3 +523,5 @@ class ViewerPanel(QWidget):
         self.fit_button.setEnabled(has_image)
         self.actual_button.setEnabled(has_image)
         self.remove_button.setEnabled(has_image and not self.model.is_sent(row))
+        self.prior_button.setEnabled(has_image and self.model.rowCount() > 1)
+        self.prior_button.setChecked(has_image and self.model.is_prior(row))

@@ -20,6 +20,7 @@ from medgemma_desktop.core.engine import Engine, GenerationSettings, GenerationS
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.prompts import ChatTurn
 from medgemma_desktop.ui.hooks import report_unexpected
+from medgemma_desktop.ui.token_budget import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ModelWorker(QObject):
 
     loading_progress = Signal(int, str)
     model_ready = Signal(object)  # ModelIdentity
+    token_counter_ready = Signal(object)  # TokenCounter over the engine's tokenizer, for the budget shown
     token = Signal(str)
     finished = Signal(object)  # Answer
     failed = Signal(str, str)  # kind, one-line message
@@ -78,6 +80,8 @@ class ModelWorker(QObject):
         except Exception as exc:
             self._fail(exc)
             return
+        self.token_counter_ready.emit(TokenCounter.for_tokenizer(self._engine.tokens_per_image,
+                                                                 self._engine.processor.tokenizer))
         self.model_ready.emit(self._engine.identity)
 
     @Slot(object)
