@@ -6,8 +6,9 @@ weight values) plus a rank-8 LoRA adapter on q/v/o, then:
    the app never computes in float16), double quant, unmerged LoRA, plain `generate`;
 2. the app under an 8 GiB cap (torch.cuda.set_per_process_memory_fraction): `Engine.load`, `choose_decoder`
    (compile + CUDA-graph capture), the engine's own per-token loop (prefill, pick, one host sync, step) with
-   the eager decoder and the fast decoders; 2K context with one image; and a per-step logits check of the fast
-   decoders against `EagerDecoder`, teacher-forced, with a prompt past the 1024-token sliding window.
+   the eager decoder and the app's fast decoder (compiled and captured by `Engine.load`); 2K context with one
+   image; a per-step logits check against `EagerDecoder`, teacher-forced, with a prompt past the 1024-token
+   sliding window; then peak memory at 1K/2K/4K/8K context limits against `core.vram_plan.plan_vram`.
 Prints JSON lines and writes them to OUT/bench_decode.json. Usage: python benchmarks/bench_decode.py [OUT]
 `--smoke` runs the app part on the tiny checkpoint on the CPU, to check this script without a GPU.
 """
@@ -33,7 +34,7 @@ from medgemma_desktop.core.fast_decode import FastDecoder, choose_decoder
 
 GIB = 2**30
 ROOT = Path(tempfile.gettempdir())
-CKPT, ADAPTER = ROOT / "medgemma-arch-random", ROOT / "lora-r8-random"
+CKPT, ADAPTER = ROOT / "medgemma-arch-random-896", ROOT / "lora-r8-random-896"
 CONTEXT = 2048
 CAP_BYTES = 8 * GIB
 NEW_TOKENS = 256
@@ -44,8 +45,10 @@ CONFIG = dict(
                      rope_scaling={"rope_type": "linear", "factor": 8.0}),
     vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                        image_size=896, patch_size=14, vision_use_head=False),
-    mm_tokens_per_image=256, boi_token_index=255999, eoi_token_index=256000, image_token_index=262144,
-    bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0)
+    mm_tokens_per_image=256, bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0)
+# The tiny checkpoint's tokenizer (its ids for the image markers) with a processor at MedGemma's image size and
+# 256 tokens per image, so `Engine.load`'s vision check and the app's prompts run at the real shapes.
+IMAGE_IDS = dict(image_token_index=364, boi_token_index=7, eoi_token_index=8)
 RESULTS: list[dict] = []
 
 
@@ -72,19 +75,24 @@ def build(out: Path) -> None:
     """Random full-size checkpoint + tokenizer/processor files (the tiny ones: inputs here are token ids) + adapter."""
     if (ADAPTER / "adapter_config.json").is_file():
         return
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
-    from medgemma_desktop.testing.tiny_checkpoint import (
-        BASE_MODEL_ID,
-        _build_processor,
-        _build_tokenizer,
-    )
+    from medgemma_desktop.testing.tiny_checkpoint import BASE_MODEL_ID, CHAT_TEMPLATE, _build_tokenizer
 
     start = time.time()
+    tokenizer = _build_tokenizer()
+    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in (
+        ("image_token_index", "<image_soft_token>"), ("boi_token_index", "<start_of_image>"),
+        ("eoi_token_index", "<end_of_image>"))}
+    assert ids == IMAGE_IDS, ids
     with torch.device("cuda"):
-        model = Gemma3ForConditionalGeneration(Gemma3Config(**CONFIG)).to(torch.bfloat16)
+        model = Gemma3ForConditionalGeneration(Gemma3Config(**CONFIG, **IMAGE_IDS)).to(torch.bfloat16)
     model.save_pretrained(CKPT)
-    _build_processor(_build_tokenizer()).save_pretrained(CKPT)
+    image_processor = Gemma3ImageProcessor(
+        size={"height": 896, "width": 896}, resample=2, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_pan_and_scan=False)
+    Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+                    image_seq_length=256).save_pretrained(CKPT)
     add_lora(model).save_pretrained(ADAPTER)
     config = json.loads((ADAPTER / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = BASE_MODEL_ID
@@ -104,7 +112,8 @@ def prompt(dtype: torch.dtype, device: str, text_tokens: int = 40, smoke: bool =
         image_tokens, image_size = TOKENS_PER_IMAGE, IMAGE_SIZE
         ids = [2, 5, *text[:3], boi, *[image] * image_tokens, eoi, *text, 6, 5]
     else:
-        image, boi, eoi, text = 262144, 255999, 256000, [1000 + i % 200000 for i in range(text_tokens)]
+        image, boi, eoi = IMAGE_IDS["image_token_index"], IMAGE_IDS["boi_token_index"], IMAGE_IDS["eoi_token_index"]
+        text = [1000 + i % 200000 for i in range(text_tokens)]
         image_tokens, image_size = 256, 896
         ids = [2, 105, 2364, 107, 108, boi, *[image] * image_tokens, eoi, 108, *text, 106, 107, 105, 4368, 107]
     types = [1 if i == image else 0 for i in ids]
@@ -267,8 +276,38 @@ def timed(engine: Engine, make_decoder, inputs: dict[str, torch.Tensor], new_tok
     return {**record, "ttft_s": firsts[len(firsts) // 2], "ttft_runs": firsts}
 
 
+def contexts(engine: Engine, out: Path, config: dict, adapter_bytes: int) -> None:
+    """Issue 5: per context limit, the app's decoder for that limit, a prompt (one image) filling all but 65
+    tokens, 64 new tokens; peak allocated/reserved against `plan_vram`."""
+    from medgemma_desktop.core.vram_plan import plan_vram
+
+    dtype, device = engine.plan.dtype, engine.plan.device
+    for context in (1024, 2048, 4096, 8192):
+        engine.decoder_factory = EagerDecoder
+        gc.collect()
+        torch.cuda.empty_cache()
+        start = time.time()
+        factory, reason = choose_decoder(engine.model, engine.plan, context_limit=context)
+        setup_s = time.time() - start
+        engine.decoder_factory = factory
+        plan = plan_vram(config, context, images=1, adapter_bytes=adapter_bytes)
+        record = {"event": "context", "context": context, "setup_s": round(setup_s, 1), "reason": reason,
+                  "plan_gib": {name: round(value / GIB, 3) for name, value in plan.rows()} | {
+                      "total": round(plan.total / GIB, 3),
+                      "torch_part": round((plan.total - plan.cuda_context) / GIB, 3)}}
+        try:
+            result = generate(engine, factory(engine.model),
+                              prompt(dtype, device, text_tokens=context - 65 - 269), 64)
+            free, total = torch.cuda.mem_get_info()
+            record.update(result, outside_torch_gib=round((total - free - torch.cuda.memory_reserved()) / GIB, 3))
+        except torch.OutOfMemoryError as exc:
+            record["error"] = f"out of memory: {exc}"[:300]
+        emit(record, out)
+
+
 def run_app(out: Path, model_dir: Path, adapter_dir: Path, smoke: bool) -> None:
-    """The app's path under the 8 GiB cap: load through Engine, build each fast decoder, generate, check logits."""
+    """The app's path under the 8 GiB cap: Engine.load (which compiles and captures the fast step for the
+    context limit), eager and fast generation, 2K context with one image, the per-step logits check, contexts."""
     cuda = torch.cuda.is_available() and not smoke
     if cuda:
         torch.cuda.empty_cache()
@@ -277,7 +316,14 @@ def run_app(out: Path, model_dir: Path, adapter_dir: Path, smoke: bool) -> None:
     start = time.time()
     engine = Engine.load(model_dir, adapter_dir, LoadOptions(force_cpu=smoke, context_limit=CONTEXT))
     load_s = time.time() - start
-    emit({"event": "app_load", "load_s": round(load_s, 1), "plan": engine.plan.reason, **memory()}, out)
+    emit({"event": "app_load", "load_s": round(load_s, 1), "plan": engine.plan.reason,
+          "decoder": engine.decoder_reason, "allocated_after_gib": round(torch.cuda.memory_allocated() / GIB, 3)
+          if cuda else None, **memory()}, out)
+    if not cuda:
+        from medgemma_desktop.core.fast_decode import FastDecoderFactory, StepRunner
+
+        engine.decoder_factory = FastDecoderFactory(StepRunner(engine.model, CONTEXT))
+    factory = engine.decoder_factory
     dtype, device = engine.plan.dtype, engine.plan.device
     new_tokens, runs = (24, 1) if smoke else (NEW_TOKENS, 5)
     bench_prompt = prompt(dtype, device, smoke=smoke)
@@ -285,37 +331,25 @@ def run_app(out: Path, model_dir: Path, adapter_dir: Path, smoke: bool) -> None:
     emit({"event": "app_generate", **eager}, out)
     needed = bytes_per_token(engine, bench_prompt["input_ids"].shape[1] + new_tokens)
     bandwidth = copy_bandwidth() if cuda else None
+    record = timed(engine, lambda: factory(engine.model), bench_prompt, new_tokens, runs)
+    record["same_first16_tokens_as_eager"] = record["tokens_head"] == eager["tokens_head"]
+    record["bytes_per_token_gb"] = round(needed / 1e9, 3)
+    if bandwidth:
+        record["copy_bandwidth_tb_s"] = round(bandwidth / 1e12, 2)
+        record["bandwidth_bound_tok_s"] = round(bandwidth / needed, 1)
+        record["fraction_of_bandwidth_bound"] = round(record["decode_tok_s"] * needed / bandwidth, 3)
+    emit({"event": "app_generate", **record}, out)
     # A 2K context with one image: a prompt of ~1.75K tokens, then new tokens up to the context limit.
     long_prompt = prompt(dtype, device, text_tokens=CONTEXT - NEW_TOKENS - 256 - 20 if cuda else 40, smoke=smoke)
+    emit({"event": "app_2k_context_one_image", "cap_gib": CAP_BYTES / GIB if cuda else None,
+          **generate(engine, factory(engine.model), long_prompt, new_tokens)}, out)
     # Per-step logits past the sliding window: the prompt alone passes 1024 tokens, then steps wrap the ring.
     check_prompt = prompt(dtype, device, text_tokens=1000 if cuda else 30, smoke=smoke)
-    for compiled in (False, True) if cuda else (False,):
-        if cuda:
-            start = time.time()
-            factory, reason = choose_decoder(engine.model, engine.plan, context_limit=CONTEXT, compile_step=compiled)
-            emit({"event": "decoder_setup", "compile": compiled, "s": round(time.time() - start, 1),
-                  "reason": reason, **memory()}, out)
-            if factory is EagerDecoder:
-                continue
-        else:
-            from medgemma_desktop.core.fast_decode import FastDecoderFactory, StepRunner
-
-            factory = FastDecoderFactory(StepRunner(engine.model, CONTEXT))
-        record = timed(engine, lambda factory=factory: factory(engine.model), bench_prompt, new_tokens, runs)
-        record["same_first16_tokens_as_eager"] = record["tokens_head"] == eager["tokens_head"]
-        if bandwidth:
-            record["bandwidth_bound_tok_s"] = round(bandwidth / needed, 1)
-            record["fraction_of_bandwidth_bound"] = round(record["decode_tok_s"] * needed / bandwidth, 3)
-            record["bytes_per_token_gb"] = round(needed / 1e9, 3)
-        emit({"event": "app_generate", **record}, out)
-        record = generate(engine, factory(engine.model), long_prompt, new_tokens)
-        emit({"event": "app_2k_context_one_image", "cap_gib": CAP_BYTES / GIB if cuda else None, **record}, out)
-        name = factory(engine.model).name
-        emit(logits_check(engine, {name: factory}, check_prompt, 64 if cuda else 30), out)
+    emit(logits_check(engine, {factory(engine.model).name: factory}, check_prompt, 64 if cuda else 30), out)
+    if cuda:
         del factory
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
+        adapter_bytes = sum(f.stat().st_size for f in Path(adapter_dir).glob("*.safetensors"))
+        contexts(engine, out, engine.folder.config, adapter_bytes)
 
 
 def main() -> None:

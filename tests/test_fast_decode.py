@@ -7,8 +7,14 @@ by up to ~3e-3 once the sequence passes ~50 tokens, against a step-to-step chang
 We therefore hold every step to 5% of the smallest step-to-step change of the eager logits (~0.008), still
 under bfloat16's own rounding (2^-8 relative per operation, compounded over layers). A real bug is far above
 it: `test_the_tolerance_catches_a_window_off_by_one` shows a sliding window one token too narrow failing it.
-For prompts with an image, transformers' cached decoding drifts from its own uncached pass by ~2e-3 from the
-second step while ours matches the uncached pass to ~1e-7 there; both are checked.
+For prompts with an image, both cached paths (transformers' and ours) differ from the uncached pass over the whole
+sequence by ~1e-3 from the second step: bitsandbytes' CPU 4-bit matmul rounds one-token inputs differently from
+many-token ones; both are held to the bound.
+
+The fast step runs q/k/v and gate/up as fused 4-bit matmuls whose layers then share the fused storage. On CPUs
+with AVX512-BF16, bitsandbytes repacks a layer at its first forward and computes it in bfloat16; fusing turns the
+members back into the portable float32 path. So each test builds its runner (fusing, once per model) before it
+runs the eager reference, and both paths compute with the same weights.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from medgemma_desktop.core.decoding import EagerDecoder
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import Engine, GenerationSettings
 from medgemma_desktop.core.errors import ContextTooLongError
-from medgemma_desktop.core.fast_decode import FastDecoder, FastDecoderFactory, StepRunner, choose_decoder
+from medgemma_desktop.core.fast_decode import (
+    GATE_UP,
+    QKV,
+    FastDecoder,
+    FastDecoderFactory,
+    FusedLinear,
+    StepRunner,
+    choose_decoder,
+)
 from medgemma_desktop.core.prompts import build_chat
 from medgemma_desktop.testing.tiny_checkpoint import SLIDING_WINDOW
 
@@ -63,22 +77,24 @@ def _image_inputs(engine: Engine) -> dict[str, torch.Tensor]:
 def test_text_prompt_matches_eager_every_step_past_the_window(tiny_engine: Engine) -> None:
     inputs, forced = _text_inputs(40), _forced(3 * SLIDING_WINDOW)
     assert 40 + len(forced) > 4 * SLIDING_WINDOW  # the ring wraps several times
+    runner = StepRunner(tiny_engine.model, capacity=256)
     eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
-    fast = _teacher_forced(FastDecoder(StepRunner(tiny_engine.model, capacity=256)), inputs, forced)
+    fast = _teacher_forced(FastDecoder(runner), inputs, forced)
     assert len(fast) == len(eager) and _max_diff(eager, fast) < _bound(eager), (_max_diff(eager, fast), _bound(eager))
 
 
 def test_short_prompt_crosses_the_window_while_decoding(tiny_engine: Engine) -> None:
     inputs, forced = _text_inputs(5, seed=3), _forced(2 * SLIDING_WINDOW, seed=4)
+    runner = StepRunner(tiny_engine.model, capacity=128)
     eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
-    fast = _teacher_forced(FastDecoder(StepRunner(tiny_engine.model, capacity=128)), inputs, forced)
+    fast = _teacher_forced(FastDecoder(runner), inputs, forced)
     assert _max_diff(eager, fast) < _bound(eager)
 
 
 def test_the_tolerance_catches_a_window_off_by_one(tiny_engine: Engine) -> None:
     inputs, forced = _text_inputs(30, seed=8), _forced(SLIDING_WINDOW, seed=9)
-    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
     runner = StepRunner(tiny_engine.model, capacity=128)
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
     runner.state.window -= 1  # masks out the oldest token of the window
     assert _max_diff(eager, _teacher_forced(FastDecoder(runner), inputs, forced)) > 3 * _bound(eager)
 
@@ -94,16 +110,17 @@ def test_image_prompt_matches_the_uncached_forward_and_eager(tiny_engine: Engine
     with torch.inference_mode():
         uncached = tiny_engine.model(**dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids),
                                             token_type_ids=types)).logits[0, length - 1:]
-    assert _max_diff(list(uncached), fast) < 1e-4
+    assert _max_diff(list(uncached), fast) < _bound(eager)
     assert _max_diff(eager, fast) < _bound(eager)
 
 
 def test_greedy_answer_is_identical_through_the_engine(tiny_engine: Engine) -> None:
     turns = build_chat("Describe this X-ray.", [Image.new("RGB", (80, 64), (90, 20, 160))], system="Be brief.")
     settings = GenerationSettings(max_new_tokens=3 * SLIDING_WINDOW)
+    factory = FastDecoderFactory(StepRunner(tiny_engine.model, capacity=512))
     eager = tiny_engine.generate(turns, settings)
     eager_text = "".join(chunk.text for chunk in eager)
-    tiny_engine.decoder_factory = FastDecoderFactory(StepRunner(tiny_engine.model, capacity=512))
+    tiny_engine.decoder_factory = factory
     try:
         fast = tiny_engine.generate(turns, settings)
         fast_text = "".join(chunk.text for chunk in fast)
@@ -118,8 +135,8 @@ def test_cache_smaller_than_the_window_and_its_boundary(tiny_engine: Engine) -> 
     """A cache of C slots holds positions 0..C-1: the prompt plus C - prompt steps, and no more."""
     inputs, capacity = _text_inputs(6, seed=6), SLIDING_WINDOW - 4
     forced = _forced(capacity - 6, seed=7)
-    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
     decoder = FastDecoder(StepRunner(tiny_engine.model, capacity=capacity))
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
     fast = _teacher_forced(decoder, inputs, forced[:-1])
     assert _max_diff(eager, fast) < _bound(eager)
     with torch.inference_mode():
@@ -147,3 +164,38 @@ def test_one_runner_serves_one_generation_at_a_time(tiny_engine: Engine) -> None
 def test_choose_decoder_is_eager_on_the_cpu(tiny_engine: Engine) -> None:
     factory, reason = choose_decoder(tiny_engine.model, choose_device(force_cpu=True))
     assert factory is EagerDecoder and "GPU" in reason
+
+
+def test_fused_projections_equal_the_modules_with_and_without_the_adapter(tiny_engine: Engine) -> None:
+    """q/k/v and gate/up as one 4-bit matmul each: the same outputs as PEFT's modules, LoRA on or off."""
+    layer = tiny_engine.model.get_base_model().model.language_model.layers[1]
+    x = torch.randn(1, 1, layer.self_attn.q_proj.in_features, generator=torch.Generator().manual_seed(3))
+    name = tiny_engine.active_adapter
+    try:
+        for adapter in (name, None):
+            tiny_engine.use_adapter(adapter, prepare_decoder=False)
+            for parent, names in ((layer.self_attn, QKV), (layer.mlp, GATE_UP)):
+                modules = [getattr(parent, n) for n in names]
+                fused = FusedLinear(modules)
+                assert (fused.lora is not None) == (adapter is not None and parent is layer.self_attn)
+                with torch.inference_mode():
+                    for got, module in zip(fused(x), modules, strict=True):
+                        assert torch.allclose(got, module(x), atol=1e-6, rtol=1e-6)
+                        assert getattr(module, "base_layer", module).weight.data_ptr() in range(
+                            fused.weight.data_ptr(), fused.weight.data_ptr() + fused.weight.numel())
+    finally:
+        tiny_engine.use_adapter(name, prepare_decoder=False)
+
+
+def test_adapter_disabled_at_capture_matches_eager_without_it(tiny_engine: Engine) -> None:
+    inputs, forced = _text_inputs(30, seed=10), _forced(SLIDING_WINDOW, seed=11)
+    name = tiny_engine.active_adapter
+    with_adapter = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    try:
+        tiny_engine.use_adapter(None, prepare_decoder=False)
+        runner = StepRunner(tiny_engine.model, capacity=128)
+        eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+        fast = _teacher_forced(FastDecoder(runner), inputs, forced)
+    finally:
+        tiny_engine.use_adapter(name, prepare_decoder=False)
+    assert _max_diff(eager, fast) < _bound(eager) < _max_diff(eager, with_adapter)

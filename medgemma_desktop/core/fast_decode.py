@@ -7,11 +7,14 @@ updated in place. So one CUDA graph, captured once per cache size, replays every
 torch.compile has fused the step's small kernels; its artifacts are cached on disk so compiling happens once
 per machine).
 
-The step calls the model's own modules (scaled embedding, RMSNorms, q/k norms, the PEFT-wrapped bitsandbytes
-projections so the LoRA runs exactly as in eager decoding, the MLPs, the tied lm_head) and transformers' own
-rotary embedding and rotation. Only the cache, the masks and the attention call are ours. The prompt is still
-prefilled by transformers (images, bidirectional image attention), then its K/V are copied into the static cache.
-On the CPU the same step runs eagerly: that is what CI checks against `EagerDecoder`.
+Per token the step is bound by kernel count, not bytes, so each layer's projections that read the same input run
+as one bitsandbytes 4-bit matmul: q/k/v as one and gate/up as one (`FusedLinear`), their packed NF4 bytes and
+per-64-block scales concatenated row-wise. Their active LoRA runs as two small matmuls over the same input (the
+A matrices stacked, the B matrices block-diagonal), scaled exactly as PEFT scales it. o_proj, down_proj, the
+norms, the MLP activation and the tied lm_head are the model's own modules, with transformers' own rotary
+embedding. The prompt is prefilled by transformers (images, bidirectional image attention), writing its K/V
+straight into the static cache. On the CPU the same step runs eagerly: that is what CI checks against
+`EagerDecoder`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
 import torch.nn.functional as F
+from bitsandbytes.functional import QuantState, dequantize_blockwise
 from transformers import DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
@@ -36,12 +41,154 @@ log = logging.getLogger(__name__)
 
 DecoderFactory = Callable[[torch.nn.Module], Decoder]
 SUPPORTED_LAYER_TYPES = {"sliding_attention", "full_attention"}
+QKV = ("q_proj", "k_proj", "v_proj")
+GATE_UP = ("gate_proj", "up_proj")
+_FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, state, member data pointers)
+_capture_stream: torch.cuda.Stream | None = None
 
 
 def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The Gemma 3 text model and the lm_head under an optional PEFT wrapper (LoRA layers stay injected)."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     return core.model.language_model, core.lm_head
+
+
+def _base(module: torch.nn.Module) -> torch.nn.Module:
+    """The bitsandbytes layer under a PEFT LoRA wrapper (or the layer itself)."""
+    return getattr(module, "base_layer", module)
+
+
+def _active_lora(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(A, B, scaling) of the adapter PEFT would apply in this module's forward now; None when none would."""
+    if not hasattr(module, "lora_A") or module.disable_adapters:
+        return None
+    names = [name for name in module.active_adapters if name in module.lora_A]
+    if not names:
+        return None
+    name = names[0]  # `fusion_problem` refuses more than one
+    return module.lora_A[name].weight, module.lora_B[name].weight, float(module.scaling[name])
+
+
+def fusion_problem(modules: list[torch.nn.Module]) -> str | None:
+    """Why these projections cannot run as one 4-bit matmul with exact LoRA, or None when they can."""
+    bases = [_base(m) for m in modules]
+    if not all(isinstance(b, bnb.nn.Linear4bit) and b.bias is None for b in bases):
+        return "the projections are not bias-free bitsandbytes 4-bit layers"
+    states = [b.weight.quant_state for b in bases]
+    if any(state is None for state in states) or any(b.weight.dtype != torch.uint8 for b in bases):
+        return "the 4-bit weights are not packed in uint8"
+    if len({(s.blocksize, s.quant_type, s.shape[1]) for s in states}) != 1 or \
+            any(s.shape[0] * s.shape[1] % s.blocksize for s in states):
+        return "the 4-bit layers of one input differ in block size, type or input size"
+    for module in modules:
+        if not hasattr(module, "lora_A") or module.disable_adapters:
+            continue
+        active = [name for name in module.active_adapters if name in module.lora_A]
+        if len(active) > 1:
+            return "more than one active LoRA adapter"
+        if getattr(module, "merged", False):
+            return "a merged LoRA adapter"
+        if any(name in getattr(module, "lora_variant", {}) or module.lora_B[name].bias is not None
+               for name in active):
+            return "a LoRA variant (DoRA, LoRA bias) the fused step does not implement"
+    return None
+
+
+def _canonical(layer: torch.nn.Module) -> tuple[torch.Tensor, QuantState]:
+    """A 4-bit layer's packed bytes (flat) and its state with the per-block absmax in float32 (not nested).
+
+    bitsandbytes repacks a layer on AVX512-BF16 CPUs at its first forward; that layout is turned back first."""
+    weight, state = layer.weight.data, layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        weight, state = bnb.functional._convert_weight_packed_for_cpu_inverse(weight, state)
+    absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset if state.nested else state.absmax
+    return weight.reshape(-1), QuantState(absmax.float(), shape=state.shape, code=state.code,
+                                          blocksize=state.blocksize, quant_type=state.quant_type, dtype=state.dtype)
+
+
+def _fuse_weights(bases: list[torch.nn.Module]) -> tuple[torch.Tensor, QuantState]:
+    """One packed weight and float32 absmax for `bases`, concatenated row-wise (NF4 packs rows flat, 64 weights
+    per scale, and every member's size is a multiple of 64). The layers become views of the fused storage, so the
+    4-bit bytes exist once; their nested absmax (1 byte per block) gives way to the shared float32 one (4 bytes:
+    the fused kernel takes one per-tensor offset, which differs per member). Done once per model."""
+    cached = getattr(bases[0], _FUSED_ATTR, None)
+    if cached is not None and [b.weight.data_ptr() for b in bases] == cached[2]:
+        return cached[0], cached[1]
+    parts = [_canonical(b) for b in bases]
+    weight = torch.cat([w for w, _ in parts]).view(-1, 1)
+    absmax = torch.cat([s.absmax for _, s in parts])
+    first = parts[0][1]
+    w_at = a_at = 0
+    for base, (w, s) in zip(bases, parts, strict=True):
+        base.weight.data = weight[w_at:w_at + w.numel()]
+        base.weight.quant_state = QuantState(absmax[a_at:a_at + s.absmax.numel()], shape=s.shape, code=s.code,
+                                             blocksize=s.blocksize, quant_type=s.quant_type, dtype=s.dtype)
+        base.support_avx512bf16_for_cpu = False  # a CPU repack would give the layer a private copy again
+        w_at, a_at = w_at + w.numel(), a_at + s.absmax.numel()
+    state = QuantState(absmax, shape=torch.Size([sum(s.shape[0] for _, s in parts), first.shape[1]]),
+                       code=first.code, blocksize=first.blocksize, quant_type=first.quant_type, dtype=first.dtype)
+    setattr(bases[0], _FUSED_ATTR, (weight, state, [b.weight.data_ptr() for b in bases]))
+    return weight, state
+
+
+class FusedLinear:
+    """Projections of one input (q/k/v, or gate/up) as one bitsandbytes 4-bit matmul plus their active LoRA.
+
+    LoRA as PEFT computes it per member (`B(A(x.to(lora dtype))) * scaling`, cast back, added to the base
+    output), with the A matrices stacked into one matmul and the B matrices block-diagonal in another; members
+    without an active adapter get zero rows and zero scale, which adds exactly nothing. The adapter is the one
+    active now (none when adapters are disabled): the engine captures again after switching.
+    """
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        problem = fusion_problem(modules)
+        if problem is not None:
+            raise ValueError(problem)
+        self.weight, self.state = _fuse_weights([_base(m) for m in modules])
+        self.sizes = [int(_base(m).weight.quant_state.shape[0]) for m in modules]
+        self.lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        found = [(i, lora) for i, lora in enumerate(map(_active_lora, modules)) if lora is not None]
+        if found:
+            a = torch.cat([lora_a for _, (lora_a, _, _) in found])
+            b = a.new_zeros(sum(self.sizes), a.shape[0])
+            scale = torch.zeros(sum(self.sizes), dtype=torch.float32, device=a.device)
+            row = 0
+            for i, (lora_a, lora_b, scaling) in found:
+                start = sum(self.sizes[:i])
+                b[start:start + self.sizes[i], row:row + lora_a.shape[0]] = lora_b
+                scale[start:start + self.sizes[i]] = scaling
+                row += lora_a.shape[0]
+            self.lora = (a, b, scale)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = bnb.matmul_4bit(x, self.weight, self.state)
+        if self.lora is not None:
+            a, b, scale = self.lora
+            out = out + (F.linear(F.linear(x.to(a.dtype), a), b).float() * scale).to(out.dtype)
+        return out.split(self.sizes, dim=-1)
+
+
+def _side_stream() -> torch.cuda.Stream:
+    """One stream for every warm-up and capture: each stream that runs a cuBLAS call gets its own workspace
+    (tens of MiB on Hopper), kept for the process's life, so a new stream per capture would leak one each time."""
+    global _capture_stream
+    if _capture_stream is None:
+        _capture_stream = torch.cuda.Stream()
+    return _capture_stream
+
+
+class _PrefillIntoStatic(DynamicCache):
+    """The prefill's cache: each layer's new K/V go straight into the static cache and are returned for
+    attention as a fresh DynamicCache would return them, so no second copy of the prompt's K/V is ever held."""
+
+    def __init__(self, config, state: StaticDecodeState, length: int) -> None:
+        super().__init__(config=config)
+        self._state, self._length = state, length
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        self._state.store_prompt_layer(layer_idx, key_states, value_states, self._length)
+        return key_states, value_states
 
 
 def compile_cache_dir() -> Path:
@@ -75,6 +222,9 @@ class StaticDecodeState:
         self.position = torch.zeros(1, 1, dtype=torch.long, device=device)  # of the token being fed
         self.full_positions = torch.arange(capacity, device=device)
         self.slot_positions = torch.full((self.ring,), -1, dtype=torch.long, device=device)
+        layers = text.layers[: len(self.layer_types)]
+        self.qkv = [FusedLinear([getattr(layer.self_attn, name) for name in QKV]) for layer in layers]
+        self.gate_up = [FusedLinear([getattr(layer.mlp, name) for name in GATE_UP]) for layer in layers]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         for layer_type in self.layer_types:
@@ -87,27 +237,28 @@ class StaticDecodeState:
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def load_prefill(self, cache: DynamicCache, length: int) -> None:
-        """Copy transformers' prefill K/V into the static cache (its sliding layers hold only the last window-1)."""
+    def check_prompt(self, length: int) -> None:
         if length >= self.capacity:
             raise ContextTooLongError(f"the prompt needs {length:,} tokens but the decode cache holds "
                                       f"{self.capacity:,}", fix="Raise the context limit or shorten the question.")
-        device = self.token.device
-        self.slot_positions.fill_(-1)
-        for i, layer_type in enumerate(self.layer_types):
-            keys, values = cache.layers[i].keys, cache.layers[i].values
-            kept = keys.shape[2]
-            positions = torch.arange(length - kept, length, device=device)
-            if layer_type == "sliding_attention":
-                if kept > self.ring:  # only when capacity < window: keep the newest `ring` positions
-                    keys, values, positions = keys[:, :, -self.ring:], values[:, :, -self.ring:], positions[-self.ring:]
-                index = positions % self.ring
-                self.slot_positions[index] = positions
-            else:
-                index = positions
-            self.keys[i].index_copy_(2, index, keys.to(self.keys[i].dtype))
-            self.values[i].index_copy_(2, index, values.to(self.values[i].dtype))
-        self.position.fill_(length)
+
+    def store_prompt_layer(self, i: int, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Write layer i's prompt K/V (positions 0..length-1) into the static cache: all of it for full layers,
+        the newest `ring` positions into the sliding ring (slot = position mod ring). Sets `position` at the end."""
+        if i == 0:
+            self.slot_positions.fill_(-1)
+        positions = torch.arange(length, device=keys.device)
+        if self.layer_types[i] == "sliding_attention":
+            kept = min(length, self.ring)
+            keys, values, positions = keys[:, :, -kept:], values[:, :, -kept:], positions[-kept:]
+            index = positions % self.ring
+            self.slot_positions[index] = positions
+        else:
+            index = positions
+        self.keys[i].index_copy_(2, index, keys.to(self.keys[i].dtype))
+        self.values[i].index_copy_(2, index, values.to(self.values[i].dtype))
+        if i == len(self.layer_types) - 1:
+            self.position.fill_(length)
 
     def step(self) -> torch.Tensor:
         """Feed `token` at `position`, write its K/V, return next-token logits (float32) and advance `position`."""
@@ -123,10 +274,10 @@ class StaticDecodeState:
             sliding = self.layer_types[i] == "sliding_attention"
             attn = layer.self_attn
             residual = hidden
-            x = layer.input_layernorm(hidden)
-            query = attn.q_norm(attn.q_proj(x).view(1, 1, -1, self.head_dim).transpose(1, 2))
-            key = attn.k_norm(attn.k_proj(x).view(1, 1, -1, self.head_dim).transpose(1, 2))
-            value = attn.v_proj(x).view(1, 1, -1, self.head_dim).transpose(1, 2)
+            q, k, v = self.qkv[i](layer.input_layernorm(hidden))
+            query = attn.q_norm(q.view(1, 1, -1, self.head_dim).transpose(1, 2))
+            key = attn.k_norm(k.view(1, 1, -1, self.head_dim).transpose(1, 2))
+            value = v.view(1, 1, -1, self.head_dim).transpose(1, 2)
             cos, sin = rotary[self.layer_types[i]]
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             index = ring_index if sliding else position
@@ -138,8 +289,8 @@ class StaticDecodeState:
                 query.reshape(1, self.kv_heads, self.groups, self.head_dim), self.keys[i], self.values[i],
                 attn_mask=ring_mask if sliding else full_mask, scale=attn.scaling)
             hidden = residual + layer.post_attention_layernorm(attn.o_proj(out.reshape(1, 1, -1)))
-            residual = hidden
-            hidden = residual + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+            gate, up = self.gate_up[i](layer.pre_feedforward_layernorm(hidden))
+            hidden = hidden + layer.post_feedforward_layernorm(layer.mlp.down_proj(layer.mlp.act_fn(gate) * up))
         logits = self.lm_head(text.norm(hidden))[0, -1].float()
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
@@ -175,15 +326,15 @@ class StepRunner:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
             step = torch.compile(step, fullgraph=False, dynamic=False)
         with torch.inference_mode():
-            side = torch.cuda.Stream()
+            side = _side_stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up (and compile) off the capture stream, as graph capture needs
+            with torch.cuda.stream(side):  # warm-up (and compile) off the default stream, as graph capture needs
                 for _ in range(3):
                     step()
             torch.cuda.current_stream().wait_stream(side)
             self.state.position.zero_()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=side):
                 self._graph_logits = step()
             self._graph = graph
         torch.cuda.synchronize()
@@ -208,11 +359,12 @@ class FastDecoder:
 
     def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         runner = self._runner
-        cache = DynamicCache(config=runner.model.config)
-        out = runner.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self._position = int(inputs["input_ids"].shape[1])
+        length = int(inputs["input_ids"].shape[1])
+        runner.state.check_prompt(length)
         runner.owner = self
-        runner.state.load_prefill(cache, self._position)
+        cache = _PrefillIntoStatic(runner.model.config, runner.state, length)
+        out = runner.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self._position = length
         return out.logits[0, -1].float()
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
@@ -254,6 +406,11 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
         return "attention logit soft-capping is not implemented in the fast step"
     if not set(config.layer_types) <= SUPPORTED_LAYER_TYPES:
         return f"unknown attention layer types {sorted(set(config.layer_types) - SUPPORTED_LAYER_TYPES)}"
+    for layer in text.layers[: config.num_hidden_layers]:
+        for parent, names in ((layer.self_attn, QKV), (layer.mlp, GATE_UP)):
+            problem = fusion_problem([getattr(parent, name) for name in names])
+            if problem is not None:
+                return problem
     return None
 
 

@@ -1,0 +1,47 @@
+"""Load paths, one fresh process each: time per load stage and peak system RAM (maxrss) of `Engine.load` from
+the bf16 shards (quantizing, then saving the 4-bit cache entry) or from the saved 4-bit cache, and the fast
+decoder's setup (compile + capture: cold or warm depending on TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR).
+
+Usage: python benchmarks/bench_load.py OUT NAME CACHE_DIR  (after bench_decode.py has built the random
+full-size checkpoint). Appends one JSON line to OUT/bench_load.json.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_decode import ADAPTER, CKPT, CONTEXT
+from medgemma_desktop.core.engine import Engine, LoadOptions
+from medgemma_desktop.core.quant_cache import QuantizedModelCache
+
+
+def main() -> None:
+    out, name, cache_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    marks: list[tuple[float, int, str]] = []
+    start = time.perf_counter()
+    engine = Engine.load(CKPT, ADAPTER, LoadOptions(context_limit=CONTEXT), cache=QuantizedModelCache(cache_dir),
+                         progress=lambda percent, step: marks.append((time.perf_counter() - start, percent, step)))
+    total = time.perf_counter() - start
+    stages = {f"{a[2]} ({a[1]}%)": round(b[0] - a[0], 1)
+              for a, b in zip(marks, [*marks[1:], (total, 100, "end")], strict=True)}
+    decoder_start = next(t for t, percent, _ in marks if percent == 90)
+    record = {"event": "load", "path": name, "from_cache": engine.loaded_from_cache, "total_s": round(total, 1),
+              "weights_s": round(decoder_start, 1), "decoder_setup_s": round(total - decoder_start, 1),
+              "decoder": engine.decoder_reason, "stages_s": stages,
+              "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+              "gpu_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    print(json.dumps(record), flush=True)
+    with (out / "bench_load.json").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
