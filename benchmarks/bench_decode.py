@@ -278,7 +278,8 @@ def timed(engine: Engine, make_decoder, inputs: dict[str, torch.Tensor], new_tok
 
 def contexts(engine: Engine, out: Path, config: dict, adapter_bytes: int) -> None:
     """Issue 5: per context limit, the app's decoder for that limit, a prompt (one image) filling all but 65
-    tokens, 64 new tokens; peak allocated/reserved against `plan_vram`."""
+    tokens, 64 new tokens; peak allocated/reserved against `plan_vram`. The step is captured without compiling
+    (the compiled step's memory differs only by its kernels' workspaces) to keep the run inside one device call."""
     from medgemma_desktop.core.vram_plan import plan_vram
 
     dtype, device = engine.plan.dtype, engine.plan.device
@@ -287,7 +288,7 @@ def contexts(engine: Engine, out: Path, config: dict, adapter_bytes: int) -> Non
         gc.collect()
         torch.cuda.empty_cache()
         start = time.time()
-        factory, reason = choose_decoder(engine.model, engine.plan, context_limit=context)
+        factory, reason = choose_decoder(engine.model, engine.plan, context_limit=context, compile_step=False)
         setup_s = time.time() - start
         engine.decoder_factory = factory
         plan = plan_vram(config, context, images=1, adapter_bytes=adapter_bytes)

@@ -6,9 +6,9 @@ OUT=${OUT:-/tmp/out}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $OUT/gpu.txt
-timeout 330 python3 benchmarks/bench_decode.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/bench.log
+timeout 340 python3 benchmarks/bench_decode.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/bench.log
 COLD=/tmp/inductor-cold
 for path in quantize_cold_compile cache_warm_compile; do
-  TORCHINDUCTOR_CACHE_DIR=$COLD TRITON_CACHE_DIR=$COLD/triton timeout 150 \
+  TORCHINDUCTOR_CACHE_DIR=$COLD TRITON_CACHE_DIR=$COLD/triton timeout 115 \
     python3 benchmarks/bench_load.py $OUT $path /tmp/qcache 2>&1 | grep -v "Loading weights" | tail -5 | tee -a $OUT/load.log
 done
