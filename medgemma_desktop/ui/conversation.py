@@ -6,7 +6,7 @@ model sees (history, then this question's images, then its text) stay in one met
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medgemma_desktop.core.engine import GenerationStats
 from medgemma_desktop.core.imaging import ImageInput
@@ -21,6 +21,10 @@ class Exchange:
     thinking: str = ""
     stats: GenerationStats | None = None
     error: str = ""
+    # Where it is kept in the conversation store (None until the worker has recorded it):
+    message_id: int | None = None
+    answer_id: int | None = None  # the answer variant shown
+    answer_ids: list[int] = field(default_factory=list)  # every variant, oldest first
 
     @property
     def complete(self) -> bool:
@@ -31,6 +35,7 @@ class Exchange:
 class Conversation:
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
+        self.id: int | None = None  # the stored conversation, once it has one
 
     def ask(self, question: str, images: list[ImageInput]) -> list[ChatTurn]:
         self.exchanges.append(Exchange(question, tuple(images)))
@@ -38,9 +43,13 @@ class Conversation:
 
     def retry_last(self) -> list[ChatTurn]:
         """Forget the last answer and give the turns that asked for it again."""
-        last = self.exchanges[-1]
-        last.answer, last.thinking, last.stats, last.error = "", "", None, ""
-        return self.turns_for(len(self.exchanges) - 1)
+        return self.retry(len(self.exchanges) - 1)
+
+    def retry(self, index: int) -> list[ChatTurn]:
+        """Clear the shown answer of one exchange (a stored one stays a variant) and give its turns again."""
+        exchange = self.exchanges[index]
+        exchange.answer, exchange.thinking, exchange.stats, exchange.error = "", "", None, ""
+        return self.turns_for(index)
 
     def turns_for(self, index: int) -> list[ChatTurn]:
         history: list[ChatTurn] = []
@@ -57,3 +66,4 @@ class Conversation:
 
     def clear(self) -> None:
         self.exchanges.clear()
+        self.id = None

@@ -1,7 +1,8 @@
 """The main window: viewer on the left, chat on the right, status bar below, first-run page until a model is set.
 
 It wires the parts together and owns the decisions that span them: what a question carries (the viewer's
-pending images, the chat's turns), when a model (re)loads, and what happens to running work when it closes.
+pending images, the chat's turns), where it is kept (the conversation store, through the worker's `Recording`),
+which past conversation is open, when a model (re)loads, and what happens to running work when it closes.
 """
 
 from __future__ import annotations
@@ -14,33 +15,57 @@ from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
+from medgemma_desktop.core.app_dirs import data_dir
 from medgemma_desktop.core.decoding import SamplingSettings
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import GenerationSettings, LoadOptions
+from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.gpu import GpuMonitor
 from medgemma_desktop.core.imaging import load_image
 from medgemma_desktop.core.settings import Settings, load_settings, save_settings
+from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
 from medgemma_desktop.ui.about import AboutDialog
+from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.chat import ChatPane
+from medgemma_desktop.ui.export_dialog import ExportDialog, write_export
 from medgemma_desktop.ui.first_run import FirstRunPage
 from medgemma_desktop.ui.folder_field import folders_problem
+from medgemma_desktop.ui.history import HistoryPanel
+from medgemma_desktop.ui.hooks import report_unexpected
+from medgemma_desktop.ui.pictures import Picture, render_picture
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.status import GpuStatusLabel, ModelStatusLabel
+from medgemma_desktop.ui.stored_conversation import StoredConversation, read_conversation, show_variant
 from medgemma_desktop.ui.theme import app_icon, apply_theme
 from medgemma_desktop.ui.viewer import ImageLoader, ViewerPanel
-from medgemma_desktop.ui.worker import Answer, ModelHost, ModelState
+from medgemma_desktop.ui.worker import Answer, ModelHost, ModelState, Recording
 
 log = logging.getLogger(__name__)
 RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit")
 
 
+def _reopened(store: ConversationStore, conversation_id: int) -> tuple[StoredConversation, list[Picture]]:
+    """Runs on a background job: the stored conversation and its images rendered for the viewer, each once."""
+    stored = read_conversation(store, conversation_id)
+    seen: dict[str, Picture] = {}
+    for exchange in stored.exchanges:
+        for image in exchange.images:
+            if image.sha256 not in seen:
+                seen[image.sha256] = render_picture(image)
+    return stored, list(seen.values())
+
+
 class MainWindow(QMainWindow):
-    # After the chat pane shows an answer (finished or stopped): the seam for saving it to the store.
+    # After the chat pane shows an answer (finished or stopped); the worker has already stored it.
     answer_finished = Signal(object)  # Answer
+    conversation_opened = Signal(int)  # a stored conversation is shown
+    export_finished = Signal(Path)
+    export_failed = Signal(str)
 
     def __init__(self, settings_path: Path | None = None, loader: ImageLoader = load_image,
-                 monitor: GpuMonitor | None = None) -> None:
+                 monitor: GpuMonitor | None = None, data_folder: Path | None = None) -> None:
+        """`data_folder` holds the conversation history (the platform data folder by default)."""
         super().__init__()
         self.setWindowTitle("MedGemma Desktop")
         self.setWindowIcon(app_icon())
@@ -51,16 +76,22 @@ class MainWindow(QMainWindow):
         self._monitor = monitor or GpuMonitor()
         self._answering = False
         self._load_when_idle = False
+        self._closed = False
+        self._data_folder = data_folder or data_dir()
+        self.store = ConversationStore(self._data_folder / DB_FILENAME)
+        self.jobs = BackgroundJobs(self)
 
         self.host = ModelHost(self)
+        self.history = HistoryPanel(self.store)
         self.viewer = ViewerPanel(loader)
         self.chat = ChatPane()
         self.first_run = FirstRunPage()
         self.workspace = QSplitter(Qt.Orientation.Horizontal)
         self.workspace.setAccessibleName("Workspace")
+        self.workspace.addWidget(self.history)
         self.workspace.addWidget(self.viewer)
         self.workspace.addWidget(self.chat)
-        self.workspace.setSizes([560, 520])
+        self.workspace.setSizes([230, 520, 480])
         self.pages = QStackedWidget()
         self.pages.addWidget(self.first_run)
         self.pages.addWidget(self.workspace)
@@ -82,11 +113,17 @@ class MainWindow(QMainWindow):
 
         self.host.state_changed.connect(self._on_state)
         self.host.worker.token.connect(self.chat.append_token)
+        self.host.worker.recorded.connect(self._on_recorded)
         self.host.worker.finished.connect(self._on_finished)
         self.host.worker.failed.connect(self._on_failed)
         self.chat.question_submitted.connect(self.ask)
+        self.chat.edit_submitted.connect(self.resend_edited)
+        self.chat.variant_requested.connect(self.show_variant)
         self.chat.stop_clicked.connect(self.host.stop)
         self.chat.regenerate_clicked.connect(self.regenerate)
+        self.history.conversation_chosen.connect(self.open_conversation)
+        self.history.new_requested.connect(self.new_conversation)
+        self.history.deleted.connect(self._on_deleted)
         self.chat.question.image_pasted.connect(self.viewer.open_mime)
         self.first_run.folders_chosen.connect(self._use_folders)
         self.resize(1180, 760)
@@ -108,6 +145,7 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "&Open images…", self.viewer.choose_files, QKeySequence.StandardKey.Open)
         self._action(file_menu, "&Paste image", self.viewer.paste_from_clipboard, QKeySequence.StandardKey.Paste)
         self._action(file_menu, "&New conversation", self.new_conversation, QKeySequence.StandardKey.New)
+        self.export_action = self._action(file_menu, "&Export conversation…", self.open_export, "Ctrl+Shift+E")
         file_menu.addSeparator()
         self._action(file_menu, "&Load model", self._request_load, "Ctrl+L")
         self._action(file_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
@@ -117,6 +155,10 @@ class MainWindow(QMainWindow):
         self._action(chat_menu, "&Stop", self.host.stop, "Esc")
         self._action(chat_menu, "&Regenerate", self.regenerate, "Ctrl+R")
         self._action(chat_menu, "&Copy answer", self.chat.copy_answer, "Ctrl+Shift+C")
+        self._action(chat_menu, "&Edit last question", self._edit_last, "Ctrl+E")
+        self._action(chat_menu, "Pre&vious answer variant", lambda: self._step_last(-1), "Ctrl+[")
+        self._action(chat_menu, "Ne&xt answer variant", lambda: self._step_last(1), "Ctrl+]")
+        self._action(chat_menu, "&Search history", self.history.search_box.setFocus, QKeySequence.StandardKey.Find)
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "&About MedGemma Desktop", self.show_about)
 
@@ -161,16 +203,70 @@ class MainWindow(QMainWindow):
     def ask(self, question: str) -> None:
         if self.host.state is not ModelState.READY:
             return
-        turns = self.chat.begin(question, self.viewer.model.pending())
+        images = self.viewer.model.pending()
+        turns = self.chat.begin(question, images)
         self.viewer.model.mark_sent()
         self._answering = True
-        self.host.generate(turns, self.generation_settings())
+        record = Recording(self.store, self._stored_conversation(), None, question, tuple(images))
+        self.host.generate(turns, self.generation_settings(), record)
 
     def regenerate(self) -> None:
+        """Answer the last question again; the earlier answer stays, as a variant to switch back to."""
         if self.host.state is not ModelState.READY or self.chat.conversation.last is None:
             return
+        self._retry(len(self.chat.conversation.exchanges) - 1)
+
+    @Slot(int, str)
+    def resend_edited(self, index: int, question: str) -> None:
+        """A past question reworded: stored as edited and answered again from the history before it."""
+        if self.host.state is not ModelState.READY:
+            return
+        exchange = self.chat.conversation.exchanges[index]
+        if exchange.message_id is not None:
+            self.store.edit_question(exchange.message_id, question)
+        exchange.question = question
+        self._retry(index)
+
+    def _retry(self, index: int) -> None:
+        exchange = self.chat.conversation.exchanges[index]
+        turns = self.chat.begin_retry(index)
         self._answering = True
-        self.host.generate(self.chat.begin_regenerate(), self.generation_settings())
+        record = Recording(self.store, self._stored_conversation(), exchange.message_id, exchange.question,
+                           exchange.images)
+        self.host.generate(turns, self.generation_settings(), record)
+
+    def _stored_conversation(self) -> int:
+        """The open conversation's id in the store, created with the first question."""
+        conversation = self.chat.conversation
+        if conversation.id is None:
+            conversation.id = self.store.create_conversation().id
+            self.history.set_current(conversation.id)
+        return conversation.id
+
+    @Slot(int, int)
+    def show_variant(self, index: int, step: int) -> None:
+        """Show an older (-1) or newer (+1) answer to question `index`; it becomes the one sent as history."""
+        exchanges = self.chat.conversation.exchanges
+        if self._answering or not 0 <= index < len(exchanges):
+            return
+        exchange = exchanges[index]
+        ids = exchange.answer_ids
+        if exchange.message_id is None or exchange.answer_id not in ids:
+            return
+        position = ids.index(exchange.answer_id) + step
+        if not 0 <= position < len(ids):
+            return
+        self.store.select_variant(exchange.message_id, ids[position])
+        show_variant(exchange, next(v for v in self.store.variants(exchange.message_id) if v.id == ids[position]))
+        self.chat.refresh()
+        self._update_controls()
+
+    def _step_last(self, step: int) -> None:
+        self.show_variant(len(self.chat.conversation.exchanges) - 1, step)
+
+    def _edit_last(self) -> None:
+        if self.chat.conversation.exchanges:
+            self.chat.start_edit(len(self.chat.conversation.exchanges) - 1)
 
     def new_conversation(self) -> None:
         if self.host.state is ModelState.GENERATING:
@@ -178,19 +274,91 @@ class MainWindow(QMainWindow):
             return
         self.chat.clear()
         self.viewer.model.clear()
+        self.history.set_current(None)
+        self._update_controls()
+
+    @Slot(int)
+    def open_conversation(self, conversation_id: int) -> None:
+        """Show a past conversation (its images read back from the store on a background job), ready to go on."""
+        if self._answering:
+            self.statusBar().showMessage("Stop the answer before opening another conversation.", 10_000)
+            return
+        store = self.store
+        self.jobs.run(lambda: _reopened(store, conversation_id),
+                      lambda result: self._show_reopened(store, *result), self._open_failed)
+
+    def _show_reopened(self, store: ConversationStore, stored: StoredConversation, pictures: list[Picture]) -> None:
+        if store is not self.store or self._answering:  # the history changed meanwhile (demo left)
+            return
+        self.chat.show_conversation(stored.exchanges, stored.conversation_id)
+        self.viewer.model.clear()
+        self.viewer.model.add(pictures, sent=True)
+        self.history.set_current(stored.conversation_id)
+        self._update_controls()
+        self.conversation_opened.emit(stored.conversation_id)
+
+    def _open_failed(self, exc: Exception) -> None:
+        report_unexpected(type(exc), exc, exc.__traceback__)
+        self.chat.show_notice(f"The conversation could not be opened: {type(exc).__name__}: {exc}")
+
+    @Slot(int)
+    def _on_deleted(self, conversation_id: int) -> None:
+        if conversation_id == self.chat.conversation.id and not self._answering:
+            self.new_conversation()
+
+    @Slot(int, int)
+    def _on_recorded(self, message_id: int, answer_id: int) -> None:
+        if self._closed:  # queued before the model thread ended; the store is closed
+            return
+        self.chat.recorded(message_id, answer_id)
+        self.history.refresh()  # the first question names a new conversation
 
     @Slot(object)
     def _on_finished(self, answer: Answer) -> None:
         self._answering = False
         self.chat.finish(answer)
+        if not self._closed:
+            self.history.refresh()
         self._update_controls()
         self.answer_finished.emit(answer)
+
+    # Export --------------------------------------------------------------------------------------------------
+
+    def open_export(self) -> ExportDialog | None:
+        conversation_id = self.chat.conversation.id
+        if conversation_id is None:
+            self.statusBar().showMessage("Ask a question or open a conversation first: there is nothing to export.",
+                                         10_000)
+            return None
+        dialog = ExportDialog(self.store.conversation(conversation_id).title, Path.home(), self)
+        store = self.store
+        dialog.accepted.connect(lambda: self._export(store, conversation_id, dialog))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        return dialog
+
+    def _export(self, store: ConversationStore, conversation_id: int, dialog: ExportDialog) -> None:
+        choice = dialog.choice()
+        self.statusBar().showMessage(f"Exporting to {choice.path}…")
+        self.jobs.run(lambda: write_export(store, conversation_id, choice), self._exported, self._export_failed)
+
+    def _exported(self, path: Path) -> None:
+        self.statusBar().showMessage(f"Exported to {path}", 20_000)
+        self.export_finished.emit(path)
+
+    def _export_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, UserFacingError):
+            report_unexpected(type(exc), exc, exc.__traceback__)
+        self.statusBar().showMessage(f"Export failed: {exc}", 30_000)
+        self.export_failed.emit(str(exc))
 
     @Slot(str, str)
     def _on_failed(self, kind: str, message: str) -> None:
         if self._answering:
             self._answering = False
             self.chat.fail(message)
+            if not self._closed:
+                self.history.refresh()
         elif kind == "cancelled":
             self.chat.show_notice("Loading was cancelled. Use File > Load model (Ctrl+L) to load it again.")
         else:
@@ -207,6 +375,7 @@ class MainWindow(QMainWindow):
 
     def _update_controls(self) -> None:
         self.chat.set_busy(self.host.busy, can_send=self.host.state is ModelState.READY)
+        self.export_action.setEnabled(self.chat.conversation.id is not None)
 
     # Dialogs and settings ------------------------------------------------------------------------------------
 
@@ -250,5 +419,10 @@ class MainWindow(QMainWindow):
         self._load_when_idle = False
         self.host.shutdown()
         self.viewer.jobs.wait()
+        self.jobs.wait()
         self._monitor.close()
+        if not self._closed:
+            self._closed = True
+            self.store.purge_deleted()  # deleting is final once the window (and its Undo) is gone
+            self.store.close()
         super().closeEvent(event)
