@@ -1,4 +1,8 @@
-"""The main window: viewer on the left, chat on the right, status bar below, first-run page until a model is set.
+"""The main window: history, viewer and chat side by side, status bar below, first-run page until a model is set.
+
+In demo mode (`--demo`, or "Try the demo") it runs the tiny random model from `core.demo` on the sample study,
+under a banner that cannot be missed, with its own history file; choosing the real folders leaves the demo
+without a restart.
 
 It wires the parts together and owns the decisions that span them: what a question carries (the viewer's
 pending images, the chat's turns), where it is kept (the conversation store, through the worker's `Recording`),
@@ -17,6 +21,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QSta
 
 from medgemma_desktop.core.app_dirs import data_dir
 from medgemma_desktop.core.decoding import SamplingSettings
+from medgemma_desktop.core.demo import demo_checkpoint, sample_study
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import GenerationSettings, LoadOptions
 from medgemma_desktop.core.errors import UserFacingError
@@ -25,9 +30,11 @@ from medgemma_desktop.core.gpu import GpuMonitor
 from medgemma_desktop.core.imaging import load_image
 from medgemma_desktop.core.settings import Settings, load_settings, save_settings
 from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
+from medgemma_desktop.testing import TinyCheckpoint
 from medgemma_desktop.ui.about import AboutDialog
 from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.chat import ChatPane
+from medgemma_desktop.ui.demo_banner import DemoBanner
 from medgemma_desktop.ui.export_dialog import ExportDialog, write_export
 from medgemma_desktop.ui.first_run import FirstRunPage
 from medgemma_desktop.ui.folder_field import folders_problem
@@ -43,6 +50,8 @@ from medgemma_desktop.ui.worker import Answer, ModelHost, ModelState, Recording
 
 log = logging.getLogger(__name__)
 RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit")
+DEMO_DB_FILENAME = "demo-history.sqlite3"  # demo answers never mix with real history
+TITLE = "MedGemma Desktop"
 
 
 def _reopened(store: ConversationStore, conversation_id: int) -> tuple[StoredConversation, list[Picture]]:
@@ -64,10 +73,11 @@ class MainWindow(QMainWindow):
     export_failed = Signal(str)
 
     def __init__(self, settings_path: Path | None = None, loader: ImageLoader = load_image,
-                 monitor: GpuMonitor | None = None, data_folder: Path | None = None) -> None:
-        """`data_folder` holds the conversation history (the platform data folder by default)."""
+                 monitor: GpuMonitor | None = None, data_folder: Path | None = None, demo: bool = False) -> None:
+        """`data_folder` holds the conversation histories (the platform data folder by default); `demo` starts in
+        demo mode."""
         super().__init__()
-        self.setWindowTitle("MedGemma Desktop")
+        self.setWindowTitle(TITLE)
         self.setWindowIcon(app_icon())
         self.setAccessibleName("MedGemma Desktop")
         self._settings_path = settings_path
@@ -78,8 +88,12 @@ class MainWindow(QMainWindow):
         self._load_when_idle = False
         self._closed = False
         self._data_folder = data_folder or data_dir()
-        self.store = ConversationStore(self._data_folder / DB_FILENAME)
+        # Kept open until the window closes: an answer still streaming into one may finish after a switch.
+        self._stores: dict[Path, ConversationStore] = {}
+        self.store = self._open_store(DB_FILENAME)
         self.jobs = BackgroundJobs(self)
+        self.demo = False
+        self._demo_checkpoint: TinyCheckpoint | None = None
 
         self.host = ModelHost(self)
         self.history = HistoryPanel(self.store)
@@ -95,12 +109,15 @@ class MainWindow(QMainWindow):
         self.pages = QStackedWidget()
         self.pages.addWidget(self.first_run)
         self.pages.addWidget(self.workspace)
+        self.demo_banner = DemoBanner()
+        self.demo_banner.hide()
         self.disclaimer = QLabel(DISCLAIMER)
         self.disclaimer.setObjectName("disclaimer")
         self.disclaimer.setAccessibleName("Disclaimer")
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 0)
+        layout.addWidget(self.demo_banner)
         layout.addWidget(self.pages, 1)
         layout.addWidget(self.disclaimer)
         self.setCentralWidget(central)
@@ -126,10 +143,16 @@ class MainWindow(QMainWindow):
         self.history.deleted.connect(self._on_deleted)
         self.chat.question.image_pasted.connect(self.viewer.open_mime)
         self.first_run.folders_chosen.connect(self._use_folders)
-        self.resize(1180, 760)
+        self.first_run.demo_requested.connect(self.start_demo)
+        self.demo_banner.leave_requested.connect(self._leave_demo_requested)
+        self.resize(1280, 780)
         if loaded.notice:
             self.statusBar().showMessage(loaded.notice, 20_000)
-        self._start()
+        self._sync_first_run()
+        if demo:
+            self.start_demo()
+        else:
+            self._start()
 
     def _action(self, menu, text: str, slot, shortcut: QKeySequence | str | None = None) -> QAction:
         action = QAction(text, self)
@@ -178,19 +201,94 @@ class MainWindow(QMainWindow):
     def _use_folders(self, model_dir: str, adapter_dir: str) -> None:
         self._change_settings(replace(self.settings, model_dir=model_dir, adapter_dir=adapter_dir or None))
         self.pages.setCurrentWidget(self.workspace)
-        self._request_load()
+        if self.demo:
+            self.leave_demo()
+        else:
+            self._request_load()
+
+    def _model_folders(self) -> tuple[Path, Path | None] | None:
+        """The folders to load: the demo model in demo mode, else the settings' (None: nothing to load yet)."""
+        if self.demo:
+            checkpoint = self._demo_checkpoint
+            return (checkpoint.model_dir, checkpoint.adapter_dir) if checkpoint else None
+        if not self.settings.model_dir:
+            return None
+        return Path(self.settings.model_dir), Path(self.settings.adapter_dir) if self.settings.adapter_dir else None
 
     def _request_load(self) -> None:
-        """Load with the current settings; if the model thread is busy, stop it and load once it is idle."""
-        if not self.settings.model_dir:
+        """Load the current folders; if the model thread is busy, stop it and load once it is idle."""
+        folders = self._model_folders()
+        if folders is None:
             return
         if self.host.busy:
             self._load_when_idle = True
             self.host.stop()
             return
-        adapter = Path(self.settings.adapter_dir) if self.settings.adapter_dir else None
-        self.host.load(Path(self.settings.model_dir), adapter,
-                       LoadOptions(force_cpu=self.settings.force_cpu, context_limit=self.settings.context_limit))
+        self.host.load(*folders, LoadOptions(force_cpu=self.settings.force_cpu,
+                                             context_limit=self.settings.context_limit))
+
+    # Demo mode -----------------------------------------------------------------------------------------------
+
+    def start_demo(self) -> None:
+        """The normal window on the tiny random model with the sample study loaded, its own history, a banner."""
+        if self.demo:
+            self.pages.setCurrentWidget(self.workspace)
+            return
+        self.demo = True
+        self.setWindowTitle(f"{TITLE} (DEMO: answers mean nothing)")
+        self.demo_banner.show()
+        self._switch_history(DEMO_DB_FILENAME)
+        self.pages.setCurrentWidget(self.workspace)
+        self.viewer.open_inputs(sample_study)
+        if self._demo_checkpoint is None:
+            self.jobs.run(demo_checkpoint, self._demo_ready, self._demo_failed)  # written once, in the cache
+        else:
+            self._request_load()
+
+    def _demo_ready(self, checkpoint: TinyCheckpoint) -> None:
+        self._demo_checkpoint = checkpoint
+        if self.demo:
+            self._request_load()
+
+    def _demo_failed(self, exc: Exception) -> None:
+        report_unexpected(type(exc), exc, exc.__traceback__)
+        self.chat.show_notice(f"The demo model could not be made: {type(exc).__name__}: {exc}")
+
+    def leave_demo(self) -> None:
+        """Back to the real model and the real history, without a restart."""
+        if not self.demo:
+            return
+        self.demo = False
+        self.setWindowTitle(TITLE)
+        self.demo_banner.hide()
+        self._switch_history(DB_FILENAME)
+        self._request_load()
+
+    def _leave_demo_requested(self) -> None:
+        if folders_problem(self.settings.model_dir or "", self.settings.adapter_dir or "") is None:
+            self.leave_demo()
+        else:  # not configured yet: choose the folders first; the demo runs until then
+            self.pages.setCurrentWidget(self.first_run)
+
+    def _switch_history(self, filename: str) -> None:
+        if self.host.state is ModelState.GENERATING:
+            self.host.stop()  # the answer still lands in the history it was asked in
+        self._answering = False
+        self.chat.clear()
+        self.viewer.model.clear()
+        self.store = self._open_store(filename)
+        self.history.set_store(self.store)
+        self._update_controls()
+
+    def _open_store(self, filename: str) -> ConversationStore:
+        path = self._data_folder / filename
+        if path not in self._stores:
+            self._stores[path] = ConversationStore(path)
+        return self._stores[path]
+
+    def _sync_first_run(self) -> None:
+        self.first_run.context_limit = self.settings.context_limit
+        self.first_run.force_cpu = self.settings.force_cpu
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=self.settings.max_new_tokens,
@@ -402,11 +500,15 @@ class MainWindow(QMainWindow):
         if isinstance(app, QApplication):
             apply_theme(app, settings.theme)
         self.gpu_status.set_plan(choose_device(settings.force_cpu))
+        self._sync_first_run()
 
     def _apply_settings(self, settings: Settings) -> None:
         reload = any(getattr(settings, name) != getattr(self.settings, name) for name in RELOAD_FIELDS)
         self._change_settings(settings)
-        if reload and settings.has_model:
+        if self.demo and settings.has_model:  # the dialog checked the folders: the real model takes over
+            self.pages.setCurrentWidget(self.workspace)
+            self.leave_demo()
+        elif reload and settings.has_model:
             self.pages.setCurrentWidget(self.workspace)
             self._request_load()
 
@@ -421,8 +523,10 @@ class MainWindow(QMainWindow):
         self.viewer.jobs.wait()
         self.jobs.wait()
         self._monitor.close()
+        self.first_run.jobs.wait()
         if not self._closed:
             self._closed = True
-            self.store.purge_deleted()  # deleting is final once the window (and its Undo) is gone
-            self.store.close()
+            for store in self._stores.values():
+                store.purge_deleted()  # deleting is final once the window (and its Undo) is gone
+                store.close()
         super().closeEvent(event)
