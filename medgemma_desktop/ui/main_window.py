@@ -23,7 +23,7 @@ from medgemma_desktop.core.app_dirs import data_dir
 from medgemma_desktop.core.decoding import SamplingSettings
 from medgemma_desktop.core.demo import demo_checkpoint, sample_study
 from medgemma_desktop.core.device import choose_device
-from medgemma_desktop.core.engine import GenerationSettings, LoadOptions
+from medgemma_desktop.core.engine import GenerationSettings, LoadOptions, ModelIdentity
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.gpu import GpuMonitor
@@ -40,13 +40,14 @@ from medgemma_desktop.ui.first_run import FirstRunPage
 from medgemma_desktop.ui.folder_field import folders_problem
 from medgemma_desktop.ui.history import HistoryPanel
 from medgemma_desktop.ui.hooks import report_unexpected
+from medgemma_desktop.ui.model_manager import ModelManagerDialog
 from medgemma_desktop.ui.pictures import Picture, render_picture
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
-from medgemma_desktop.ui.status import GpuStatusLabel, ModelStatusLabel
+from medgemma_desktop.ui.status import GpuStatusLabel, LoadingProgress, ModelStatusLabel
 from medgemma_desktop.ui.stored_conversation import StoredConversation, read_conversation, show_variant
 from medgemma_desktop.ui.theme import app_icon, apply_theme
 from medgemma_desktop.ui.viewer import ImageLoader, ViewerPanel
-from medgemma_desktop.ui.worker import Answer, ModelHost, ModelState, Recording
+from medgemma_desktop.ui.worker import AdapterRequest, Answer, ModelHost, ModelState, Recording
 
 log = logging.getLogger(__name__)
 RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit")
@@ -86,6 +87,7 @@ class MainWindow(QMainWindow):
         self._monitor = monitor or GpuMonitor()
         self._answering = False
         self._load_when_idle = False
+        self._switching_adapter = False
         self._closed = False
         self._data_folder = data_folder or data_dir()
         # Kept open until the window closes: an answer still streaming into one may finish after a switch.
@@ -124,11 +126,16 @@ class MainWindow(QMainWindow):
 
         self.gpu_status = GpuStatusLabel(choose_device(self.settings.force_cpu), self._monitor)
         self.model_status = ModelStatusLabel()
+        self.loading = LoadingProgress()
+        self.statusBar().addPermanentWidget(self.loading)
         self.statusBar().addPermanentWidget(self.model_status)
         self.statusBar().addPermanentWidget(self.gpu_status)
         self._build_menus()
 
         self.host.state_changed.connect(self._on_state)
+        self.host.worker.model_ready.connect(self._on_model_ready)
+        self.host.worker.loading_progress.connect(self.loading.show_progress)
+        self.loading.cancel_clicked.connect(self.host.stop)
         self.host.worker.token.connect(self.chat.append_token)
         self.host.worker.recorded.connect(self._on_recorded)
         self.host.worker.finished.connect(self._on_finished)
@@ -171,6 +178,7 @@ class MainWindow(QMainWindow):
         self.export_action = self._action(file_menu, "&Export conversation…", self.open_export, "Ctrl+Shift+E")
         file_menu.addSeparator()
         self._action(file_menu, "&Load model", self._request_load, "Ctrl+L")
+        self._action(file_menu, "&Model manager…", self.open_model_manager, "Ctrl+M")
         self._action(file_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -450,6 +458,37 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Export failed: {exc}", 30_000)
         self.export_failed.emit(str(exc))
 
+    # Adapters ------------------------------------------------------------------------------------------------
+
+    def change_adapter(self, request: AdapterRequest) -> None:
+        """Attach or switch an adapter on the model thread, without reloading the base."""
+        if self.host.state is not ModelState.READY:
+            self.statusBar().showMessage("Wait for the model to be ready before switching adapters.", 10_000)
+            return
+        self._switching_adapter = True
+        self.host.change_adapter(request)
+
+    @Slot(object)
+    def _on_model_ready(self, identity: ModelIdentity) -> None:
+        if not self._switching_adapter:
+            return
+        self._switching_adapter = False
+        name = identity.adapter_name
+        self.statusBar().showMessage(f"Answering with {f'the adapter {name}' if name else 'the base model alone'}.",
+                                     10_000)
+        if not self.demo:  # the next start uses it too
+            adapter = self.host.adapters.get(name) if name else None
+            self._change_settings(replace(self.settings, adapter_dir=str(adapter) if adapter else None))
+
+    def open_model_manager(self) -> ModelManagerDialog:
+        dialog = ModelManagerDialog(self.host, self.settings, self)
+        dialog.model_chosen.connect(lambda model_dir: self._use_folders(model_dir, ""))
+        dialog.adapter_add_requested.connect(lambda path: self.change_adapter(AdapterRequest(add=path)))
+        dialog.adapter_use_requested.connect(lambda name: self.change_adapter(AdapterRequest(use=name)))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        return dialog
+
     @Slot(str, str)
     def _on_failed(self, kind: str, message: str) -> None:
         if self._answering:
@@ -457,6 +496,9 @@ class MainWindow(QMainWindow):
             self.chat.fail(message)
             if not self._closed:
                 self.history.refresh()
+        elif self._switching_adapter:
+            self._switching_adapter = False
+            self.chat.show_notice(f"The adapter could not be used: {message}")
         elif kind == "cancelled":
             self.chat.show_notice("Loading was cancelled. Use File > Load model (Ctrl+L) to load it again.")
         else:
@@ -466,6 +508,11 @@ class MainWindow(QMainWindow):
     @Slot(object, str)
     def _on_state(self, state: ModelState, detail: str) -> None:
         self.model_status.show_state(state, detail, self.host.identity)
+        loading = state is ModelState.LOADING and not self._switching_adapter
+        if loading and self.loading.isHidden():
+            self.loading.start()
+        elif not loading:
+            self.loading.hide()
         if self._load_when_idle and not self.host.busy:
             self._load_when_idle = False
             self._request_load()

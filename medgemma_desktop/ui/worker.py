@@ -255,6 +255,7 @@ class ModelHost(QObject):
         self._pending: LoadRequest | GenerateRequest | None = None
         self._identity: ModelIdentity | None = None
         self.adapters: dict[str, Path] = {}  # attached to the loaded base, by name
+        self.model_dir: Path | None = None  # of the last load request
         self.state = ModelState.NO_MODEL
         self._thread.start()
 
@@ -272,6 +273,7 @@ class ModelHost(QObject):
         self._pending = request
         self._identity = None
         self.adapters = {}
+        self.model_dir = model_dir
         self._set_state(ModelState.LOADING, "0%")
         self.load_requested.emit(request)
 
