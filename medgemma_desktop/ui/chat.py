@@ -186,9 +186,6 @@ class ChatPane(QWidget):
         self._render()
         return turns
 
-    def begin_regenerate(self) -> list[ChatTurn]:
-        return self.begin_retry(len(self.conversation.exchanges) - 1)
-
     def begin_retry(self, index: int) -> list[ChatTurn]:
         """Answer exchange `index` again (regenerate, or resend after an edit); returns its turns."""
         self.show_notice("")

@@ -41,10 +41,6 @@ class Conversation:
         self.exchanges.append(Exchange(question, tuple(images)))
         return self.turns_for(len(self.exchanges) - 1)
 
-    def retry_last(self) -> list[ChatTurn]:
-        """Forget the last answer and give the turns that asked for it again."""
-        return self.retry(len(self.exchanges) - 1)
-
     def retry(self, index: int) -> list[ChatTurn]:
         """Clear the shown answer of one exchange (a stored one stays a variant) and give its turns again."""
         exchange = self.exchanges[index]
