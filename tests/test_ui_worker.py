@@ -28,6 +28,7 @@ def host(qtbot) -> Iterator[ModelHost]:
 def load(qtbot, host: ModelHost, checkpoint: TinyCheckpoint) -> None:
     with qtbot.waitSignal(host.worker.model_ready, timeout=TIMEOUT_MS):
         host.load(checkpoint.model_dir, checkpoint.adapter_dir, LoadOptions())
+    qtbot.waitUntil(lambda: host.state is ModelState.READY)  # the host hears of it through the event loop
 
 
 def test_load_reports_progress_on_the_ui_thread_and_ends_ready(qtbot, host: ModelHost,

@@ -21,8 +21,10 @@ from medgemma_desktop.ui.theme import app_icon, apply_theme
 log = logging.getLogger(__name__)
 
 
-def run_app(argv: Sequence[str] | None = None, settings_path: Path | None = None, log_dir: Path | None = None) -> int:
-    """Set up logging and the exception hooks, show the main window, run the event loop; returns the exit code."""
+def run_app(argv: Sequence[str] | None = None, settings_path: Path | None = None, log_dir: Path | None = None,
+            demo: bool = False, data_folder: Path | None = None) -> int:
+    """Set up logging and the exception hooks, show the main window (in demo mode with `demo`), run the event
+    loop; returns the exit code."""
     log_path = setup_logging(log_dir)
     app = QApplication.instance() or QApplication(list(argv) if argv is not None else sys.argv)
     assert isinstance(app, QApplication)
@@ -30,7 +32,7 @@ def run_app(argv: Sequence[str] | None = None, settings_path: Path | None = None
     app.setOrganizationName("MedGemma Desktop")
     app.setWindowIcon(app_icon())
     apply_theme(app, load_settings(settings_path).settings.theme)
-    window = MainWindow(settings_path)
+    window = MainWindow(settings_path, data_folder=data_folder, demo=demo)
     reporter = ErrorReporter(lambda: window)
     uninstall = install_hooks(reporter)
     log.info("started; log file %s", log_path)

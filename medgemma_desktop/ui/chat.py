@@ -2,11 +2,14 @@
 
 Tokens are not painted one by one: they go into a buffer that a timer flushes a few times a second, so a fast
 model cannot flood the event loop with repaints of a growing Markdown document.
+
+Stored questions carry an "Edit" link and answers with several variants a "‹ 2/3 ›" switcher, as links in the
+transcript (keyboard users reach them with Tab, or use the Chat menu); the main window acts on what they ask.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QMimeData, Qt, QTimer, Signal
+from PySide6.QtCore import QMimeData, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -44,13 +47,20 @@ def stats_line(stats: GenerationStats) -> str:
     return " · ".join(parts)
 
 
-def exchange_markdown(exchange: Exchange) -> str:
+def exchange_markdown(exchange: Exchange, index: int | None = None) -> str:
+    """The exchange as Markdown; with its `index`, a stored one also gets its Edit link and variant switcher."""
     images = len(exchange.images)
     noun = "slice" if exchange.mode in SERIES_MODES else "image"
     attached = f"\n\n*{images} {noun}{'s' if images != 1 else ''} attached*" if images else ""
     mode = f"*{exchange.mode.title}* · " if exchange.mode is not TaskMode.FREE_CHAT else ""
     answer = exchange.answer
-    lines = [f"**You**\n\n{mode}{exchange.shown_question}{attached}", "**MedGemma**"]
+    edit, heading = "", "**MedGemma**"
+    if index is not None and exchange.message_id is not None:
+        edit = f"\n\n[Edit](edit:{index})"
+        if len(exchange.answer_ids) > 1 and exchange.answer_id in exchange.answer_ids:
+            shown = exchange.answer_ids.index(exchange.answer_id) + 1
+            heading += f" [‹](prev:{index}) {shown}/{len(exchange.answer_ids)} [›](next:{index})"
+    lines = [f"**You**\n\n{mode}{exchange.shown_question}{attached}{edit}", heading]
     if answer:
         lines.append(answer)
     elif not exchange.error and exchange.stats is None:
@@ -96,6 +106,8 @@ class ChatPane(QWidget):
     """Shows the conversation and collects questions; the main window sends the turns it builds."""
 
     question_submitted = Signal(str)
+    edit_submitted = Signal(int, str)  # exchange index, the new wording: edit that question and resend it
+    variant_requested = Signal(int, int)  # exchange index, step (-1 older, +1 newer answer variant)
     stop_clicked = Signal()
     regenerate_clicked = Signal()
 
@@ -105,11 +117,14 @@ class ChatPane(QWidget):
         self.conversation = Conversation()
         self._buffer: list[str] = []
         self._can_send = False
+        self._answering: int | None = None  # the exchange tokens go to
+        self.editing: int | None = None  # the exchange whose question the box is editing
 
         self.transcript = QTextBrowser()
         self.transcript.setAccessibleName("Conversation")
         self.transcript.setOpenExternalLinks(False)
         self.transcript.setOpenLinks(False)
+        self.transcript.anchorClicked.connect(self._on_link)
         self.notice = QLabel()
         self.notice.setObjectName("errorLabel")
         self.notice.setAccessibleName("Chat message")
@@ -122,6 +137,16 @@ class ChatPane(QWidget):
         self.question.submitted.connect(self.submit)
         self.task = TaskBar()
         self.task.mode_changed.connect(self._show_mode)
+        self.edit_label = QLabel()
+        self.edit_label.setAccessibleName("Editing")
+        self.cancel_edit_button = _button("Cancel edit", "Keep the question as it was")
+        self.cancel_edit_button.clicked.connect(self.cancel_edit)
+        self.edit_bar = QWidget()
+        edit_layout = QHBoxLayout(self.edit_bar)
+        edit_layout.setContentsMargins(0, 0, 0, 0)
+        edit_layout.addWidget(self.edit_label, 1)
+        edit_layout.addWidget(self.cancel_edit_button)
+        self.edit_bar.hide()
 
         self.send_button = _button("Send", "Send the question (Enter)")
         self.stop_button = _button("Stop", "Stop the answer (Esc)")
@@ -141,6 +166,7 @@ class ChatPane(QWidget):
         layout.addWidget(self.transcript, 1)
         layout.addWidget(self.notice)
         layout.addWidget(self.task)
+        layout.addWidget(self.edit_bar)
         layout.addWidget(self.question)
         layout.addLayout(buttons)
 
@@ -166,15 +192,53 @@ class ChatPane(QWidget):
         box is emptied only now, so that a question refused before sending is still there to fix."""
         self.show_notice("")
         turns = self.conversation.ask(question, images, mode, padding=padding, target=target)
+        self._answering = len(self.conversation.exchanges) - 1
         self.question.clear()
         self._render()
         return turns
 
-    def begin_regenerate(self) -> list[ChatTurn]:
+    def begin_retry(self, index: int) -> list[ChatTurn]:
+        """Answer exchange `index` again (regenerate, or resend after an edit); returns its turns."""
         self.show_notice("")
-        turns = self.conversation.retry_last()
+        turns = self.conversation.retry(index)
+        self._answering = index
         self._render()
         return turns
+
+    def recorded(self, message_id: int, answer_id: int) -> None:
+        """The worker stored the question being answered and opened a new answer variant for it."""
+        exchange = self._target()
+        if exchange is not None:
+            exchange.message_id, exchange.answer_id = message_id, answer_id
+            exchange.answer_ids.append(answer_id)
+            self._render()
+
+    def show_conversation(self, exchanges: list[Exchange], conversation_id: int | None) -> None:
+        """Replace the transcript with a stored conversation, ready to continue."""
+        self.clear()
+        self.conversation.exchanges = exchanges
+        self.conversation.id = conversation_id
+        self._render()
+
+    def start_edit(self, index: int) -> None:
+        """Put a past question into the box; sending resends it, reworded, as a new answer to that question."""
+        if not 0 <= index < len(self.conversation.exchanges):
+            return
+        self.editing = index
+        self.question.setPlainText(self.conversation.exchanges[index].question)
+        self.edit_label.setText(f"Editing question {index + 1}: sending asks it again with the new wording.")
+        self.edit_bar.show()
+        self.question.setFocus()
+
+    def cancel_edit(self) -> None:
+        if self.editing is not None:
+            self.editing = None
+            self.edit_bar.hide()
+            self.question.clear()
+
+    def refresh(self) -> None:
+        """Draw the transcript again after an exchange changed (another answer variant shown)."""
+        self._render()
 
     def append_token(self, text: str) -> None:
         self._buffer.append(text)
@@ -184,18 +248,21 @@ class ChatPane(QWidget):
     def finish(self, answer: Answer) -> None:
         self._flush_timer.stop()
         self._buffer.clear()
-        exchange = self.conversation.last
+        exchange = self._target()
         if exchange is not None:
             exchange.answer, exchange.thinking, exchange.stats = answer.text, answer.thinking, answer.stats
+        self._answering = None
         self._render()
 
     def fail(self, message: str) -> None:
         """The answer in progress failed: keep what streamed, say why."""
         self._flush()
         self._flush_timer.stop()
-        if self.conversation.last is not None and self.conversation.last.stats is None:
-            self.conversation.last.error = message
+        exchange = self._target()
+        if exchange is not None and exchange.stats is None:
+            exchange.error = message
             self._render()
+        self._answering = None
         self.show_notice(message)
 
     def show_notice(self, message: str) -> None:
@@ -205,6 +272,8 @@ class ChatPane(QWidget):
     def clear(self) -> None:
         self._flush_timer.stop()
         self._buffer.clear()
+        self._answering = None
+        self.cancel_edit()
         self.conversation.clear()
         self.show_notice("")
         self._render()
@@ -217,8 +286,24 @@ class ChatPane(QWidget):
     def submit(self) -> None:
         """An empty question asks the mode's default question (shown as the placeholder)."""
         text = self.question.toPlainText().strip()
-        if (text or self.task.mode.default_question) and self._can_send:
-            self.question_submitted.emit(text)
+        if not (text or self.task.mode.default_question) or not self._can_send:
+            return
+        editing = self.editing
+        if editing is None:
+            self.question_submitted.emit(text)  # the question leaves the box once it is accepted (`begin`)
+        elif text:
+            self.cancel_edit()
+            self.question.clear()
+            self.edit_submitted.emit(editing, text)
+
+    def _on_link(self, url: QUrl) -> None:
+        action, _, index = url.toString().partition(":")
+        if not index.isdigit():
+            return
+        if action == "edit":
+            self.start_edit(int(index))
+        elif action in ("prev", "next"):
+            self.variant_requested.emit(int(index), -1 if action == "prev" else 1)
 
     def _show_mode(self, mode: TaskMode) -> None:
         self.question.setPlaceholderText(mode.default_question or FREE_PLACEHOLDER)
@@ -229,16 +314,21 @@ class ChatPane(QWidget):
         if not self._buffer:
             self._flush_timer.stop()
             return
-        exchange = self.conversation.last
+        exchange = self._target()
         if exchange is not None:
             exchange.answer += "".join(self._buffer)
         self._buffer.clear()
         self._render()
 
+    def _target(self) -> Exchange | None:
+        if self._answering is not None and self._answering < len(self.conversation.exchanges):
+            return self.conversation.exchanges[self._answering]
+        return self.conversation.last
+
     def _render(self) -> None:
         bar = self.transcript.verticalScrollBar()
         at_bottom = bar.value() >= bar.maximum() - 4
-        blocks = [exchange_markdown(exchange) for exchange in self.conversation.exchanges]
+        blocks = [exchange_markdown(exchange, index) for index, exchange in enumerate(self.conversation.exchanges)]
         self.transcript.setMarkdown("\n\n---\n\n".join(blocks))
         if at_bottom:
             bar.setValue(bar.maximum())

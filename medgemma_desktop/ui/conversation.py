@@ -8,7 +8,7 @@ a follow-up (no images of its own, after an answer in the same mode) is a plain 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medgemma_desktop.core.engine import GenerationStats
 from medgemma_desktop.core.imaging import ImageInput, PaddingInfo
@@ -26,6 +26,10 @@ class Exchange:
     mode: TaskMode = TaskMode.FREE_CHAT
     padding: PaddingInfo | None = None  # localization: how the picture was padded to square
     target: ImageInput | None = None  # localization: the original picture the answer's boxes belong on
+    # Where it is kept in the conversation store (None until the worker has recorded it):
+    message_id: int | None = None
+    answer_id: int | None = None  # the answer variant shown
+    answer_ids: list[int] = field(default_factory=list)  # every variant, oldest first
 
     @property
     def complete(self) -> bool:
@@ -40,6 +44,7 @@ class Exchange:
 class Conversation:
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
+        self.id: int | None = None  # the stored conversation, once it has one
 
     def ask(self, question: str, images: Sequence[ImageInput], mode: TaskMode = TaskMode.FREE_CHAT, *,
             padding: PaddingInfo | None = None, target: ImageInput | None = None) -> list[ChatTurn]:
@@ -57,11 +62,11 @@ class Conversation:
         self.exchanges.pop()
         return turns
 
-    def retry_last(self) -> list[ChatTurn]:
-        """Forget the last answer and give the turns that asked for it again."""
-        last = self.exchanges[-1]
-        last.answer, last.thinking, last.stats, last.error = "", "", None, ""
-        return self.turns_for(len(self.exchanges) - 1)
+    def retry(self, index: int) -> list[ChatTurn]:
+        """Clear the shown answer of one exchange (a stored one stays a variant) and give its turns again."""
+        exchange = self.exchanges[index]
+        exchange.answer, exchange.thinking, exchange.stats, exchange.error = "", "", None, ""
+        return self.turns_for(index)
 
     def turns_for(self, index: int) -> list[ChatTurn]:
         history: list[ChatTurn] = []
@@ -87,3 +92,4 @@ class Conversation:
 
     def clear(self) -> None:
         self.exchanges.clear()
+        self.id = None

@@ -1,12 +1,19 @@
-"""The page shown while no usable model is configured: what to get, where to point the app, and why a folder
-was refused (the core's one-line error, inline)."""
+"""The page shown while no usable model is configured: what to get, where to point the app, why a folder was
+refused (the core's one-line error, inline), what this computer can do (checked on a background job), and a way
+to try the whole app on the demo model before the weights arrive."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QShowEvent
+from PySide6.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.folder_field import FolderField, folders_problem
+from medgemma_desktop.ui.hooks import report_unexpected
+from medgemma_desktop.ui.machine_check import MachineVerdict, check_machine
+
+CHECK_DELAY_MS = 300
 
 EXPLANATION = """<h2>Set up MedGemma</h2>
 <p>This app runs Google's <b>MedGemma 1.5 4B</b> on this computer. It ships no model weights: you need</p>
@@ -21,10 +28,15 @@ machine.</p>"""
 
 class FirstRunPage(QWidget):
     folders_chosen = Signal(str, str)  # model_dir, adapter_dir ("" for none)
+    demo_requested = Signal()
+    machine_checked = Signal(object)  # MachineVerdict
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAccessibleName("Model setup")
+        self.context_limit = 8192  # the window keeps these equal to the settings, for the memory plan
+        self.force_cpu = False
+        self.jobs = BackgroundJobs(self)
         intro = QLabel(EXPLANATION)
         intro.setWordWrap(True)
         intro.setTextFormat(Qt.TextFormat.RichText)
@@ -41,8 +53,25 @@ class FirstRunPage(QWidget):
         self.use_button.setAccessibleName("Use these folders")
         self.use_button.setDefault(True)
         self.use_button.clicked.connect(self.confirm)
+        self.demo_button = QPushButton("Try the demo")
+        self.demo_button.setAccessibleName("Try the demo")
+        self.demo_button.setToolTip("The whole app on a tiny model with random weights and a sample CT and MR study")
+        self.demo_button.clicked.connect(self.demo_requested)
+        self.machine_label = QLabel("Checking this computer…")
+        self.machine_label.setAccessibleName("This computer")
+        self.machine_label.setWordWrap(True)
+        self.machine_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.machine_details = QLabel()
+        self.machine_details.setAccessibleName("Machine details")
+        self.machine_details.setWordWrap(True)
+        self.machine_details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._check_timer = QTimer(self)
+        self._check_timer.setSingleShot(True)
+        self._check_timer.setInterval(CHECK_DELAY_MS)
+        self._check_timer.timeout.connect(self.check_machine)
         for field in (self.model_field, self.adapter_field):
             field.changed.connect(lambda: self.show_error(""))
+            field.changed.connect(self._check_timer.start)
 
         form = QFormLayout()
         form.addRow("Model folder:", self.model_field)
@@ -54,10 +83,40 @@ class FirstRunPage(QWidget):
         inner.addWidget(intro)
         inner.addLayout(form)
         inner.addWidget(self.error_label)
-        inner.addWidget(self.use_button, 0, Qt.AlignmentFlag.AlignRight)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.demo_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.use_button)
+        inner.addLayout(buttons)
+        inner.addWidget(QLabel("<h3>This computer</h3>"))
+        inner.addWidget(self.machine_label)
+        inner.addWidget(self.machine_details)
         inner.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addWidget(column, 1, Qt.AlignmentFlag.AlignHCenter)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self._check_timer.start()
+
+    def check_machine(self) -> None:
+        """Judge this computer for the chosen folders, off the UI thread (it asks CUDA for free memory)."""
+        model_dir, adapter_dir = self.model_field.path(), self.adapter_field.path()
+        context_limit, force_cpu = self.context_limit, self.force_cpu
+        self.jobs.run(lambda: check_machine(model_dir, adapter_dir, context_limit, force_cpu),
+                      self._show_machine, self._machine_failed)
+
+    def _show_machine(self, verdict: MachineVerdict) -> None:
+        self.machine_label.setText(verdict.summary)
+        self.machine_label.setObjectName("errorLabel" if verdict.kind == "low-memory" else "")
+        self.machine_label.style().unpolish(self.machine_label)
+        self.machine_label.style().polish(self.machine_label)
+        self.machine_details.setText("<br>".join(f"{name}: {value}" for name, value in verdict.details))
+        self.machine_checked.emit(verdict)
+
+    def _machine_failed(self, exc: Exception) -> None:
+        report_unexpected(type(exc), exc, exc.__traceback__)
+        self.machine_label.setText(f"This computer could not be checked: {type(exc).__name__}: {exc}")
 
     def set_folders(self, model_dir: str | None, adapter_dir: str | None) -> None:
         self.model_field.set_path(model_dir)

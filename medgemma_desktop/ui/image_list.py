@@ -52,12 +52,13 @@ class ImageListModel(QAbstractListModel):
             return entry.picture
         return None
 
-    def add(self, pictures: list[Picture]) -> None:
+    def add(self, pictures: list[Picture], sent: bool = False) -> None:
+        """Add pictures for the next question, or (`sent`) ones a reopened conversation already holds."""
         if not pictures:
             return
         start = len(self._entries)
         self.beginInsertRows(QModelIndex(), start, start + len(pictures) - 1)
-        self._entries.extend(_Entry(picture) for picture in pictures)
+        self._entries.extend(_Entry(picture, sent) for picture in pictures)
         self.endInsertRows()
 
     def picture(self, row: int) -> Picture:

@@ -1,4 +1,5 @@
-"""Status bar widgets: GPU memory (polled once a second, and only while visible) and the model's state.
+"""Status bar widgets: GPU memory (polled once a second, and only while visible), the model's state, and the
+loading progress with its Cancel button.
 
 The GPU label follows qutebrowser's clock: its timer starts in `showEvent` and stops in `hideEvent`, so a
 minimised window costs no NVML calls.
@@ -6,9 +7,9 @@ minimised window costs no NVML calls.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QHideEvent, QShowEvent
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QWidget
 
 from medgemma_desktop.core.device import DevicePlan
 from medgemma_desktop.core.engine import ModelIdentity
@@ -74,3 +75,36 @@ class ModelStatusLabel(QLabel):
             text += f" · {identity.model_name}{adapter} · {identity.device} {identity.dtype} · {identity.quantization}"
         self.setText(text)
         self.setToolTip(detail)
+
+
+class LoadingProgress(QWidget):
+    """Shown only while a model loads: the engine's own progress (hashing, quantizing, adapter) and Cancel."""
+
+    cancel_clicked = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName("Model loading")
+        self.bar = QProgressBar()
+        self.bar.setAccessibleName("Loading progress")
+        self.bar.setRange(0, 100)
+        self.bar.setMaximumWidth(200)
+        self.cancel_button = QToolButton()
+        self.cancel_button.setText("Cancel loading")
+        self.cancel_button.setAccessibleName("Cancel loading")
+        self.cancel_button.setToolTip("Stop loading the model (Esc)")
+        self.cancel_button.clicked.connect(self.cancel_clicked)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.cancel_button)
+        self.hide()
+
+    def start(self) -> None:
+        self.bar.setValue(0)
+        self.bar.setToolTip("")
+        self.show()
+
+    def show_progress(self, percent: int, step: str) -> None:
+        self.bar.setValue(percent)
+        self.bar.setToolTip(step)

@@ -358,6 +358,11 @@ class ViewerPanel(QWidget):
         loader = self._loader
         self.jobs.run(lambda: load_pictures(paths, loader), self._add_result, self._job_failed)
 
+    def open_inputs(self, load: Callable[[], list[ImageInput]]) -> None:
+        """Images made by `load` (the demo's sample study) rather than read from paths, on the background job."""
+        self.jobs.run(lambda: LoadResult([render_picture(item) for item in load()], []), self._add_result,
+                      self._job_failed)
+
     def paste_from_clipboard(self) -> None:
         self.open_mime(QGuiApplication.clipboard().mimeData())
 

@@ -4,6 +4,11 @@ As in GPT4All's ChatLLM, the UI talks to the worker only through queued signals 
 `generate_requested`) and hears back through the worker's signals. Stop and cancel are not signals: a queued
 signal would wait behind the running generation, so each request carries its own `threading.Event`, which the
 UI thread sets directly and the engine checks every token (or between loading steps).
+
+A question that should be kept comes with a `Recording`: the worker commits it to the conversation store (the
+PNG encoding of its images included, off the UI thread) before the first token, saves the growing answer as it
+streams and records how it ended, with the identity of the weights that produced it, read from the engine on
+this thread so an adapter switch queued just before cannot be misrecorded.
 """
 
 from __future__ import annotations
@@ -11,14 +16,29 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from medgemma_desktop.core.engine import Engine, GenerationSettings, GenerationStats, LoadOptions, ModelIdentity
+from medgemma_desktop.core.app_dirs import cache_dir
+from medgemma_desktop.core.engine import (
+    Engine,
+    Generation,
+    GenerationSettings,
+    GenerationStats,
+    LoadOptions,
+    ModelIdentity,
+)
 from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.core.fingerprint import FingerprintCache
+from medgemma_desktop.core.imaging import ImageInput
 from medgemma_desktop.core.prompts import ChatTurn
+from medgemma_desktop.core.quant_cache import QuantizedModelCache
+from medgemma_desktop.core.store import AnswerStatus, ConversationStore
+from medgemma_desktop.core.thinking import THOUGHT_END, THOUGHT_START
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.token_budget import TokenCounter
 
@@ -34,10 +54,33 @@ class LoadRequest:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """Where an answer is kept: a new question (`message_id` None: add it first) or a new answer variant of a
+    stored one (regenerate, edit and resend)."""
+
+    store: ConversationStore
+    conversation_id: int
+    message_id: int | None
+    question: str
+    images: tuple[ImageInput, ...] = ()
+    task_mode: str = ""
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     turns: tuple[ChatTurn, ...]
     settings: GenerationSettings
+    record: Recording | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class AdapterRequest:
+    """Attach the adapter folder `add` to the loaded base, or make the loaded adapter `use` active (None: the
+    base model alone). Neither reloads the base."""
+
+    add: Path | None = None
+    use: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +90,19 @@ class Answer:
     text: str
     thinking: str
     stats: GenerationStats
+    answer_id: int | None = None  # the stored answer variant, when it was recorded
+    identity: ModelIdentity | None = None
+
+
+def stored_text(generation: Generation) -> str:
+    """The answer as the store keeps it: thinking trace (if any) in its markers, then the answer."""
+    if not generation.thinking:
+        return generation.raw_text
+    return f"{THOUGHT_START}thought\n{generation.thinking}{THOUGHT_END}{generation.raw_text}"
+
+
+def answer_status(stats: GenerationStats) -> AnswerStatus:
+    return AnswerStatus.STOPPED if stats.stop_reason == "stopped" else AnswerStatus.DONE
 
 
 class ModelState(enum.Enum):
@@ -61,27 +117,52 @@ class ModelWorker(QObject):
     """Lives on the model thread. Every slot runs there, one request at a time."""
 
     loading_progress = Signal(int, str)
-    model_ready = Signal(object)  # ModelIdentity
+    model_ready = Signal(object)  # ModelIdentity (after a load or an adapter change)
     token_counter_ready = Signal(object)  # TokenCounter over the engine's tokenizer, for the budget shown
+    adapters_changed = Signal(object)  # dict[str, Path]: the adapters attached to the loaded base, by name
+    recorded = Signal(int, int)  # message id, answer id: the question is stored, the answer about to start
     token = Signal(str)
     finished = Signal(object)  # Answer
     failed = Signal(str, str)  # kind, one-line message
 
-    def __init__(self) -> None:
+    def __init__(self, cache: QuantizedModelCache | None, fingerprints: FingerprintCache) -> None:
         super().__init__()
         self._engine: Engine | None = None
+        self._cache = cache
+        self._fingerprints = fingerprints
 
     @Slot(object)
     def load(self, request: LoadRequest) -> None:
         self._release()
         try:
             self._engine = Engine.load(request.model_dir, request.adapter_dir, request.options,
-                                       progress=self.loading_progress.emit, cancel=request.cancel)
+                                       progress=self.loading_progress.emit, cancel=request.cancel,
+                                       cache=self._cache, fingerprints=self._fingerprints)
         except Exception as exc:
             self._fail(exc)
             return
         self.token_counter_ready.emit(TokenCounter.for_tokenizer(self._engine.tokens_per_image,
                                                                  self._engine.processor.tokenizer))
+        self._report_model()
+
+    @Slot(object)
+    def change_adapter(self, request: AdapterRequest) -> None:
+        if self._engine is None:
+            self.failed.emit("adapter", "No model is loaded. Load the base model before choosing an adapter.")
+            return
+        try:
+            if request.add is not None:
+                self._engine.add_adapter(request.add)
+            else:
+                self._engine.use_adapter(request.use)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._report_model()
+
+    def _report_model(self) -> None:
+        assert self._engine is not None
+        self.adapters_changed.emit({name: adapter.path for name, adapter in self._engine.adapters.items()})
         self.model_ready.emit(self._engine.identity)
 
     @Slot(object)
@@ -89,15 +170,42 @@ class ModelWorker(QObject):
         if self._engine is None:
             self.failed.emit("model", "No model is loaded. Choose the model folders in Settings.")
             return
-        generation = self._engine.generate(request.turns, request.settings, cancel=request.cancel)
+        engine = self._engine
+        identity = engine.identity
+        generation = engine.generate(request.turns, request.settings, cancel=request.cancel)
+        record, answer_id = request.record, None
         try:
+            if record is not None:
+                answer_id = self._begin_record(record, identity, request.settings)
             for chunk in generation:
                 if not chunk.thinking:
                     self.token.emit(chunk.text)
+                if record is not None and answer_id is not None:
+                    record.store.update_answer(answer_id, stored_text(generation))
         except Exception as exc:
+            if record is not None and answer_id is not None:
+                record.store.finish_answer(answer_id, stored_text(generation), asdict(generation.stats),
+                                           AnswerStatus.FAILED)
             self._fail(exc)
             return
-        self.finished.emit(Answer(generation.text, generation.thinking, generation.stats))
+        if record is not None and answer_id is not None:
+            record.store.finish_answer(answer_id, stored_text(generation), asdict(generation.stats),
+                                       answer_status(generation.stats))
+        self.finished.emit(Answer(generation.text, generation.thinking, generation.stats, answer_id, identity))
+
+    def _begin_record(self, record: Recording, identity: ModelIdentity, settings: GenerationSettings) -> int:
+        """Commit the question (if new) and open its answer, before the first token."""
+        message_id = record.message_id
+        if message_id is None:
+            message_id = record.store.add_question(record.conversation_id, record.question, record.images,
+                                                   record.task_mode).id
+        assert self._engine is not None
+        kept: Mapping[str, Any] = {**asdict(settings), "context_limit": self._engine.options.context_limit,
+                                   "device": identity.device, "dtype": identity.dtype,
+                                   "quantization": identity.quantization}
+        answer_id = record.store.begin_answer(message_id, identity.model, identity.adapter, kept)
+        self.recorded.emit(message_id, answer_id)
+        return answer_id
 
     @Slot()
     def release(self) -> None:
@@ -123,25 +231,35 @@ class ModelHost(QObject):
 
     load_requested = Signal(object)  # LoadRequest
     generate_requested = Signal(object)  # GenerateRequest
+    adapter_requested = Signal(object)  # AdapterRequest
     release_requested = Signal()
     state_changed = Signal(object, str)  # ModelState, detail
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None, cache: QuantizedModelCache | None = None,
+                 fingerprints: FingerprintCache | None = None) -> None:
+        """`cache` and `fingerprints` default to the saved 4-bit models and remembered digests in the app's cache
+        folder."""
         super().__init__(parent)
+        self.cache = cache or QuantizedModelCache(cache_dir() / "nf4")
+        self.fingerprints = fingerprints or FingerprintCache(cache_dir() / "digests.json")
         self._thread = QThread(self)
         self._thread.setObjectName("model thread")
-        self.worker = ModelWorker()
+        self.worker = ModelWorker(self.cache, self.fingerprints)
         self.worker.moveToThread(self._thread)
         self._thread.finished.connect(self.worker.deleteLater)
         self.load_requested.connect(self.worker.load)
         self.generate_requested.connect(self.worker.generate)
+        self.adapter_requested.connect(self.worker.change_adapter)
         self.release_requested.connect(self.worker.release)
         self.worker.loading_progress.connect(self._on_progress)
         self.worker.model_ready.connect(self._on_ready)
+        self.worker.adapters_changed.connect(self._on_adapters)
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self._on_failed)
         self._pending: LoadRequest | GenerateRequest | None = None
         self._identity: ModelIdentity | None = None
+        self.adapters: dict[str, Path] = {}  # attached to the loaded base, by name
+        self.model_dir: Path | None = None  # of the last load request
         self.state = ModelState.NO_MODEL
         self._thread.start()
 
@@ -158,14 +276,21 @@ class ModelHost(QObject):
         request = LoadRequest(model_dir, adapter_dir, options)
         self._pending = request
         self._identity = None
+        self.adapters = {}
+        self.model_dir = model_dir
         self._set_state(ModelState.LOADING, "0%")
         self.load_requested.emit(request)
 
-    def generate(self, turns: list[ChatTurn], settings: GenerationSettings) -> None:
-        request = GenerateRequest(tuple(turns), settings)
+    def generate(self, turns: list[ChatTurn], settings: GenerationSettings, record: Recording | None = None) -> None:
+        request = GenerateRequest(tuple(turns), settings, record)
         self._pending = request
         self._set_state(ModelState.GENERATING, "")
         self.generate_requested.emit(request)
+
+    def change_adapter(self, request: AdapterRequest) -> None:
+        """Attach or switch adapters on the model thread; the model is busy (not reloaded) until it reports."""
+        self._set_state(ModelState.LOADING, "switching the adapter")
+        self.adapter_requested.emit(request)
 
     def stop(self) -> None:
         """Thread-safe: the engine sees it before its next token (or next loading step)."""
@@ -194,9 +319,14 @@ class ModelHost(QObject):
 
     @Slot(object)
     def _on_ready(self, identity: ModelIdentity) -> None:
-        self._pending = None
+        if not isinstance(self._pending, GenerateRequest):  # the load (or adapter switch) that ended, not a newer ask
+            self._pending = None
         self._identity = identity
         self._set_state(ModelState.READY, "")
+
+    @Slot(object)
+    def _on_adapters(self, adapters: dict[str, Path]) -> None:
+        self.adapters = adapters
 
     @Slot(object)
     def _on_finished(self, _answer: Answer) -> None:
