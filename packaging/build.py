@@ -28,34 +28,19 @@ ROOT = PACKAGING.parent
 NAME = "medgemma-desktop"
 INSTALL_DIR = Path("opt") / NAME
 
-# System libraries the bundled Qt xcb platform plugin links against and PySide6's wheel does not ship
-# (found with `ldd` on the frozen folder; the t64 names are Debian 13 / Ubuntu 24.04's renamed packages).
+# System libraries the bundled ELF files link against directly and the build does not bundle (found with
+# readelf; the smoke test fails if one is missing here). Alternatives name Debian 13 / Ubuntu 24.04's t64 renames.
 DEB_DEPENDS = [
-    "libegl1",
-    "libgl1",
-    "libopengl0",
-    "libfontconfig1",
-    "libfreetype6",
-    "libdbus-1-3",
-    "libglib2.0-0t64 | libglib2.0-0",
-    "libx11-6",
-    "libx11-xcb1",
-    "libxkbcommon0",
-    "libxkbcommon-x11-0",
-    "libxcb1",
-    "libxcb-cursor0",
-    "libxcb-icccm4",
-    "libxcb-image0",
-    "libxcb-keysyms1",
-    "libxcb-randr0",
-    "libxcb-render-util0",
-    "libxcb-shape0",
-    "libxcb-shm0",
-    "libxcb-sync1",
-    "libxcb-xfixes0",
-    "libxcb-xkb1",
+    "libstdc++6", "libgcc-s1", "zlib1g", "libzstd1", "liblzma5", "libbz2-1.0", "libbrotli1", "libffi8",
+    "libuuid1", "libsqlite3-0", "libssl3t64 | libssl3", "libreadline8t64 | libreadline8", "libgssapi-krb5-2",
+    "libglib2.0-0t64 | libglib2.0-0", "libdbus-1-3", "libfontconfig1", "libfreetype6",
+    "libegl1", "libgl1", "libdrm2", "libwayland-client0",
+    "libx11-6", "libx11-xcb1", "libxkbcommon0", "libxkbcommon-x11-0",
+    "libxcb1", "libxcb-cursor0", "libxcb-glx0", "libxcb-icccm4", "libxcb-image0", "libxcb-keysyms1",
+    "libxcb-randr0", "libxcb-render0", "libxcb-render-util0", "libxcb-shape0", "libxcb-shm0", "libxcb-sync1",
+    "libxcb-util1", "libxcb-xfixes0", "libxcb-xkb1",
 ]
-DEB_RECOMMENDS = ["libwayland-client0", "libwayland-cursor0", "libwayland-egl1"]
+DEB_RECOMMENDS = ["libwayland-cursor0", "libwayland-egl1"]  # Qt's Wayland platform plugin
 
 
 @contextmanager

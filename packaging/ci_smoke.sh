@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 if ! command -v Xvfb >/dev/null || ! command -v import >/dev/null || ! command -v desktop-file-validate >/dev/null; then
     apt-get update -qq && apt-get install -y -qq xvfb imagemagick desktop-file-utils >/dev/null
 fi
-.venv/bin/pip install -q pyinstaller
+.venv/bin/pip install -q pyinstaller==6.22.3 pyinstaller-hooks-contrib==2026.9  # the versions the spec was checked with
 .venv/bin/python packaging/build.py --no-tarball
 .venv/bin/python packaging/smoke_test.py --install-depends packaging/dist/medgemma-desktop_*_"$(dpkg --print-architecture)".deb

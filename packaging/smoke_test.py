@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import re
 import shutil
 import signal
@@ -149,39 +150,67 @@ OPTIONAL_ELF = [
 
 
 def check_depends(deb: Path, exe: Path, install: bool) -> None:
-    """The .deb's Depends are installed here, and with them every library the app's ELF files link against.
+    """The .deb's Depends are installed here and cover every system library the app's ELF files need.
 
-    A library missing from Depends shows up as 'not found' in ldd; that is how the Depends list is kept true.
+    Each required bundled ELF file's NEEDED libraries are either bundled or resolved by ldconfig to a file of
+    a package named in Depends (or libc6); so a library missing from Depends fails here, not on a user's PC.
     """
     depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True,
                              text=True).stdout
-    missing = []
-    for group in depends.split(","):
-        names = [re.sub(r"\s*\(.*\)", "", alt).strip() for alt in group.split("|")]
-        installed = [name for name in names if subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True).stdout.endswith(" installed")]
-        if not installed:
-            missing.append(names[0])
+    groups = [[re.sub(r"\s*\(.*\)", "", alt).strip() for alt in group.split("|")] for group in depends.split(",")]
+    missing = [names[0] for names in groups if not any(_installed(name) for name in names)]
     if missing and install:
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL)
     elif missing:
         raise SmokeFailure(f"this machine lacks the package's Depends: apt-get install {' '.join(missing)} "
                            "(or pass --install-depends)")
+    declared = {name for names in groups for name in names}
     internal = exe.parent / "_internal"
-    unresolved: dict[str, list[str]] = {}
+    bundled = {path.name for path in internal.rglob("*")}
+    system = _ldconfig_cache()
+    problems: dict[str, list[str]] = {}
     for path in [exe, *internal.rglob("*.so*")]:
         relative = str(path.relative_to(internal)) if path != exe else exe.name
         if path.is_symlink() or not path.is_file() or any(fnmatch.fnmatch(relative, p) for p in OPTIONAL_ELF):
             continue
-        ldd = subprocess.run(["ldd", str(path)], capture_output=True, text=True,
-                             env={"LD_LIBRARY_PATH": str(internal)})
-        for line in ldd.stdout.splitlines():
-            if "=> not found" in line:
-                unresolved.setdefault(line.split()[0], []).append(relative)
-    if unresolved:
-        details = "\n    ".join(f"{lib} (needed by {', '.join(users[:3])})" for lib, users in unresolved.items())
-        raise SmokeFailure(f"libraries neither bundled nor in Depends:\n    {details}")
-    print(f"ok   Depends installed and every required library resolves ({depends.strip()[:60]}...)")
+        for needed in _needed(path) - bundled:
+            package = _package_of(system[needed]) if needed in system else "not found"
+            if package not in declared:
+                problems.setdefault(f"{needed} ({package})", []).append(relative)
+    if problems:
+        details = "\n    ".join(f"{lib} needed by {', '.join(users[:3])}" for lib, users in problems.items())
+        raise SmokeFailure(f"system libraries not covered by Depends:\n    {details}")
+    print(f"ok   Depends installed and covering every system library the app links ({len(groups)} packages)")
+
+
+def _installed(package: str) -> bool:
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True).stdout
+    return status.endswith(" installed")
+
+
+def _needed(elf: Path) -> set[str]:
+    dynamic = subprocess.run(["readelf", "-d", str(elf)], capture_output=True, text=True).stdout
+    return set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic))
+
+
+def _ldconfig_cache() -> dict[str, str]:
+    """Library name -> path, for this machine's 64-bit libraries (x86-64 or arm64: what the loader uses)."""
+    cache: dict[str, str] = {}
+    for line in subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout.splitlines():
+        match = re.match(r"\s*(\S+) \(libc6,(?:x86-64|AArch64)[^)]*\) => (\S+)", line)
+        if match:
+            cache.setdefault(match.group(1), match.group(2))
+    return cache
+
+
+def _package_of(library: str) -> str:
+    """The Debian package owning a library file (tries the merged-/usr spellings dpkg may have recorded)."""
+    real = os.path.realpath(library)
+    for candidate in (real, real.removeprefix("/usr"), library):
+        owner = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
+        if owner.returncode == 0:
+            return owner.stdout.split(":")[0]
+    return "no package"
 
 
 def check_dicom(exe: Path, env: dict[str, str], scratch: Path) -> None:
