@@ -17,7 +17,11 @@ GIB = 2**30
 MIB = 2**20
 KIB = 2**10
 NF4_BLOCK = 64
-CUDA_CONTEXT_BYTES = 512 * MIB  # the CUDA context and cuBLAS workspaces, outside torch's allocator
+# Measured on an H200 (torch 2.11, CUDA 13; benchmarks/README.md): 0.79 GiB of device memory outside torch's
+# allocator (CUDA context, cuBLAS workspaces), and the allocator reserving up to ~1.3x the activations it hands
+# out at long prompts. Smaller cards need somewhat less context memory, so the plan errs on the safe side.
+CUDA_CONTEXT_BYTES = 800 * MIB
+ALLOCATOR_HEADROOM = 1.3
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def activation_bytes(config: dict[str, Any], prompt_tokens: int, images: int, dt
     image_features = images * config.get("mm_tokens_per_image", 256) * text["hidden_size"] * dtype_bytes
     text_peak = prompt_tokens * (4 * text["hidden_size"] + 3 * text["intermediate_size"]) * dtype_bytes
     mask = prompt_tokens * prompt_tokens * dtype_bytes
-    return vision_peak + image_features + text_peak + mask
+    return int(ALLOCATOR_HEADROOM * (vision_peak + image_features + text_peak + mask))
 
 
 def plan_vram(config: dict[str, Any], context_tokens: int, images: int = 1, dtype_bytes: int = 2,
