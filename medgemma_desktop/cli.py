@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--demo", action="store_true",
                         help="open the window on a tiny demo model and a sample CT + MR study (answers mean nothing)")
+    parser.add_argument("--open", nargs="*", type=Path, default=[], metavar="FILE",
+                        help="images, DICOM files or folders to open in the window")
+    parser.add_argument("--quit-after", type=float, metavar="SECONDS",
+                        help="close the window after SECONDS, as the close button does (for smoke tests)")
     commands = parser.add_subparsers(dest="command")
 
     ask = commands.add_parser("ask", help="ask one question and stream the answer to the terminal")
@@ -191,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         from medgemma_desktop.ui.app import run_app
 
-        return run_app(sys.argv[:1], demo=args.demo)
+        return run_app(sys.argv[:1], demo=args.demo, files=args.open, quit_after_s=args.quit_after)
     except UserFacingError as exc:
         print(f"medgemma-desktop: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

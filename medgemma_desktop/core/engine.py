@@ -80,6 +80,8 @@ class ModelIdentity:
     device: str
     dtype: str
     quantization: str
+    decoder: str = "plain decoding"  # the decode path and why (`Engine.decoder_reason`)
+    vision_active: bool = True  # the load-time check that images reach the model
 
     @property
     def model_name(self) -> str:
@@ -290,6 +292,7 @@ class Engine:
             adapter=WeightsIdentity(name, self._adapter_sha256[name]) if name else None,
             device=self.plan.device, dtype=self.plan.dtype_name,
             quantization="NF4, double quant" if self.options.double_quant else "NF4",
+            decoder=self.decoder_reason, vision_active=self.vision_active,
         )
 
     @property

@@ -73,6 +73,9 @@ class ModelStatusLabel(QLabel):
         if identity is not None and state in (ModelState.READY, ModelState.GENERATING):
             adapter = f" + {identity.adapter_name}" if identity.adapter_name else ""
             text += f" · {identity.model_name}{adapter} · {identity.device} {identity.dtype} · {identity.quantization}"
+            text += " · vision active" if identity.vision_active else " · VISION NOT WORKING"
+            text += " · fast decoding" if identity.decoder.startswith("fast") else " · plain decoding"
+            detail = detail or identity.decoder
         self.setText(text)
         self.setToolTip(detail)
 
