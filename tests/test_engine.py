@@ -171,3 +171,19 @@ def test_vision_check_passes_and_a_dead_projector_is_caught(tiny_checkpoint) -> 
     text_only = engine.generate(build_chat("Hello?"), GenerationSettings(max_new_tokens=3))
     list(text_only)
     assert text_only.stats.new_tokens == 3
+
+
+def test_loading_reports_progress_through_the_weights_and_cancels_mid_load(tiny_checkpoint) -> None:
+    cancel = threading.Event()
+    seen: list[tuple[int, str]] = []
+
+    def progress(percent: int, step: str) -> None:
+        seen.append((percent, step))
+        if "tensors" in step and percent >= 40:
+            cancel.set()  # as the Cancel button does, halfway through the weights
+
+    with pytest.raises(LoadCancelled):
+        Engine.load(tiny_checkpoint.model_dir, tiny_checkpoint.adapter_dir, progress=progress, cancel=cancel)
+    weights = [percent for percent, step in seen if "tensors" in step]
+    assert len(weights) > 10 and weights == sorted(weights) and 25 <= weights[0] < weights[-1] < 75
+    assert not any(step.startswith("attaching") for _, step in seen)  # it stopped inside the weights

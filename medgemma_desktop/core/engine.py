@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,22 +177,24 @@ class Engine:
         from_cache = False
         if cached is not None:
             _check_cancel(cancel)
-            report(25, "reading the saved 4-bit model")
             try:
-                model = Gemma3ForConditionalGeneration.from_pretrained(cached, **common)
+                with _weights_progress(report, 25, 75, "reading the saved 4-bit model", cancel):
+                    model = Gemma3ForConditionalGeneration.from_pretrained(cached, **common)
                 from_cache = True
+            except LoadCancelled:
+                raise
             except Exception as exc:  # a damaged entry of any kind is rebuilt, never trusted
                 log.warning("the saved 4-bit model could not be read (%s); quantizing again", exc)
                 cache.remove(key)
         if model is None:
             _check_cancel(cancel)
-            report(25, "loading and quantizing the weights to 4-bit NF4")
             quantization = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=plan.dtype,
                 bnb_4bit_use_double_quant=options.double_quant,
             )
-            model = Gemma3ForConditionalGeneration.from_pretrained(folder.path, quantization_config=quantization,
-                                                                   **common)
+            with _weights_progress(report, 25, 75, "loading and quantizing the weights to 4-bit NF4", cancel):
+                model = Gemma3ForConditionalGeneration.from_pretrained(folder.path, quantization_config=quantization,
+                                                                       **common)
             if cache is not None and not (cancel is not None and cancel.is_set()):
                 report(75, "saving the 4-bit model for faster starts")
                 cache.store(model, key, folder.path.name)
@@ -393,6 +396,34 @@ class Engine:
         self.decoder_factory = EagerDecoder
         self.model = None  # type: ignore[assignment]
         _free_memory()
+
+
+@contextmanager
+def _weights_progress(report: ProgressCallback, start: int, end: int, step: str,
+                      cancel: threading.Event | None) -> Iterator[None]:
+    """Real progress through the weights, and a cancel that stops mid-load.
+
+    transformers 5.17 loads (and quantizes) the checkpoint tensor by tensor under one tqdm bar in
+    `core_model_loading`; while our load runs, that bar reports to `report` and raises `LoadCancelled` between
+    tensors once `cancel` is set (transformers shuts its loading pool down on any exception).
+    """
+    from transformers import core_model_loading
+
+    original = core_model_loading.tqdm
+
+    def tracked(iterable, *args, **kwargs):
+        items = list(iterable)
+        for index, item in enumerate(items):
+            _check_cancel(cancel)
+            if index % max(len(items) // 50, 1) == 0:
+                report(start + (end - start) * index // max(len(items), 1), f"{step} ({index}/{len(items)} tensors)")
+            yield item
+
+    core_model_loading.tqdm = tracked
+    try:
+        yield
+    finally:
+        core_model_loading.tqdm = original
 
 
 def _free_memory() -> None:
