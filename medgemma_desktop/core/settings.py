@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import platformdirs
+from medgemma_desktop.core.app_dirs import config_dir
 
-APP_NAME = "medgemma-desktop"
 SCHEMA_VERSION = 1
 THEMES = ("system", "light", "dark")
 Theme = Literal["system", "light", "dark"]
@@ -45,7 +44,7 @@ class LoadedSettings:
 
 
 def default_settings_path() -> Path:
-    return platformdirs.user_config_path(APP_NAME, appauthor=False) / "settings.json"
+    return config_dir() / "settings.json"
 
 
 def _checked(data: dict[str, Any]) -> tuple[Settings, list[str]]:

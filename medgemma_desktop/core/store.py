@@ -27,13 +27,11 @@ from html import escape
 from pathlib import Path
 from typing import Any, TypeVar
 
-import platformdirs
-
+from medgemma_desktop.core.app_dirs import APP_NAME, data_dir
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.fingerprint import WeightsIdentity
 from medgemma_desktop.core.imaging import ImageInput
 
-APP_NAME = "MedGemma Desktop"
 DB_FILENAME = "conversations.sqlite3"
 APPLICATION_ID = 0x4D474D44  # "MGMD": tells our database apart from any other SQLite file
 DEFAULT_SAVE_INTERVAL = 1.0  # seconds between saves of a growing answer
@@ -42,7 +40,7 @@ T = TypeVar("T")
 
 
 def default_store_path() -> Path:
-    return Path(platformdirs.user_data_dir(APP_NAME)) / DB_FILENAME
+    return data_dir() / DB_FILENAME
 
 
 class StoreProblem(UserFacingError):

@@ -10,11 +10,11 @@ import logging.handlers
 from pathlib import Path
 from typing import TextIO
 
-import platformdirs
 from PySide6.QtCore import QMessageLogContext, QtMsgType, qInstallMessageHandler
 
-from medgemma_desktop.core.settings import APP_NAME
+from medgemma_desktop.core.app_dirs import log_dir
 
+LOG_FILE = "medgemma-desktop.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 _QT_LEVELS = {
     QtMsgType.QtDebugMsg: logging.DEBUG, QtMsgType.QtInfoMsg: logging.INFO,
@@ -25,10 +25,6 @@ _qt_log = logging.getLogger("qt")
 _crash_file: TextIO | None = None
 
 
-def default_log_dir() -> Path:
-    return platformdirs.user_log_path(APP_NAME, appauthor=False)
-
-
 def _qt_message(kind: QtMsgType, context: QMessageLogContext, message: str) -> None:
     _qt_log.log(_QT_LEVELS.get(kind, logging.WARNING), "%s (%s)", message, context.category or "default")
 
@@ -36,9 +32,9 @@ def _qt_message(kind: QtMsgType, context: QMessageLogContext, message: str) -> N
 def setup_logging(directory: Path | None = None) -> Path:
     """Send logging to `directory`/medgemma-desktop.log (1 MB x 3) and warnings to stderr; return the log path."""
     global _crash_file
-    directory = directory or default_log_dir()
+    directory = directory or log_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{APP_NAME}.log"
+    path = directory / LOG_FILE
     file_handler = logging.handlers.RotatingFileHandler(path, maxBytes=1_000_000, backupCount=3, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     console = logging.StreamHandler()
