@@ -279,3 +279,19 @@ def test_every_control_has_an_accessible_name(qtbot, window: MainWindow) -> None
     about.reject()
     assert checked > 25
     assert unnamed == [], unnamed
+
+
+def test_the_thinking_trace_is_folded_until_asked_for(window: MainWindow) -> None:
+    from PySide6.QtCore import QUrl
+
+    from medgemma_desktop.core.engine import GenerationStats
+    from medgemma_desktop.ui.worker import Answer
+
+    window.chat.begin("Is there an effusion?", [])
+    window.chat.finish(Answer("No effusion.", "look at the costophrenic angles", GenerationStats(new_tokens=3)))
+    transcript = window.chat.transcript
+    assert "No effusion." in transcript.toPlainText()
+    assert "costophrenic" not in transcript.toPlainText()
+    assert "Show the model's thinking" in transcript.toPlainText()
+    transcript.anchorClicked.emit(QUrl("thinking:0"))
+    assert "costophrenic" in transcript.toPlainText() and "Hide the model's thinking" in transcript.toPlainText()

@@ -61,6 +61,12 @@ def exchange_markdown(exchange: Exchange, index: int | None = None) -> str:
             shown = exchange.answer_ids.index(exchange.answer_id) + 1
             heading += f" [‹](prev:{index}) {shown}/{len(exchange.answer_ids)} [›](next:{index})"
     lines = [f"**You**\n\n{mode}{exchange.shown_question}{attached}{edit}", heading]
+    if exchange.thinking and index is not None:  # MedGemma's thinking trace: folded unless asked for
+        if exchange.show_thinking:
+            trace = "\n".join(f"> {line}" for line in exchange.thinking.splitlines())
+            lines.append(f"[Hide the model's thinking](thinking:{index})\n\n{trace}")
+        else:
+            lines.append(f"[Show the model's thinking](thinking:{index})")
     if answer:
         lines.append(answer)
     elif not exchange.error and exchange.stats is None:
@@ -304,6 +310,10 @@ class ChatPane(QWidget):
             self.start_edit(int(index))
         elif action in ("prev", "next"):
             self.variant_requested.emit(int(index), -1 if action == "prev" else 1)
+        elif action == "thinking":
+            exchange = self.conversation.exchanges[int(index)]
+            exchange.show_thinking = not exchange.show_thinking
+            self._render()
 
     def _show_mode(self, mode: TaskMode) -> None:
         self.question.setPlaceholderText(mode.default_question or FREE_PLACEHOLDER)

@@ -21,6 +21,7 @@ class Exchange:
     images: tuple[ImageInput, ...]  # as the model sees them (a series' encoded slices, a padded picture)
     answer: str = ""
     thinking: str = ""
+    show_thinking: bool = False  # the trace is folded until the user unfolds it
     stats: GenerationStats | None = None
     error: str = ""
     mode: TaskMode = TaskMode.FREE_CHAT
