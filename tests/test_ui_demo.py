@@ -146,4 +146,4 @@ def test_the_command_line_demo_flag_opens_the_demo(monkeypatch) -> None:
     calls = []
     monkeypatch.setattr("medgemma_desktop.ui.app.run_app", lambda argv, **kwargs: calls.append(kwargs) or 0)
     assert main(["--demo"]) == 0
-    assert calls == [{"demo": True}]
+    assert calls == [{"demo": True, "files": [], "quit_after_s": None}]

@@ -199,6 +199,8 @@ class Engine:
                 report(75, "saving the 4-bit model for faster starts")
                 cache.store(model, key, folder.path.name)
         model.eval()
+        if not plan.is_cuda:
+            _keep_float32_on_cpu(model)
         if cancel is not None and cancel.is_set():
             del model
             _free_memory()
@@ -396,6 +398,17 @@ class Engine:
         self.decoder_factory = EagerDecoder
         self.model = None  # type: ignore[assignment]
         _free_memory()
+
+
+def _keep_float32_on_cpu(model: torch.nn.Module) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks each NF4 layer at its first forward for a kernel that
+    computes in bfloat16. The app computes in float32 on the CPU (the plan says so), identically on every machine,
+    and the fast decoder is checked against that path, so the repacking is switched off."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 @contextmanager
