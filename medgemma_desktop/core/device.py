@@ -1,7 +1,7 @@
 """Which device runs the model and in which compute dtype, with the reason in words.
 
 Gemma 3 overflows float16, so compute is bfloat16 on GPUs that have it (compute capability 8.0 and newer) and
-float32 everywhere else, the CPU included. float16 is never chosen.
+float32 everywhere else, the CPU included. Half precision (fp16) is never chosen.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
-    QPushButton,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -24,6 +23,7 @@ from PySide6.QtWidgets import (
 from medgemma_desktop.core.engine import GenerationStats
 from medgemma_desktop.core.imaging import ImageInput, PaddingInfo
 from medgemma_desktop.core.prompts import ChatTurn, TaskMode
+from medgemma_desktop.ui.buttons import labelled_button
 from medgemma_desktop.ui.conversation import Conversation, Exchange
 from medgemma_desktop.ui.task_bar import TaskBar
 from medgemma_desktop.ui.task_inputs import SERIES_MODES
@@ -101,13 +101,6 @@ class QuestionEdit(QPlainTextEdit):
             super().insertFromMimeData(source)
 
 
-def _button(text: str, tip: str) -> QPushButton:
-    button = QPushButton(text)
-    button.setToolTip(tip)
-    button.setAccessibleName(text)
-    return button
-
-
 class ChatPane(QWidget):
     """Shows the conversation and collects questions; the main window sends the turns it builds."""
 
@@ -145,7 +138,7 @@ class ChatPane(QWidget):
         self.task.mode_changed.connect(self._show_mode)
         self.edit_label = QLabel()
         self.edit_label.setAccessibleName("Editing")
-        self.cancel_edit_button = _button("Cancel edit", "Keep the question as it was")
+        self.cancel_edit_button = labelled_button("Cancel edit", "Keep the question as it was")
         self.cancel_edit_button.clicked.connect(self.cancel_edit)
         self.edit_bar = QWidget()
         edit_layout = QHBoxLayout(self.edit_bar)
@@ -154,10 +147,10 @@ class ChatPane(QWidget):
         edit_layout.addWidget(self.cancel_edit_button)
         self.edit_bar.hide()
 
-        self.send_button = _button("Send", "Send the question (Enter)")
-        self.stop_button = _button("Stop", "Stop the answer (Esc)")
-        self.regenerate_button = _button("Regenerate", "Ask the last question again (Ctrl+R)")
-        self.copy_button = _button("Copy answer", "Copy the last answer as Markdown (Ctrl+Shift+C)")
+        self.send_button = labelled_button("Send", "Send the question (Enter)")
+        self.stop_button = labelled_button("Stop", "Stop the answer (Esc)")
+        self.regenerate_button = labelled_button("Regenerate", "Ask the last question again (Ctrl+R)")
+        self.copy_button = labelled_button("Copy answer", "Copy the last answer as Markdown (Ctrl+Shift+C)")
         self.send_button.clicked.connect(self.submit)
         self.stop_button.clicked.connect(self.stop_clicked)
         self.regenerate_button.clicked.connect(self.regenerate_clicked)

@@ -17,25 +17,18 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QPushButton,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from medgemma_desktop.core.store import ConversationStore
+from medgemma_desktop.ui.buttons import labelled_button
 
 CONVERSATION_ROLE = Qt.ItemDataRole.UserRole + 1  # the conversation id of a row
 MESSAGE_ROLE = Qt.ItemDataRole.UserRole + 2  # the message a search hit points at
 SEARCH_DELAY_MS = 200
 UNDO_MS = 15_000
-
-
-def _button(text: str, tip: str) -> QPushButton:
-    button = QPushButton(text)
-    button.setToolTip(tip)
-    button.setAccessibleName(text)
-    return button
 
 
 def _when(timestamp: float) -> str:
@@ -56,7 +49,7 @@ class HistoryPanel(QWidget):
         self._deleted: int | None = None
         self._filling = False
 
-        self.new_button = _button("New conversation", "Start a new conversation (Ctrl+N)")
+        self.new_button = labelled_button("New conversation", "Start a new conversation (Ctrl+N)")
         self.new_button.clicked.connect(self.new_requested)
         self.search_box = QLineEdit()
         self.search_box.setAccessibleName("Search history")
@@ -76,14 +69,14 @@ class HistoryPanel(QWidget):
         self.list.itemClicked.connect(self._open_item)
         self.list.itemChanged.connect(self._renamed)
         self.list.currentItemChanged.connect(lambda *_: self._update_buttons())
-        self.rename_button = _button("Rename", "Rename the selected conversation (F2)")
+        self.rename_button = labelled_button("Rename", "Rename the selected conversation (F2)")
         self.rename_button.clicked.connect(self.rename_selected)
-        self.delete_button = _button("Delete", "Delete the selected conversation (you can undo)")
+        self.delete_button = labelled_button("Delete", "Delete the selected conversation (you can undo)")
         self.delete_button.clicked.connect(self.delete_selected)
         self.undo_label = QLabel()
         self.undo_label.setAccessibleName("Deleted conversation")
         self.undo_label.setWordWrap(True)
-        self.undo_button = _button("Undo", "Bring the deleted conversation back")
+        self.undo_button = labelled_button("Undo", "Bring the deleted conversation back")
         self.undo_button.clicked.connect(self.undo_delete)
         self.undo_bar = QWidget()
         undo_layout = QHBoxLayout(self.undo_bar)

@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -40,6 +39,7 @@ from medgemma_desktop.core.model_folder import (
 )
 from medgemma_desktop.core.settings import Settings
 from medgemma_desktop.ui.background import BackgroundJobs
+from medgemma_desktop.ui.buttons import labelled_button
 from medgemma_desktop.ui.folder_field import FolderField
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.machine_check import judge_machine
@@ -99,13 +99,6 @@ def _label(name: str, error: bool = False) -> QLabel:
     return label
 
 
-def _button(text: str, tip: str) -> QPushButton:
-    button = QPushButton(text)
-    button.setToolTip(tip)
-    button.setAccessibleName(text)
-    return button
-
-
 class ModelManagerDialog(QDialog):
     model_chosen = Signal(str)  # a checked base model folder to load (the base alone; adapters added after)
     adapter_add_requested = Signal(Path)  # a checked adapter folder to attach to the loaded base
@@ -129,20 +122,21 @@ class ModelManagerDialog(QDialog):
 
         self.model_field = FolderField("Base model folder", "Choose the google/medgemma-1.5-4b-it folder")
         self.model_field.set_path(settings.model_dir)
-        self.check_model_button = _button("Check", "Check the base model folder and compute its hash")
+        self.check_model_button = labelled_button("Check", "Check the base model folder and compute its hash")
         self.check_model_button.clicked.connect(self.check_model)
-        self.load_model_button = _button("Load this model", "Load this base model (the loaded one is replaced)")
+        self.load_model_button = labelled_button("Load this model", "Load this base model (the loaded one is replaced)")
         self.load_model_button.clicked.connect(self._load_model)
         self.model_report = _label("Base model report")
         self.memory_label = _label("Memory plan")
         self.adapter_field = FolderField("Adapter folder", "Choose a LoRA adapter folder")
-        self.add_adapter_button = _button("Check and add", "Check the adapter and attach it to the loaded model")
+        self.add_adapter_button = labelled_button("Check and add",
+                                                  "Check the adapter and attach it to the loaded model")
         self.add_adapter_button.clicked.connect(self.check_adapter)
         self.adapter_report = _label("Adapter report")
         self.adapters = QListWidget()
         self.adapters.setAccessibleName("Adapters")
         self.adapters.itemDoubleClicked.connect(lambda _item: self.use_selected())
-        self.use_adapter_button = _button("Use selected", "Answer with the selected adapter (no reload)")
+        self.use_adapter_button = labelled_button("Use selected", "Answer with the selected adapter (no reload)")
         self.use_adapter_button.clicked.connect(self.use_selected)
         self.error_label = _label("Model manager error", error=True)
         self.progress_bar = QProgressBar()
@@ -152,7 +146,7 @@ class ModelManagerDialog(QDialog):
         self._progress.changed.connect(self._show_progress)
         self.cache_list = QListWidget()
         self.cache_list.setAccessibleName("Saved 4-bit models")
-        self.clear_cache_button = _button("Clear saved 4-bit models",
+        self.clear_cache_button = labelled_button("Clear saved 4-bit models",
                                           "Delete them; the next start quantizes the weights again (slower)")
         self.clear_cache_button.clicked.connect(self.clear_cache)
 
