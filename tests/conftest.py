@@ -93,3 +93,29 @@ def _write_ct_series(folder: Path, offsets: list[int]) -> list[int]:
         dataset.PixelData = (pixels + offsets[number]).astype(pixels.dtype).tobytes()
         dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
     return offsets
+
+
+@pytest.fixture
+def viewer(qtbot):
+    """The image viewer alone, shown at a size smaller than the test pictures (so fitting shrinks them)."""
+    from medgemma_desktop.ui.viewer import ViewerPanel
+
+    panel = ViewerPanel()
+    qtbot.addWidget(panel)
+    panel.resize(600, 500)
+    panel.show()
+    return panel
+
+
+@pytest.fixture
+def ask_and_wait(qtbot):
+    """Type a question into a window, press Enter as a user does, and wait for the answer to finish."""
+    from PySide6.QtCore import Qt
+
+    def ask(window, question: str, timeout_ms: int = 60_000):
+        with qtbot.waitSignal(window.answer_finished, timeout=timeout_ms) as finished:
+            qtbot.keyClicks(window.chat.question, question)
+            qtbot.keyClick(window.chat.question, Qt.Key.Key_Return)
+        return finished.args[0]
+
+    return ask

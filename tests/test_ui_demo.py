@@ -42,12 +42,6 @@ def demo(qtbot, tmp_path: Path) -> Iterator[MainWindow]:
     window.close()
 
 
-def ask(qtbot, window: MainWindow, question: str) -> None:
-    with qtbot.waitSignal(window.answer_finished, timeout=TIMEOUT_MS):
-        qtbot.keyClicks(window.chat.question, question)
-        qtbot.keyClick(window.chat.question, Qt.Key.Key_Return)
-
-
 def test_demo_starts_with_the_banner_the_model_and_the_sample_study(demo: MainWindow) -> None:
     assert demo.demo_banner.isVisible() and demo.demo_banner.label.text() == BANNER
     assert "DEMO" in demo.windowTitle()
@@ -58,11 +52,11 @@ def test_demo_starts_with_the_banner_the_model_and_the_sample_study(demo: MainWi
     assert demo.host.identity.model.folder == "medgemma-tiny"
 
 
-def test_a_demo_question_is_answered_and_kept_apart_from_real_history(qtbot, demo: MainWindow,
+def test_a_demo_question_is_answered_and_kept_apart_from_real_history(qtbot, ask_and_wait, demo: MainWindow,
                                                                       tmp_path: Path) -> None:
     requests = []
     demo.host.generate_requested.connect(requests.append)
-    ask(qtbot, demo, "Compare the CT and the MR")
+    ask_and_wait(demo, "Compare the CT and the MR", TIMEOUT_MS)
     assert sum(not isinstance(part, str) for part in requests[0].turns[-1].parts) == 2  # both sample images
     assert demo.chat.conversation.last.answer
     assert demo.store.path == tmp_path / "data" / DEMO_DB_FILENAME
@@ -73,7 +67,7 @@ def test_a_demo_question_is_answered_and_kept_apart_from_real_history(qtbot, dem
         assert real.list_conversations() == []
 
 
-def test_leaving_the_demo_for_a_configured_model_without_a_restart(qtbot, tiny_settings_path: Path,
+def test_leaving_the_demo_for_a_configured_model_without_a_restart(qtbot, ask_and_wait, tiny_settings_path: Path,
                                                                    tiny_checkpoint: TinyCheckpoint,
                                                                    tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -93,7 +87,7 @@ def test_leaving_the_demo_for_a_configured_model_without_a_restart(qtbot, tiny_s
     assert window.viewer.model.rowCount() == 0 and window.chat.conversation.exchanges == []
     assert window.history.list.item(0).text() == "A real case from last week"
     window.settings = replace(window.settings, max_new_tokens=4)
-    ask(qtbot, window, "A real question")
+    ask_and_wait(window, "A real question", TIMEOUT_MS)
     assert window.store.path == data / DB_FILENAME
     window.close()
 

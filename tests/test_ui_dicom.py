@@ -20,15 +20,6 @@ from medgemma_desktop.ui.viewer import ImageCanvas, ViewerPanel
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def viewer(qtbot) -> ViewerPanel:
-    panel = ViewerPanel()
-    qtbot.addWidget(panel)
-    panel.resize(700, 600)
-    panel.show()
-    return panel
-
-
 def open_and_wait(qtbot, viewer: ViewerPanel, paths: list[Path]) -> None:
     with qtbot.waitSignal(viewer.load_finished, timeout=20_000):
         viewer.open_paths(paths)

@@ -47,12 +47,6 @@ def window(qtbot, tiny_settings_path: Path, data: Path) -> Iterator[MainWindow]:
     main.close()
 
 
-def ask(qtbot, window: MainWindow, question: str) -> None:
-    with qtbot.waitSignal(window.answer_finished, timeout=TIMEOUT_MS):
-        qtbot.keyClicks(window.chat.question, question)
-        qtbot.keyClick(window.chat.question, Qt.Key.Key_Return)
-
-
 def add_ct(qtbot, window: MainWindow) -> None:
     with qtbot.waitSignal(window.viewer.load_finished):
         window.viewer.open_paths([CT])
@@ -67,7 +61,7 @@ def click_link(window: MainWindow, link: str) -> None:
     window.chat.transcript.anchorClicked.emit(QUrl(link))
 
 
-def test_the_question_and_its_images_are_stored_before_the_first_token(qtbot, window: MainWindow) -> None:
+def test_the_question_and_its_images_are_stored_before_the_first_token(qtbot, ask_and_wait, window: MainWindow) -> None:
     add_ct(qtbot, window)
     seen_at_first_token: list[list[str]] = []
 
@@ -77,7 +71,7 @@ def test_the_question_and_its_images_are_stored_before_the_first_token(qtbot, wi
             seen_at_first_token.append([m.question for m in messages] + [i.label for m in messages for i in m.images])
 
     window.host.worker.token.connect(look, Qt.ConnectionType.DirectConnection)
-    ask(qtbot, window, "Describe the slice")
+    ask_and_wait(window, "Describe the slice", TIMEOUT_MS)
     assert seen_at_first_token == [["Describe the slice", "CT_small.dcm"]]
     (message,) = window.store.messages(window.chat.conversation.id)
     answer = message.answer
@@ -88,12 +82,12 @@ def test_the_question_and_its_images_are_stored_before_the_first_token(qtbot, wi
     assert listed(window) == ["Describe the slice"]
 
 
-def test_answers_are_shown_after_reopening_and_the_conversation_continues(qtbot, tiny_settings_path: Path,
+def test_answers_are_shown_after_reopening_and_the_conversation_continues(qtbot, ask_and_wait, tiny_settings_path: Path,
                                                                           data: Path) -> None:
     first = open_window(qtbot, tiny_settings_path, data)
     first.settings = replace(first.settings, max_new_tokens=12)
     add_ct(qtbot, first)
-    ask(qtbot, first, "What organ is shown?")
+    ask_and_wait(first, "What organ is shown?", TIMEOUT_MS)
     answer = first.chat.conversation.last.answer
     first.close()
 
@@ -109,7 +103,7 @@ def test_answers_are_shown_after_reopening_and_the_conversation_continues(qtbot,
     assert again.viewer.model.pending() == []
     requests = []
     again.host.generate_requested.connect(requests.append)
-    ask(qtbot, again, "And the next slice?")
+    ask_and_wait(again, "And the next slice?", TIMEOUT_MS)
     history_turn = requests[0].turns[0]
     assert history_turn.role == "user" and "What organ is shown?" in history_turn.parts
     assert any(not isinstance(part, str) for part in history_turn.parts)  # the stored image went back in
@@ -118,10 +112,10 @@ def test_answers_are_shown_after_reopening_and_the_conversation_continues(qtbot,
     again.close()
 
 
-def test_search_finds_a_past_question_with_a_snippet(qtbot, window: MainWindow) -> None:
-    ask(qtbot, window, "Is there a pneumothorax?")
+def test_search_finds_a_past_question_with_a_snippet(qtbot, ask_and_wait, window: MainWindow) -> None:
+    ask_and_wait(window, "Is there a pneumothorax?", TIMEOUT_MS)
     window.new_conversation()
-    ask(qtbot, window, "Count the ribs")
+    ask_and_wait(window, "Count the ribs", TIMEOUT_MS)
     assert listed(window) == ["Count the ribs", "Is there a pneumothorax?"]  # newest first
     qtbot.keyClicks(window.history.search_box, "pneumo")
     qtbot.waitUntil(lambda: window.history.list.count() == 1 and window.history.list.itemWidget(
@@ -135,8 +129,8 @@ def test_search_finds_a_past_question_with_a_snippet(qtbot, window: MainWindow) 
     qtbot.waitUntil(lambda: window.history.list.count() == 2)
 
 
-def test_rename(qtbot, window: MainWindow) -> None:
-    ask(qtbot, window, "First question")
+def test_rename(qtbot, ask_and_wait, window: MainWindow) -> None:
+    ask_and_wait(window, "First question", TIMEOUT_MS)
     history = window.history
     history.list.setCurrentRow(0)
     qtbot.mouseClick(history.rename_button, Qt.MouseButton.LeftButton)
@@ -145,8 +139,8 @@ def test_rename(qtbot, window: MainWindow) -> None:
     assert window.store.conversation(window.chat.conversation.id).title == "Case 12, follow-up"
 
 
-def test_delete_with_undo_then_delete_for_good(qtbot, window: MainWindow) -> None:
-    ask(qtbot, window, "Keep me")
+def test_delete_with_undo_then_delete_for_good(qtbot, ask_and_wait, window: MainWindow) -> None:
+    ask_and_wait(window, "Keep me", TIMEOUT_MS)
     conversation_id = window.chat.conversation.id
     history = window.history
     history.list.setCurrentRow(0)
@@ -166,9 +160,9 @@ def test_delete_with_undo_then_delete_for_good(qtbot, window: MainWindow) -> Non
         assert store.list_conversations(include_deleted=True) == []  # purged when the window closed
 
 
-def test_edit_a_past_question_and_resend(qtbot, window: MainWindow) -> None:
-    ask(qtbot, window, "Where is the lesion?")
-    ask(qtbot, window, "How big is it?")
+def test_edit_a_past_question_and_resend(qtbot, ask_and_wait, window: MainWindow) -> None:
+    ask_and_wait(window, "Where is the lesion?", TIMEOUT_MS)
+    ask_and_wait(window, "How big is it?", TIMEOUT_MS)
     requests = []
     window.host.generate_requested.connect(requests.append)
     click_link(window, "edit:0")
@@ -189,9 +183,9 @@ def test_edit_a_past_question_and_resend(qtbot, window: MainWindow) -> None:
     assert not window.chat.edit_bar.isVisible()
 
 
-def test_regenerate_keeps_both_answers_and_switching_shows_each(qtbot, window: MainWindow) -> None:
+def test_regenerate_keeps_both_answers_and_switching_shows_each(qtbot, ask_and_wait, window: MainWindow) -> None:
     window.settings = replace(window.settings, max_new_tokens=4)
-    ask(qtbot, window, "Describe it")
+    ask_and_wait(window, "Describe it", TIMEOUT_MS)
     short = window.chat.conversation.last.answer
     window.settings = replace(window.settings, max_new_tokens=16)
     with qtbot.waitSignal(window.answer_finished, timeout=TIMEOUT_MS):
@@ -227,9 +221,9 @@ def export(qtbot, window: MainWindow, path: Path, fmt: str, patient_data: bool) 
     return done.args[0]
 
 
-def test_export_markdown_json_and_pdf(qtbot, window: MainWindow, tmp_path: Path) -> None:
+def test_export_markdown_json_and_pdf(qtbot, ask_and_wait, window: MainWindow, tmp_path: Path) -> None:
     add_ct(qtbot, window)
-    ask(qtbot, window, "Findings?")
+    ask_and_wait(window, "Findings?", TIMEOUT_MS)
     sha256 = window.store.messages(window.chat.conversation.id)[0].answer.model.sha256
 
     record = json.loads(export(qtbot, window, tmp_path / "case.json", "json", False).read_text(encoding="utf-8"))
@@ -253,13 +247,13 @@ def test_export_markdown_json_and_pdf(qtbot, window: MainWindow, tmp_path: Path)
     assert len(PdfReader(tmp_path / "case.pdf").pages[0].images) == 1  # the CT slice is in the PDF
 
 
-def test_store_notices_are_shown_in_the_window(qtbot, tiny_settings_path: Path, data: Path) -> None:
+def test_store_notices_are_shown_in_the_window(qtbot, ask_and_wait, tiny_settings_path: Path, data: Path) -> None:
     data.mkdir(parents=True)
     (data / DB_FILENAME).write_bytes(b"this is not a database" * 100)
     window = open_window(qtbot, tiny_settings_path, data)
     window.settings = replace(window.settings, max_new_tokens=6)
     assert window.history.notice.isVisible()
     assert "moved-aside" in window.history.notice.text() or "kept as" in window.history.notice.text()
-    ask(qtbot, window, "Still saved?")
+    ask_and_wait(window, "Still saved?", TIMEOUT_MS)
     assert listed(window) == ["Still saved?"]
     window.close()

@@ -15,15 +15,6 @@ from medgemma_desktop.core.imaging import ImageInput, load_image
 from medgemma_desktop.ui.viewer import ViewerPanel
 
 
-@pytest.fixture
-def viewer(qtbot) -> ViewerPanel:
-    panel = ViewerPanel()
-    qtbot.addWidget(panel)
-    panel.resize(600, 500)
-    panel.show()
-    return panel
-
-
 def write_picture(path: Path, size: tuple[int, int] = (400, 300), colour=(120, 30, 30)) -> Path:
     Image.new("RGB", size, colour).save(path)
     return path
