@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,9 @@ from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.token_budget import TokenCounter
 
 log = logging.getLogger(__name__)
+# transformers reads a saved 4-bit model with a pool of loader threads; beside the model thread they starve the UI
+# thread of the GIL (a frozen window for 100+ ms, measured). One loading thread keeps the window responsive.
+os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
 
 
 @dataclass(frozen=True)
