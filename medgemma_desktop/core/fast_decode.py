@@ -7,11 +7,12 @@ updated in place. So one CUDA graph, captured once per cache size, replays every
 torch.compile has fused the step's small kernels; its artifacts are cached on disk so compiling happens once
 per machine).
 
-Per token the step is bound by kernel count, not bytes, so each layer's projections that read the same input run
-as one bitsandbytes 4-bit matmul: q/k/v as one and gate/up as one (`FusedLinear`), their packed NF4 bytes and
-per-64-block scales concatenated row-wise. Their active LoRA runs as two small matmuls over the same input (the
-A matrices stacked, the B matrices block-diagonal), scaled exactly as PEFT scales it. o_proj, down_proj, the
-norms, the MLP activation and the tied lm_head are the model's own modules, with transformers' own rotary
+Per token the step is bound by kernel count and by kernels that leave most of the GPU idle, so: each layer's
+projections that read the same input run as one bitsandbytes 4-bit matmul (`FusedLinear`: q/k/v as one and
+gate/up as one, their packed NF4 bytes concatenated row-wise; o and down alone), their active LoRA as two small
+multiply-and-sum reductions scaled exactly as PEFT scales it, and attention as plain matmuls with a float32
+softmax (the fused SDPA kernels run one thread block per head for a single query and cost a third of the step).
+The norms, the MLP activation and the tied lm_head are the model's own modules, with transformers' own rotary
 embedding. The prompt is prefilled by transformers (images, bidirectional image attention), writing its K/V
 straight into the static cache. On the CPU the same step runs eagerly: that is what CI checks against
 `EagerDecoder`.
@@ -27,8 +28,7 @@ from pathlib import Path
 
 import bitsandbytes as bnb
 import torch
-import torch.nn.functional as F
-from bitsandbytes.functional import QuantState, dequantize_blockwise
+from bitsandbytes.functional import QuantState
 from transformers import DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
@@ -43,7 +43,7 @@ DecoderFactory = Callable[[torch.nn.Module], Decoder]
 SUPPORTED_LAYER_TYPES = {"sliding_attention", "full_attention"}
 QKV = ("q_proj", "k_proj", "v_proj")
 GATE_UP = ("gate_proj", "up_proj")
-_FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, state, member data pointers)
+_FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, member data pointers)
 _capture_stream: torch.cuda.Stream | None = None
 
 
@@ -77,6 +77,8 @@ def fusion_problem(modules: list[torch.nn.Module]) -> str | None:
     states = [b.weight.quant_state for b in bases]
     if any(state is None for state in states) or any(b.weight.dtype != torch.uint8 for b in bases):
         return "the 4-bit weights are not packed in uint8"
+    if any(getattr(state, "packing_format_for_cpu", False) for state in states):
+        return "the 4-bit weights are repacked for bitsandbytes' CPU kernel"
     if len({(s.blocksize, s.quant_type, s.shape[1]) for s in states}) != 1 or \
             any(s.shape[0] * s.shape[1] % s.blocksize for s in states):
         return "the 4-bit layers of one input differ in block size, type or input size"
@@ -94,46 +96,50 @@ def fusion_problem(modules: list[torch.nn.Module]) -> str | None:
     return None
 
 
-def _canonical(layer: torch.nn.Module) -> tuple[torch.Tensor, QuantState]:
-    """A 4-bit layer's packed bytes (flat) and its state with the per-block absmax in float32 (not nested).
-
-    bitsandbytes repacks a layer on AVX512-BF16 CPUs at its first forward; that layout is turned back first."""
-    weight, state = layer.weight.data, layer.weight.quant_state
-    if getattr(state, "packing_format_for_cpu", False):
-        weight, state = bnb.functional._convert_weight_packed_for_cpu_inverse(weight, state)
-    absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset if state.nested else state.absmax
-    return weight.reshape(-1), QuantState(absmax.float(), shape=state.shape, code=state.code,
-                                          blocksize=state.blocksize, quant_type=state.quant_type, dtype=state.dtype)
-
-
-def _fuse_weights(bases: list[torch.nn.Module]) -> tuple[torch.Tensor, QuantState]:
-    """One packed weight and float32 absmax for `bases`, concatenated row-wise (NF4 packs rows flat, 64 weights
-    per scale, and every member's size is a multiple of 64). The layers become views of the fused storage, so the
-    4-bit bytes exist once; their nested absmax (1 byte per block) gives way to the shared float32 one (4 bytes:
-    the fused kernel takes one per-tensor offset, which differs per member). Done once per model."""
+def _fuse_weights(bases: list[torch.nn.Module]) -> torch.Tensor:
+    """One packed weight for `bases`, concatenated row-wise (NF4 packs rows flat and every member's size is a
+    multiple of its block size, so each member's scales still cover its own bytes). The layers become views of
+    the fused storage, so the 4-bit bytes exist once; their quantisation states are left as they are. Done once
+    per model."""
+    if len(bases) == 1:
+        return bases[0].weight.data.view(-1, 1)
     cached = getattr(bases[0], _FUSED_ATTR, None)
-    if cached is not None and [b.weight.data_ptr() for b in bases] == cached[2]:
-        return cached[0], cached[1]
-    parts = [_canonical(b) for b in bases]
-    weight = torch.cat([w for w, _ in parts]).view(-1, 1)
-    absmax = torch.cat([s.absmax for _, s in parts])
-    first = parts[0][1]
-    w_at = a_at = 0
-    for base, (w, s) in zip(bases, parts, strict=True):
-        base.weight.data = weight[w_at:w_at + w.numel()]
-        base.weight.quant_state = QuantState(absmax[a_at:a_at + s.absmax.numel()], shape=s.shape, code=s.code,
-                                             blocksize=s.blocksize, quant_type=s.quant_type, dtype=s.dtype)
+    if cached is not None and [b.weight.data_ptr() for b in bases] == cached[1]:
+        return cached[0]
+    weight = torch.cat([b.weight.data.reshape(-1) for b in bases]).view(-1, 1)
+    at = 0
+    for base in bases:
+        size = base.weight.numel()
+        base.weight.data = weight[at:at + size]
         base.support_avx512bf16_for_cpu = False  # a CPU repack would give the layer a private copy again
-        w_at, a_at = w_at + w.numel(), a_at + s.absmax.numel()
-    state = QuantState(absmax, shape=torch.Size([sum(s.shape[0] for _, s in parts), first.shape[1]]),
-                       code=first.code, blocksize=first.blocksize, quant_type=first.quant_type, dtype=first.dtype)
-    setattr(bases[0], _FUSED_ATTR, (weight, state, [b.weight.data_ptr() for b in bases]))
-    return weight, state
+        at += size
+    setattr(bases[0], _FUSED_ATTR, (weight, [b.weight.data_ptr() for b in bases]))
+    return weight
+
+
+def _block_scales(state: QuantState) -> torch.Tensor:
+    """A 4-bit layer's float32 scale per block, computed as bitsandbytes dequantises its double quantisation
+    (code[8-bit scale] * second-level scale + offset). In the compiled step this is one small kernel whose output
+    lives only during the matmul, so fused layers cost no float32 copy of their scales in memory."""
+    if not state.nested:
+        return state.absmax
+    nested = state.state2
+    group = torch.arange(state.absmax.numel(), device=state.absmax.device) // nested.blocksize
+    return nested.code[state.absmax.int()] * nested.absmax[group] + state.offset
+
+
+def _matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, weight)` for one token, as float32 multiply-and-sum rounded to weight's dtype: compiled, it
+    is one small reduction kernel where cuBLAS launches two or three for LoRA's 8- and 16-wide matrices."""
+    return (x.float().unsqueeze(-2) * weight.float()).sum(-1).to(weight.dtype)
 
 
 class FusedLinear:
-    """Projections of one input (q/k/v, or gate/up) as one bitsandbytes 4-bit matmul plus their active LoRA.
+    """Projections of one input (q/k/v, gate/up, or o or down alone) as one bitsandbytes 4-bit matmul plus their
+    active LoRA.
 
+    A lone projection hands bitsandbytes its double-quantised scales, which its kernel expands itself; fused
+    members differ in their scale offsets, so their float32 scales are computed per step (`_block_scales`).
     LoRA as PEFT computes it per member (`B(A(x.to(lora dtype))) * scaling`, cast back, added to the base
     output), with the A matrices stacked into one matmul and the B matrices block-diagonal in another; members
     without an active adapter get zero rows and zero scale, which adds exactly nothing. The adapter is the one
@@ -144,8 +150,11 @@ class FusedLinear:
         problem = fusion_problem(modules)
         if problem is not None:
             raise ValueError(problem)
-        self.weight, self.state = _fuse_weights([_base(m) for m in modules])
-        self.sizes = [int(_base(m).weight.quant_state.shape[0]) for m in modules]
+        bases = [_base(m) for m in modules]
+        self.weight = _fuse_weights(bases)
+        self.states = [b.weight.quant_state for b in bases]
+        self.sizes = [int(state.shape[0]) for state in self.states]
+        self.shape = [sum(self.sizes), int(self.states[0].shape[1])]
         self.lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         found = [(i, lora) for i, lora in enumerate(map(_active_lora, modules)) if lora is not None]
         if found:
@@ -160,11 +169,20 @@ class FusedLinear:
                 row += lora_a.shape[0]
             self.lora = (a, b, scale)
 
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.states[0]
+        gemm = torch.ops.bitsandbytes.gemm_4bit.default
+        if len(self.states) == 1 and state.nested:
+            return gemm(x, self.weight, self.shape, state.state2.absmax, state.blocksize, state.quant_type,
+                        absmax_8bit=state.absmax, absmax_code=state.state2.code, absmax_offset=state.offset)
+        scales = torch.cat([_block_scales(s) for s in self.states]) if len(self.states) > 1 else _block_scales(state)
+        return gemm(x, self.weight, self.shape, scales, state.blocksize, state.quant_type)
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = bnb.matmul_4bit(x, self.weight, self.state)
+        out = self._matmul(x)
         if self.lora is not None:
             a, b, scale = self.lora
-            out = out + (F.linear(F.linear(x.to(a.dtype), a), b).float() * scale).to(out.dtype)
+            out = out + (_matvec(_matvec(x.to(a.dtype), a), b).float() * scale).to(out.dtype)
         return out.split(self.sizes, dim=-1)
 
 
@@ -225,6 +243,8 @@ class StaticDecodeState:
         layers = text.layers[: len(self.layer_types)]
         self.qkv = [FusedLinear([getattr(layer.self_attn, name) for name in QKV]) for layer in layers]
         self.gate_up = [FusedLinear([getattr(layer.mlp, name) for name in GATE_UP]) for layer in layers]
+        self.o = [FusedLinear([layer.self_attn.o_proj]) for layer in layers]
+        self.down = [FusedLinear([layer.mlp.down_proj]) for layer in layers]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         for layer_type in self.layer_types:
@@ -285,12 +305,18 @@ class StaticDecodeState:
             self.values[i][:, :, index] = value
             # One query token: the `groups` query heads that share a KV head become `groups` query rows of that
             # head (head h = kv * groups + g, as transformers' repeat_kv orders them), so no K/V is repeated.
-            out = F.scaled_dot_product_attention(
-                query.reshape(1, self.kv_heads, self.groups, self.head_dim), self.keys[i], self.values[i],
-                attn_mask=ring_mask if sliding else full_mask, scale=attn.scaling)
-            hidden = residual + layer.post_attention_layernorm(attn.o_proj(out.reshape(1, 1, -1)))
+            # Attention as transformers' eager attention computes it (bfloat16 matmuls, float32 softmax): for one
+            # query row cuBLAS spreads the keys over the whole GPU, where the fused SDPA kernels run one block
+            # per head and took a third of the step.
+            scores = torch.matmul(query.reshape(1, self.kv_heads, self.groups, self.head_dim),
+                                  self.keys[i].transpose(2, 3)).float() * attn.scaling
+            scores = scores.masked_fill(~(ring_mask if sliding else full_mask), float("-inf"))
+            out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), self.values[i])
+            (attended,) = self.o[i](out.reshape(1, 1, -1))
+            hidden = residual + layer.post_attention_layernorm(attended)
             gate, up = self.gate_up[i](layer.pre_feedforward_layernorm(hidden))
-            hidden = hidden + layer.post_feedforward_layernorm(layer.mlp.down_proj(layer.mlp.act_fn(gate) * up))
+            (mlp_out,) = self.down[i](layer.mlp.act_fn(gate) * up)
+            hidden = hidden + layer.post_feedforward_layernorm(mlp_out)
         logits = self.lm_head(text.norm(hidden))[0, -1].float()
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
@@ -407,7 +433,8 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     if not set(config.layer_types) <= SUPPORTED_LAYER_TYPES:
         return f"unknown attention layer types {sorted(set(config.layer_types) - SUPPORTED_LAYER_TYPES)}"
     for layer in text.layers[: config.num_hidden_layers]:
-        for parent, names in ((layer.self_attn, QKV), (layer.mlp, GATE_UP)):
+        for parent, names in ((layer.self_attn, QKV), (layer.self_attn, ("o_proj",)), (layer.mlp, GATE_UP),
+                              (layer.mlp, ("down_proj",))):
             problem = fusion_problem([getattr(parent, name) for name in names])
             if problem is not None:
                 return problem
