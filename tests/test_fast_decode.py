@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medgemma_desktop.core import fast_decode
 from medgemma_desktop.core.decoding import EagerDecoder
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import Engine, GenerationSettings
@@ -74,7 +75,16 @@ def _image_inputs(engine: Engine) -> dict[str, torch.Tensor]:
     return engine.prepare(build_chat("Describe this X-ray.", [Image.new("RGB", (80, 64), (10, 200, 30))]))
 
 
-def test_text_prompt_matches_eager_every_step_past_the_window(tiny_engine: Engine) -> None:
+@pytest.fixture(params=["uncompiled", "compiled"])
+def formulation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The step computes some parts differently when torch.compile traces it (fused 4-bit scales, LoRA as
+    multiply-and-sum); "compiled" runs those formulations eagerly here, since CI has no GPU to compile for."""
+    if request.param == "compiled":
+        monkeypatch.setattr(fast_decode, "is_compiling", lambda: True)
+    return request.param
+
+
+def test_text_prompt_matches_eager_every_step_past_the_window(tiny_engine: Engine, formulation: str) -> None:
     inputs, forced = _text_inputs(40), _forced(3 * SLIDING_WINDOW)
     assert 40 + len(forced) > 4 * SLIDING_WINDOW  # the ring wraps several times
     runner = StepRunner(tiny_engine.model, capacity=256)
@@ -166,16 +176,19 @@ def test_choose_decoder_is_eager_on_the_cpu(tiny_engine: Engine) -> None:
     assert factory is EagerDecoder and "GPU" in reason
 
 
-def test_fused_projections_equal_the_modules_with_and_without_the_adapter(tiny_engine: Engine) -> None:
-    """q/k/v and gate/up as one 4-bit matmul each: the same outputs as PEFT's modules, LoRA on or off."""
+def test_fused_projections_equal_the_modules_with_and_without_the_adapter(tiny_engine: Engine,
+                                                                          formulation: str) -> None:
+    """q/k/v and gate/up as one 4-bit matmul each, o and down alone: the same outputs as PEFT's modules, LoRA on
+    or off."""
     layer = tiny_engine.model.get_base_model().model.language_model.layers[1]
-    x = torch.randn(1, 1, layer.self_attn.q_proj.in_features, generator=torch.Generator().manual_seed(3))
     name = tiny_engine.active_adapter
     try:
         for adapter in (name, None):
             tiny_engine.use_adapter(adapter, prepare_decoder=False)
-            for parent, names in ((layer.self_attn, QKV), (layer.mlp, GATE_UP)):
+            for parent, names in ((layer.self_attn, QKV), (layer.self_attn, ("o_proj",)), (layer.mlp, GATE_UP),
+                                  (layer.mlp, ("down_proj",))):
                 modules = [getattr(parent, n) for n in names]
+                x = torch.randn(1, 1, modules[0].in_features, generator=torch.Generator().manual_seed(3))
                 fused = FusedLinear(modules)
                 assert (fused.lora is not None) == (adapter is not None and parent is layer.self_attn)
                 with torch.inference_mode():

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import bitsandbytes as bnb
 import torch
+import torch.nn.functional as F
 from bitsandbytes.functional import QuantState
+from torch.compiler import is_compiling
 from transformers import DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
@@ -129,17 +131,21 @@ def _block_scales(state: QuantState) -> torch.Tensor:
 
 
 def _matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`F.linear(x, weight)` for one token, as float32 multiply-and-sum rounded to weight's dtype: compiled, it
-    is one small reduction kernel where cuBLAS launches two or three for LoRA's 8- and 16-wide matrices."""
-    return (x.float().unsqueeze(-2) * weight.float()).sum(-1).to(weight.dtype)
+    """`F.linear(x, weight)` for one token. Compiled, as a float32 multiply-and-sum rounded to weight's dtype: one
+    small reduction kernel where cuBLAS launches two or three for LoRA's 8- and 16-wide matrices. Uncompiled, the
+    multiply-and-sum would be four separate kernels, so cuBLAS it is."""
+    if is_compiling():
+        return (x.float().unsqueeze(-2) * weight.float()).sum(-1).to(weight.dtype)
+    return F.linear(x, weight)
 
 
 class FusedLinear:
     """Projections of one input (q/k/v, gate/up, or o or down alone) as one bitsandbytes 4-bit matmul plus their
     active LoRA.
 
-    A lone projection hands bitsandbytes its double-quantised scales, which its kernel expands itself; fused
-    members differ in their scale offsets, so their float32 scales are computed per step (`_block_scales`).
+    Compiled (the fast path's normal case), the members' packed bytes are one matmul whose float32 scales are
+    computed per step (`_block_scales`: their double-quantised offsets differ per member); uncompiled, each
+    member runs with its own scales, which bitsandbytes' kernel expands itself.
     LoRA as PEFT computes it per member (`B(A(x.to(lora dtype))) * scaling`, cast back, added to the base
     output), with the A matrices stacked into one matmul and the B matrices block-diagonal in another; members
     without an active adapter get zero rows and zero scale, which adds exactly nothing. The adapter is the one
@@ -152,6 +158,7 @@ class FusedLinear:
             raise ValueError(problem)
         bases = [_base(m) for m in modules]
         self.weight = _fuse_weights(bases)
+        self.members = [b.weight.data for b in bases]  # views of `weight`
         self.states = [b.weight.quant_state for b in bases]
         self.sizes = [int(state.shape[0]) for state in self.states]
         self.shape = [sum(self.sizes), int(self.states[0].shape[1])]
@@ -170,13 +177,14 @@ class FusedLinear:
             self.lora = (a, b, scale)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.states[0]
-        gemm = torch.ops.bitsandbytes.gemm_4bit.default
-        if len(self.states) == 1 and state.nested:
-            return gemm(x, self.weight, self.shape, state.state2.absmax, state.blocksize, state.quant_type,
-                        absmax_8bit=state.absmax, absmax_code=state.state2.code, absmax_offset=state.offset)
-        scales = torch.cat([_block_scales(s) for s in self.states]) if len(self.states) > 1 else _block_scales(state)
-        return gemm(x, self.weight, self.shape, scales, state.blocksize, state.quant_type)
+        if len(self.states) > 1 and is_compiling():  # the scales fuse into one small kernel
+            state = self.states[0]
+            scales = torch.cat([_block_scales(s) for s in self.states])
+            return torch.ops.bitsandbytes.gemm_4bit.default(x, self.weight, self.shape, scales, state.blocksize,
+                                                            state.quant_type)
+        # Uncompiled, computing the scales takes more launches than one matmul per member with its own scales.
+        outs = [bnb.matmul_4bit(x, weight, state) for weight, state in zip(self.members, self.states, strict=True)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self._matmul(x)
