@@ -10,7 +10,8 @@ weight values) plus a rank-8 LoRA adapter on q/v/o, then:
    image; a per-step logits check against `EagerDecoder`, teacher-forced, with a prompt past the 1024-token
    sliding window; then peak memory at 1K/2K/4K/8K context limits against `core.vram_plan.plan_vram`.
 Prints JSON lines and writes them to OUT/bench_decode.json. Usage: python benchmarks/bench_decode.py [OUT]
-`--smoke` runs the app part on the tiny checkpoint on the CPU, to check this script without a GPU.
+`--smoke` runs the app part on the tiny checkpoint on the CPU, to check this script without a GPU; `--build-only`
+writes the full-size random checkpoint and stops.
 """
 
 from __future__ import annotations
@@ -383,6 +384,8 @@ def main() -> None:
         run_app(out, tiny.model_dir, tiny.adapter_dir, smoke=True)
         return
     build(out)
+    if "--build-only" in sys.argv:  # for bench_load.py, which needs the checkpoint
+        return
     if "--no-recipe" not in sys.argv:
         run_recipe(out)
     run_app(out, CKPT, ADAPTER, smoke=False)

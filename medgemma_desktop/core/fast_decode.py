@@ -45,6 +45,9 @@ DecoderFactory = Callable[[torch.nn.Module], Decoder]
 SUPPORTED_LAYER_TYPES = {"sliding_attention", "full_attention"}
 QKV = ("q_proj", "k_proj", "v_proj")
 GATE_UP = ("gate_proj", "up_proj")
+# The step's 4-bit matmuls per decoder layer: (submodule, projections that read the same input).
+STEP_PROJECTIONS = {"qkv": ("self_attn", QKV), "o": ("self_attn", ("o_proj",)), "gate_up": ("mlp", GATE_UP),
+                    "down": ("mlp", ("down_proj",))}
 _FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, member data pointers)
 _capture_stream: torch.cuda.Stream | None = None
 
@@ -58,6 +61,12 @@ def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
 def _base(module: torch.nn.Module) -> torch.nn.Module:
     """The bitsandbytes layer under a PEFT LoRA wrapper (or the layer itself)."""
     return getattr(module, "base_layer", module)
+
+
+def _projections(layer: torch.nn.Module, group: str) -> list[torch.nn.Module]:
+    """One of `STEP_PROJECTIONS`' groups of a decoder layer, as modules."""
+    parent, names = STEP_PROJECTIONS[group]
+    return [getattr(getattr(layer, parent), name) for name in names]
 
 
 def _active_lora(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:
@@ -158,7 +167,7 @@ class FusedLinear:
             raise ValueError(problem)
         bases = [_base(m) for m in modules]
         self.weight = _fuse_weights(bases)
-        self.members = [b.weight.data for b in bases]  # views of `weight`
+        self.member_weights = [b.weight.data for b in bases]  # views of `weight`
         self.states = [b.weight.quant_state for b in bases]
         self.sizes = [int(state.shape[0]) for state in self.states]
         self.shape = [sum(self.sizes), int(self.states[0].shape[1])]
@@ -183,7 +192,8 @@ class FusedLinear:
             return torch.ops.bitsandbytes.gemm_4bit.default(x, self.weight, self.shape, scales, state.blocksize,
                                                             state.quant_type)
         # Uncompiled, computing the scales takes more launches than one matmul per member with its own scales.
-        outs = [bnb.matmul_4bit(x, weight, state) for weight, state in zip(self.members, self.states, strict=True)]
+        outs = [bnb.matmul_4bit(x, weight, state)
+                for weight, state in zip(self.member_weights, self.states, strict=True)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -249,10 +259,10 @@ class StaticDecodeState:
         self.full_positions = torch.arange(capacity, device=device)
         self.slot_positions = torch.full((self.ring,), -1, dtype=torch.long, device=device)
         layers = text.layers[: len(self.layer_types)]
-        self.qkv = [FusedLinear([getattr(layer.self_attn, name) for name in QKV]) for layer in layers]
-        self.gate_up = [FusedLinear([getattr(layer.mlp, name) for name in GATE_UP]) for layer in layers]
-        self.o = [FusedLinear([layer.self_attn.o_proj]) for layer in layers]
-        self.down = [FusedLinear([layer.mlp.down_proj]) for layer in layers]
+        self.qkv = [FusedLinear(_projections(layer, "qkv")) for layer in layers]
+        self.o = [FusedLinear(_projections(layer, "o")) for layer in layers]
+        self.gate_up = [FusedLinear(_projections(layer, "gate_up")) for layer in layers]
+        self.down = [FusedLinear(_projections(layer, "down")) for layer in layers]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         for layer_type in self.layer_types:
@@ -441,9 +451,8 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     if not set(config.layer_types) <= SUPPORTED_LAYER_TYPES:
         return f"unknown attention layer types {sorted(set(config.layer_types) - SUPPORTED_LAYER_TYPES)}"
     for layer in text.layers[: config.num_hidden_layers]:
-        for parent, names in ((layer.self_attn, QKV), (layer.self_attn, ("o_proj",)), (layer.mlp, GATE_UP),
-                              (layer.mlp, ("down_proj",))):
-            problem = fusion_problem([getattr(parent, name) for name in names])
+        for group in STEP_PROJECTIONS:
+            problem = fusion_problem(_projections(layer, group))
             if problem is not None:
                 return problem
     return None
