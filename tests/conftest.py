@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -70,29 +71,50 @@ def tiny_settings_path(tmp_path: Path, tiny_checkpoint: TinyCheckpoint) -> Path:
     return path
 
 
-@pytest.fixture
-def ct_series() -> Callable[[Path, list[int]], list[int]]:
-    """Writes a CT series folder made from pydicom's CT_small.dcm (see `_write_ct_series`)."""
-    return _write_ct_series
+AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
-def _write_ct_series(folder: Path, offsets: list[int]) -> list[int]:
-    """Copies of CT_small as axial slices 2.5 mm apart, slice i's values raised by offsets[i] HU, written in
-    shuffled order under random names with their own SeriesInstanceUID. Returns the offsets in slice order."""
+def write_ct_series(folder: Path, positions: list[float], orientation: list[float] = AXIAL,
+                    offsets: list[int] | None = None, instance_numbers: list[int] | None = None) -> None:
+    """Copies of pydicom's CT_small as one series (its own SeriesInstanceUID): slice i at positions[i] mm along
+    the orientation's normal, its values raised by offsets[i] HU, numbered instance_numbers[i] (default i + 1).
+    Written in shuffled order under random names, so neither the disk order nor the names say anything."""
     folder.mkdir(parents=True, exist_ok=True)
     uid = generate_uid()
-    order = list(range(len(offsets)))
+    normal = np.cross(orientation[:3], orientation[3:])
+    order = list(range(len(positions)))
     random.Random(7).shuffle(order)
     for number in order:
         dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
         dataset.SeriesInstanceUID = uid
         dataset.SOPInstanceUID = generate_uid()
-        dataset.ImagePositionPatient = [0.0, 0.0, 2.5 * number]
-        dataset.InstanceNumber = len(offsets) - number  # against the geometry: position must win
-        pixels = dataset.pixel_array
-        dataset.PixelData = (pixels + offsets[number]).astype(pixels.dtype).tobytes()
+        dataset.ImageOrientationPatient = orientation
+        dataset.ImagePositionPatient = [float(v) for v in np.array([10.0, -20.0, 5.0]) + positions[number] * normal]
+        dataset.InstanceNumber = instance_numbers[number] if instance_numbers else number + 1
+        if offsets:
+            pixels = dataset.pixel_array
+            dataset.PixelData = (pixels + offsets[number]).astype(pixels.dtype).tobytes()
         dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
-    return offsets
+
+
+@pytest.fixture
+def ct_slices() -> Callable[..., None]:
+    """`write_ct_series`, for tests that place the slices themselves."""
+    return write_ct_series
+
+
+@pytest.fixture
+def ct_series() -> Callable[[Path, list[int]], list[int]]:
+    """Writes an axial CT series 2.5 mm apart whose slice i is raised by offsets[i] HU, numbered against the
+    geometry (position must win); returns the offsets in slice order."""
+
+    def write(folder: Path, offsets: list[int]) -> list[int]:
+        count = len(offsets)
+        write_ct_series(folder, [2.5 * i for i in range(count)], offsets=offsets,
+                        instance_numbers=[count - i for i in range(count)])
+        return offsets
+
+    return write
 
 
 @pytest.fixture

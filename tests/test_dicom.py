@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
 from medgemma_desktop.core.dicom import (
     DEFAULT_CT_WINDOW,
@@ -147,28 +145,12 @@ def test_a_file_cut_anywhere_raises_input_file_error(tmp_path: Path) -> None:
 # --- folders, DICOMDIR and slice order ----------------------------------------------------------------------------
 
 
-def _write_slices(folder: Path, positions: list[float], orientation: list[float], series_uid: str,
-                  instance_numbers: list[int] | None = None) -> None:
-    """Copies of CT_small as slices at `positions` along the orientation's normal, written in shuffled order."""
-    normal = np.cross(orientation[:3], orientation[3:])
-    order = list(range(len(positions)))
-    random.Random(4).shuffle(order)
-    for number in order:
-        dataset = pydicom.dcmread(bundled("CT_small.dcm"))
-        dataset.SeriesInstanceUID = series_uid
-        dataset.SOPInstanceUID = generate_uid()
-        dataset.ImageOrientationPatient = orientation
-        dataset.ImagePositionPatient = [float(v) for v in np.array([10.0, -20.0, 5.0]) + positions[number] * normal]
-        dataset.InstanceNumber = instance_numbers[number] if instance_numbers else number + 1
-        dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")  # random names: disk order says nothing
-
-
-def test_shuffled_slices_are_grouped_by_series_and_ordered_along_the_normal(tmp_path: Path) -> None:
+def test_shuffled_slices_are_grouped_by_series_and_ordered_along_the_normal(tmp_path: Path, ct_slices) -> None:
     sagittal = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # normal = (-1, 0, 0)
     positions = [-7.5, 0.0, 2.5, 5.0, 12.5]
     # instance numbers run against the geometry: position must win
-    _write_slices(tmp_path, positions, sagittal, generate_uid(), instance_numbers=[5, 4, 3, 2, 1])
-    _write_slices(tmp_path, [0.0, 3.0, 6.0], [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], generate_uid())
+    ct_slices(tmp_path, positions, sagittal, instance_numbers=[5, 4, 3, 2, 1])
+    ct_slices(tmp_path, [0.0, 3.0, 6.0])
     (tmp_path / "README.txt").write_text("not dicom")
     shutil.copy(bundled("rtplan.dcm"), tmp_path / "plan.dcm")
 
@@ -192,8 +174,8 @@ def test_slices_without_geometry_fall_back_to_instance_number(tmp_path: Path) ->
     assert [image.instance_number for image in order_slices(images)] == [1, 2, 3]
 
 
-def test_a_damaged_slice_in_a_folder_is_named_not_skipped(tmp_path: Path) -> None:
-    _write_slices(tmp_path, [0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], generate_uid())
+def test_a_damaged_slice_in_a_folder_is_named_not_skipped(tmp_path: Path, ct_slices) -> None:
+    ct_slices(tmp_path, [0.0, 1.0])
     shutil.copy(bundled("MR_truncated.dcm"), tmp_path / "broken.dcm")
     with pytest.raises(InputFileError, match=r"broken\.dcm: the file is cut short"):
         load_dicom_folder(tmp_path)
@@ -227,8 +209,8 @@ def test_a_dicomdir_with_missing_files_says_what_to_copy(tmp_path: Path) -> None
         load_dicomdir(tmp_path / "DICOMDIR")
 
 
-def test_ct_series_become_notebook_encoded_slices(tmp_path: Path) -> None:
-    _write_slices(tmp_path, [2.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], generate_uid())
+def test_ct_series_become_notebook_encoded_slices(tmp_path: Path, ct_slices) -> None:
+    ct_slices(tmp_path, [2.0, 0.0, 1.0])
     (series,) = load_dicom_files(sorted(tmp_path.iterdir()))
     inputs = volume_image_inputs(series)
     assert len(inputs) == 3
