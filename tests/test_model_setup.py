@@ -103,6 +103,22 @@ def test_switching_adapters_without_reloading_the_base(tiny_checkpoint, second_a
     assert engine.identity.adapter is not None and engine.identity.adapter.sha256 != engine.model_sha256
 
 
+def test_more_adapters_are_attached_at_load_and_a_gone_one_is_left_out(tiny_checkpoint, second_adapter: Path,
+                                                                         tmp_path: Path) -> None:
+    gone = tmp_path / "lora-moved-away"
+    engine = Engine.load(tiny_checkpoint.model_dir, tiny_checkpoint.adapter_dir,
+                         more_adapters=[second_adapter, gone, tiny_checkpoint.adapter_dir])
+    assert sorted(engine.adapters) == ["lora-r8-tiny", "lora-second"]
+    assert engine.identity.adapter_name == "lora-r8-tiny"  # the extras wait to be switched to
+    assert list(engine.skipped_adapters) == [gone] and str(gone) in engine.skipped_adapters[gone]
+    with_first = _logits(engine)
+    engine.use_adapter("lora-second")
+    assert (_logits(engine) - with_first).abs().max() > 0
+
+    base_alone = Engine.load(tiny_checkpoint.model_dir, more_adapters=[second_adapter])
+    assert list(base_alone.adapters) == ["lora-second"] and base_alone.identity.adapter_name is None
+
+
 def test_an_unknown_or_duplicate_adapter_is_refused(tiny_checkpoint) -> None:
     engine = Engine.load(tiny_checkpoint.model_dir, tiny_checkpoint.adapter_dir)
     with pytest.raises(AdapterFolderError, match="no adapter named"):

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QLineEdit, QWi
 from safetensors.torch import load_file, save_file
 
 from medgemma_desktop.core.fingerprint import FingerprintCache
-from medgemma_desktop.core.settings import load_settings
+from medgemma_desktop.core.settings import load_settings, save_settings
 from medgemma_desktop.testing import TinyCheckpoint
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.model_manager import ADAPTER_ROLE, ModelManagerDialog
@@ -126,7 +126,9 @@ def test_adapters_switch_without_reloading_and_answers_record_which(qtbot, windo
     qtbot.waitUntil(lambda: window.host.state is ModelState.READY)
     assert window.host.identity.adapter_name == "lora-second"
     assert any(row.startswith("lora-second") and "active" in row for row in adapter_rows(dialog))
-    assert load_settings(tiny_settings_path).settings.adapter_dir == str(second_adapter)
+    saved = load_settings(tiny_settings_path).settings
+    assert saved.adapter_dir == str(second_adapter)
+    assert {Path(path).name for path in saved.attached_adapter_dirs} == {"lora-r8-tiny", "lora-second"}
     stored, answer = ask(qtbot, window, "Which adapter answers?")
     assert stored.adapter.folder == "lora-second" and answer.identity.adapter_name == "lora-second"
 
@@ -146,6 +148,25 @@ def test_adapters_switch_without_reloading_and_answers_record_which(qtbot, windo
     assert stored.adapter.folder == "lora-r8-tiny"
     assert loads == []  # the base model was never reloaded
     dialog.reject()
+
+
+def test_the_next_start_attaches_the_added_adapters_and_names_a_gone_one(
+        qtbot, tiny_checkpoint: TinyCheckpoint, tiny_settings_path: Path, second_adapter: Path, tmp_path: Path) -> None:
+    gone = tmp_path / "lora-moved-away"
+    settings = load_settings(tiny_settings_path).settings
+    save_settings(replace(settings, adapter_dir=str(second_adapter), attached_adapter_dirs=(
+        str(tiny_checkpoint.adapter_dir), str(second_adapter), str(gone))), tiny_settings_path)
+    main = MainWindow(tiny_settings_path, data_folder=tmp_path / "data")
+    qtbot.addWidget(main)
+    main.show()
+    qtbot.waitUntil(lambda: main.host.state is ModelState.READY, timeout=TIMEOUT_MS)
+    assert sorted(main.host.adapters) == ["lora-r8-tiny", "lora-second"]
+    assert main.host.identity.adapter_name == "lora-second"
+    qtbot.waitUntil(main.chat.notice.isVisible)
+    assert "lora-moved-away" in main.chat.notice.text() and "model manager" in main.chat.notice.text()
+    saved = load_settings(tiny_settings_path).settings  # the gone folder is forgotten, the others kept
+    assert {Path(path).name for path in saved.attached_adapter_dirs} == {"lora-r8-tiny", "lora-second"}
+    main.close()
 
 
 def test_loading_shows_progress_and_can_be_cancelled(qtbot, tiny_settings_path: Path, tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from medgemma_desktop.ui.theme import apply_theme, dark_palette
 def test_settings_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "settings.json"
     settings = Settings(model_dir="/models/medgemma", adapter_dir=None, max_new_tokens=512, greedy=False,
-                        temperature=0.4, context_limit=4096, theme="dark", force_cpu=True)
+                        temperature=0.4, context_limit=4096, theme="dark", force_cpu=True,
+                        attached_adapter_dirs=("/adapters/cxr", "/adapters/ct"))
     save_settings(settings, path)
     loaded = load_settings(path)
     assert loaded.settings == settings and loaded.notice is None
@@ -51,10 +52,10 @@ def test_other_schema_version_gives_defaults_and_a_notice(tmp_path: Path) -> Non
 def test_invalid_fields_are_dropped_and_named(tmp_path: Path) -> None:
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "model_dir": "/m", "max_new_tokens": "lots",
-                                "theme": "purple", "greedy": False, "unknown": 1}))
+                                "theme": "purple", "greedy": False, "unknown": 1, "attached_adapter_dirs": [3]}))
     loaded = load_settings(path)
     assert loaded.settings == Settings(model_dir="/m", greedy=False)
-    assert loaded.notice == "Ignored invalid settings: max_new_tokens, theme."
+    assert loaded.notice == "Ignored invalid settings: attached_adapter_dirs, max_new_tokens, theme."
 
 
 def test_settings_dialog_edits_and_validates_folders(qtbot, tiny_checkpoint: TinyCheckpoint, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from medgemma_desktop.core.errors import (
     ContextTooLongError,
     LoadCancelled,
     OutOfMemoryError,
+    UserFacingError,
     VisionUnavailableError,
 )
 from medgemma_desktop.core.fingerprint import FingerprintCache, WeightsIdentity
@@ -144,15 +145,19 @@ class Engine:
         self.decoder_reason = "plain decoding"
         self._fingerprints = fingerprints
         self._adapter_sha256: dict[str, str] = {}
+        self.skipped_adapters: dict[Path, str] = {}  # extra adapters that did not load, with why
         eos = model.generation_config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos])
 
     @classmethod
     def load(cls, model_dir: Path | str, adapter_dir: Path | str | None = None, options: LoadOptions | None = None,
              progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-             cache: QuantizedModelCache | None = None, fingerprints: FingerprintCache | None = None) -> Engine:
-        """Check the folders, then load the base model in NF4 (from `cache` when it holds this model) and attach
-        the adapter. Cancellable between steps."""
+             cache: QuantizedModelCache | None = None, fingerprints: FingerprintCache | None = None,
+             more_adapters: Sequence[Path | str] = ()) -> Engine:
+        """Check the folders, then load the base model in NF4 (from `cache` when it holds this model), attach the
+        adapter (the active one) and `more_adapters` (to switch to later). Cancellable between steps. An extra
+        adapter that no longer loads (moved, changed, made for another base) costs only itself: it is left out
+        and named in `skipped_adapters`."""
         from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration, Gemma3Processor
 
         options = options or LoadOptions()
@@ -212,6 +217,8 @@ class Engine:
         if adapter is not None:
             report(85, f"attaching the adapter {adapter.name}")
             engine.add_adapter(adapter.path, prepare_decoder=False)
+        engine.attach_more_adapters([Path(path) for path in more_adapters
+                                     if adapter is None or Path(path).resolve() != adapter.path.resolve()])
         _check_cancel(cancel)
         if plan.is_cuda:
             report(90, "preparing fast decoding (the first start on this machine compiles for about a minute)")
@@ -271,6 +278,19 @@ class Engine:
                                                                         "adapter_config.json"])
         self.use_adapter(name, prepare_decoder)
         return adapter
+
+    def attach_more_adapters(self, paths: list[Path]) -> None:
+        """Attach adapters to switch to later, keeping the active one (or the base alone) active."""
+        active = self.active_adapter
+        for path in paths:
+            try:
+                self.add_adapter(path, prepare_decoder=False)
+            except Exception as exc:  # any failure leaves this adapter out, not the model
+                log.warning("adapter %s left out", path, exc_info=True)
+                self.skipped_adapters[path] = str(exc) if isinstance(exc, UserFacingError) else \
+                    f"{path}: the adapter could not be attached ({type(exc).__name__}; the log has the details)."
+        if self.active_adapter != active:
+            self.use_adapter(active, prepare_decoder=False)
 
     def use_adapter(self, name: str | None, prepare_decoder: bool = True) -> None:
         """Switch the active adapter, or run the base model alone with `None`. A captured CUDA graph holds the

@@ -24,7 +24,8 @@ Theme = Literal["system", "light", "dark"]
 @dataclass(frozen=True)
 class Settings:
     model_dir: str | None = None
-    adapter_dir: str | None = None
+    adapter_dir: str | None = None  # the active adapter; None: the base model alone
+    attached_adapter_dirs: tuple[str, ...] = ()  # every adapter added in the model manager, attached at each load
     max_new_tokens: int = 1024
     greedy: bool = True  # Google's notebooks decode MedGemma greedily
     temperature: float = 0.7
@@ -58,6 +59,10 @@ def _checked(data: dict[str, Any]) -> tuple[Settings, list[str]]:
         value, default = data[item.name], getattr(defaults, item.name)
         if item.name in ("model_dir", "adapter_dir"):
             ok = value is None or isinstance(value, str)
+        elif item.name == "attached_adapter_dirs":
+            ok = isinstance(value, list) and all(isinstance(entry, str) for entry in value)
+            if ok:
+                value = tuple(value)
         elif isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):

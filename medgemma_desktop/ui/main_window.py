@@ -153,6 +153,7 @@ class MainWindow(QMainWindow):
 
         self.host.state_changed.connect(self._on_state)
         self.host.worker.model_ready.connect(self._on_model_ready)
+        self.host.worker.adapters_skipped.connect(self._on_adapters_skipped)
         self.host.worker.loading_progress.connect(self.loading.show_progress)
         self.loading.cancel_clicked.connect(self.host.stop)
         self.host.worker.token.connect(self.chat.append_token)
@@ -261,8 +262,9 @@ class MainWindow(QMainWindow):
             self._load_when_idle = True
             self.host.stop()
             return
+        more = () if self.demo else tuple(Path(path) for path in self.settings.attached_adapter_dirs)
         self.host.load(*folders, LoadOptions(force_cpu=self.settings.force_cpu,
-                                             context_limit=self.settings.context_limit))
+                                             context_limit=self.settings.context_limit), more)
 
     # Demo mode -----------------------------------------------------------------------------------------------
 
@@ -589,15 +591,27 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _on_model_ready(self, identity: ModelIdentity) -> None:
-        if not self._switching_adapter:
-            return
-        self._switching_adapter = False
+        """After a load or an adapter change: remember the attached adapters (and, after a switch, the active
+        one) so the next start attaches them again."""
+        switched, self._switching_adapter = self._switching_adapter, False
         name = identity.adapter_name
-        self.statusBar().showMessage(f"Answering with {f'the adapter {name}' if name else 'the base model alone'}.",
-                                     10_000)
-        if not self.demo:  # the next start uses it too
+        if switched:
+            self.statusBar().showMessage(
+                f"Answering with {f'the adapter {name}' if name else 'the base model alone'}.", 10_000)
+        if self.demo:
+            return
+        attached = tuple(str(path) for path in self.host.adapters.values())
+        settings = replace(self.settings, attached_adapter_dirs=attached)
+        if switched:
             adapter = self.host.adapters.get(name) if name else None
-            self._change_settings(replace(self.settings, adapter_dir=str(adapter) if adapter else None))
+            settings = replace(settings, adapter_dir=str(adapter) if adapter else None)
+        if settings != self.settings:
+            self._save_settings(settings)  # nothing shown depends on the adapters: no restyling after each load
+
+    @Slot(object)
+    def _on_adapters_skipped(self, reasons: list[str]) -> None:
+        self.chat.show_notice("Adapters left out of this load (add them again in the model manager): "
+                              + " ".join(reasons))
 
     def open_model_manager(self) -> ModelManagerDialog:
         dialog = ModelManagerDialog(self.host, self.settings, self)
@@ -658,12 +672,16 @@ class MainWindow(QMainWindow):
         dialog.open()
         return dialog
 
-    def _change_settings(self, settings: Settings) -> None:
+    def _save_settings(self, settings: Settings) -> None:
         self.settings = settings
         try:
             save_settings(settings, self._settings_path)
         except OSError as exc:
             self.statusBar().showMessage(f"Settings could not be saved: {exc}", 20_000)
+
+    def _change_settings(self, settings: Settings) -> None:
+        """Save, then apply what the window shows of them (theme, device plan, token budget)."""
+        self._save_settings(settings)
         app = QApplication.instance()
         if isinstance(app, QApplication):
             apply_theme(app, settings.theme)

@@ -54,6 +54,7 @@ class LoadRequest:
     model_dir: Path
     adapter_dir: Path | None
     options: LoadOptions
+    more_adapters: tuple[Path, ...] = ()  # attached too, to switch to without reloading
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -124,6 +125,7 @@ class ModelWorker(QObject):
     model_ready = Signal(object)  # ModelIdentity (after a load or an adapter change)
     token_counter_ready = Signal(object)  # TokenCounter over the engine's tokenizer, for the budget shown
     adapters_changed = Signal(object)  # dict[str, Path]: the adapters attached to the loaded base, by name
+    adapters_skipped = Signal(object)  # list[str]: why each extra adapter was left out of the load
     recorded = Signal(int, int)  # message id, answer id: the question is stored, the answer about to start
     token = Signal(str)
     finished = Signal(object)  # Answer
@@ -141,10 +143,13 @@ class ModelWorker(QObject):
         try:
             self._engine = Engine.load(request.model_dir, request.adapter_dir, request.options,
                                        progress=self.loading_progress.emit, cancel=request.cancel,
-                                       cache=self._cache, fingerprints=self._fingerprints)
+                                       cache=self._cache, fingerprints=self._fingerprints,
+                                       more_adapters=request.more_adapters)
         except Exception as exc:
             self._fail(exc)
             return
+        if self._engine.skipped_adapters:
+            self.adapters_skipped.emit(list(self._engine.skipped_adapters.values()))
         self.token_counter_ready.emit(TokenCounter.for_tokenizer(self._engine.tokens_per_image,
                                                                  self._engine.processor.tokenizer))
         self._report_model()
@@ -275,9 +280,10 @@ class ModelHost(QObject):
     def busy(self) -> bool:
         return self.state in (ModelState.LOADING, ModelState.GENERATING)
 
-    def load(self, model_dir: Path, adapter_dir: Path | None, options: LoadOptions) -> None:
+    def load(self, model_dir: Path, adapter_dir: Path | None, options: LoadOptions,
+             more_adapters: tuple[Path, ...] = ()) -> None:
         self._cancel_pending()
-        request = LoadRequest(model_dir, adapter_dir, options)
+        request = LoadRequest(model_dir, adapter_dir, options, more_adapters)
         self._pending = request
         self._identity = None
         self.adapters = {}
