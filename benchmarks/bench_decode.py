@@ -6,9 +6,10 @@ weight values) plus a rank-8 LoRA adapter on q/v/o, then:
    the app never computes in float16), double quant, unmerged LoRA, plain `generate`;
 2. the app under an 8 GiB cap (torch.cuda.set_per_process_memory_fraction): `Engine.load`, `choose_decoder`
    (compile + CUDA-graph capture), the engine's own per-token loop (prefill, pick, one host sync, step) with
-   the eager decoder and the app's fast decoder (compiled and captured by `Engine.load`); 2K context with one
-   image; a per-step logits check against `EagerDecoder`, teacher-forced, with a prompt past the 1024-token
-   sliding window; then peak memory at 1K/2K/4K/8K context limits against `core.vram_plan.plan_vram`.
+   the app's fast decoder (compiled and captured by `Engine.load`) and the eager decoder; the time to first
+   token alternating with the recipe reloaded beside the app; 2K context with one image; a per-step logits
+   check against `EagerDecoder`, teacher-forced, with a prompt past the 1024-token sliding window; then peak
+   memory at 1K/2K/4K/8K context limits against `core.vram_plan.plan_vram`.
 Prints JSON lines and writes them to OUT/bench_decode.json. Usage: python benchmarks/bench_decode.py [OUT]
 `--smoke` runs the app part on the tiny checkpoint on the CPU, to check this script without a GPU; `--build-only`
 writes the full-size random checkpoint and stops.
@@ -135,9 +136,18 @@ def memory() -> dict:
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3)} if torch.cuda.is_available() else {}
 
 
-def run_recipe(out: Path) -> dict:
-    """The model card's quick start on the same GPU: float16 compute, double quant, plain generate."""
+def load_recipe() -> torch.nn.Module:
+    """The model card's quick start: NF4 with float16 compute, double quant, unmerged LoRA."""
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.float16, bnb_4bit_use_double_quant=True)
+    return add_lora(AutoModelForImageTextToText.from_pretrained(CKPT, quantization_config=quantization,
+                                                                device_map="auto"))
+
+
+def recipe_generate(model: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int) -> dict:
+    """Plain `generate`, timed by a streamer: the time to the first new token and the decode rate after it."""
     from transformers.generation.streamers import BaseStreamer
 
     class Clock(BaseStreamer):
@@ -150,28 +160,29 @@ def run_recipe(out: Path) -> dict:
         def end(self) -> None:
             pass
 
+    clock = Clock()
+    torch.cuda.synchronize()
+    begin = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       streamer=clock)
+    torch.cuda.synchronize()
+    return {"ttft_s": round(clock.times[1] - begin, 4),  # times[0]: the prompt, put before decoding starts
+            "decode_tok_s": round((len(clock.times) - 2) / max(clock.times[-1] - clock.times[1], 1e-9), 2)}
+
+
+def run_recipe(out: Path) -> dict:
+    """The model card's quick start on the same GPU: float16 compute, double quant, plain generate."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     start = time.time()
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                      bnb_4bit_compute_dtype=torch.float16, bnb_4bit_use_double_quant=True)
-    model = add_lora(AutoModelForImageTextToText.from_pretrained(CKPT, quantization_config=quantization,
-                                                                 device_map="auto"))
+    model = load_recipe()
     load_s = time.time() - start
     inputs = prompt(torch.float16, "cuda")
     record, firsts = {}, []
     for new_tokens in (8, 2, 2, 2, 2, 2, NEW_TOKENS):  # warm-up, five short answers for the first token, one full
-        clock = Clock()
-        torch.cuda.synchronize()
-        begin = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           streamer=clock)
-        torch.cuda.synchronize()
         record = {"event": "recipe", "load_s": round(load_s, 1), "prompt_tokens": inputs["input_ids"].shape[1],
-                  "new_tokens": new_tokens, "ttft_s": round(clock.times[1] - begin, 4),
-                  "decode_tok_s": round((len(clock.times) - 2) / max(clock.times[-1] - clock.times[1], 1e-9), 2),
-                  **memory()}
+                  "new_tokens": new_tokens, **recipe_generate(model, inputs, new_tokens), **memory()}
         if new_tokens == 2:
             firsts.append(record["ttft_s"])
     firsts.sort()
@@ -277,6 +288,25 @@ def timed(engine: Engine, make_decoder, inputs: dict[str, torch.Tensor], new_tok
     return {**record, "ttft_s": firsts[len(firsts) // 2], "ttft_runs": firsts}
 
 
+def ttft_against_the_recipe(engine: Engine, factory, runs: int) -> dict:
+    """Time to first token of the recipe and of the app's path, alternating in one process with both models
+    loaded, so that the host's load (shared machines drift by tens of ms) is the same for both."""
+    recipe = load_recipe()
+    recipe_prompt, app_prompt = prompt(torch.float16, "cuda"), prompt(engine.plan.dtype, "cuda")
+    recipe_generate(recipe, recipe_prompt, 2)
+    generate(engine, factory(engine.model), app_prompt, 2)
+    times: dict[str, list[float]] = {"recipe": [], "app": []}
+    for _ in range(runs):
+        times["recipe"].append(recipe_generate(recipe, recipe_prompt, 2)["ttft_s"])
+        times["app"].append(generate(engine, factory(engine.model), app_prompt, 2)["ttft_s"])
+    del recipe
+    gc.collect()
+    torch.cuda.empty_cache()
+    medians = {name: sorted(values)[runs // 2] for name, values in times.items()}
+    return {"event": "ttft_alternating_with_recipe", "runs": times, "median_s": medians,
+            "recipe_over_app": round(medians["recipe"] / medians["app"], 2)}
+
+
 def contexts(engine: Engine, out: Path, config: dict, adapter_bytes: int) -> None:
     """Issue 5: per context limit, the app's decoder for that limit, a prompt (one image) filling all but 65
     tokens, 64 new tokens; peak allocated/reserved against `plan_vram`. The step is captured without compiling
@@ -329,24 +359,28 @@ def run_app(out: Path, model_dir: Path, adapter_dir: Path, smoke: bool) -> None:
     dtype, device = engine.plan.dtype, engine.plan.device
     new_tokens, runs = (24, 1) if smoke else (NEW_TOKENS, 5)
     bench_prompt = prompt(dtype, device, smoke=smoke)
+    # The app's path first, as the app runs it: plain decoding afterwards gives the default stream a cuBLAS
+    # workspace (32 MiB) that the fast path alone never holds.
+    record = timed(engine, lambda: factory(engine.model), bench_prompt, new_tokens, runs)
     eager = timed(engine, lambda: EagerDecoder(engine.model), bench_prompt, 64 if cuda else 8, runs)
     emit({"event": "app_generate", **eager}, out)
-    needed = bytes_per_token(engine, bench_prompt["input_ids"].shape[1] + new_tokens)
-    bandwidth = copy_bandwidth() if cuda else None
-    record = timed(engine, lambda: factory(engine.model), bench_prompt, new_tokens, runs)
-    record["same_first16_tokens_as_eager"] = record["tokens_head"] == eager["tokens_head"]
+    record["same_first16_tokens_as_eager"] = record["tokens_head"] == eager["tokens_head"][:16]
     # Time to first token again, eager and fast alternating, so both see the same state of the machine.
     alternating: dict[str, list[float]] = {"eager": [], record["decoder"]: []}
     for _ in range(runs):
         for name, decoder in (("eager", EagerDecoder(engine.model)), (record["decoder"], factory(engine.model))):
             alternating[name].append(generate(engine, decoder, bench_prompt, 1)["ttft_s"])
     record["ttft_alternating_s"] = {name: sorted(times)[len(times) // 2] for name, times in alternating.items()}
+    needed = bytes_per_token(engine, bench_prompt["input_ids"].shape[1] + new_tokens)
     record["bytes_per_token_gb"] = round(needed / 1e9, 3)
-    if bandwidth:
+    if cuda:
+        bandwidth = copy_bandwidth()
         record["copy_bandwidth_tb_s"] = round(bandwidth / 1e12, 2)
         record["bandwidth_bound_tok_s"] = round(bandwidth / needed, 1)
         record["fraction_of_bandwidth_bound"] = round(record["decode_tok_s"] * needed / bandwidth, 3)
     emit({"event": "app_generate", **record}, out)
+    if cuda:
+        emit(ttft_against_the_recipe(engine, factory, runs=7), out)
     # A 2K context with one image: a prompt of ~1.75K tokens, then new tokens up to the context limit.
     long_prompt = prompt(dtype, device, text_tokens=CONTEXT - NEW_TOKENS - 256 - 20 if cuda else 40, smoke=smoke)
     emit({"event": "app_2k_context_one_image", "cap_gib": CAP_BYTES / GIB if cuda else None,

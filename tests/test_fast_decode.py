@@ -40,7 +40,7 @@ from medgemma_desktop.core.fast_decode import (
     choose_decoder,
 )
 from medgemma_desktop.core.prompts import build_chat
-from medgemma_desktop.testing.tiny_checkpoint import SLIDING_WINDOW
+from medgemma_desktop.testing.tiny_checkpoint import SLIDING_WINDOW, TOKENS_PER_IMAGE
 
 TOLERANCE = 0.05  # of the smallest step-to-step change of the eager logits
 
@@ -57,6 +57,11 @@ def _text_inputs(length: int, seed: int = 1) -> dict[str, torch.Tensor]:
     ids = torch.randint(20, 300, (1, length), generator=torch.Generator().manual_seed(seed))
     ids[0, 0] = 2
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _inside(tensor: torch.Tensor, storage: torch.Tensor) -> bool:
+    start = storage.data_ptr()
+    return start <= tensor.data_ptr() < start + storage.numel() * storage.element_size()
 
 
 def _forced(count: int, seed: int = 2) -> torch.Tensor:
@@ -124,6 +129,19 @@ def test_image_prompt_matches_the_uncached_forward_and_eager(tiny_engine: Engine
     assert _max_diff(eager, fast) < _bound(eager)
 
 
+def test_each_image_attends_within_itself_only(tiny_engine: Engine) -> None:
+    """Two images: each image's tokens see each other both ways (transformers' Gemma 3 masks), not the other
+    image's later tokens; without the image blocks the logits move far past the bound, so the check sees them."""
+    images = [Image.new("RGB", (80, 64), (10, 200, 30)), Image.new("RGB", (64, 64), (200, 10, 90))]
+    inputs, forced = tiny_engine.prepare(build_chat("Compare the two X-rays.", images)), _forced(8, seed=12)
+    assert int(inputs["token_type_ids"].sum()) == 2 * TOKENS_PER_IMAGE
+    runner = StepRunner(tiny_engine.model, capacity=256)
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    assert _max_diff(eager, _teacher_forced(FastDecoder(runner), inputs, forced)) < _bound(eager)
+    causal = {key: value for key, value in inputs.items() if key != "token_type_ids"}
+    assert _max_diff(eager, _teacher_forced(FastDecoder(runner), causal, forced)) > 2 * _bound(eager)
+
+
 def test_greedy_answer_is_identical_through_the_engine(tiny_engine: Engine) -> None:
     turns = build_chat("Describe this X-ray.", [Image.new("RGB", (80, 64), (90, 20, 160))], system="Be brief.")
     settings = GenerationSettings(max_new_tokens=3 * SLIDING_WINDOW)
@@ -188,14 +206,18 @@ def test_fused_projections_equal_the_modules_with_and_without_the_adapter(tiny_e
             for parent, names in ((layer.self_attn, QKV), (layer.self_attn, ("o_proj",)), (layer.mlp, GATE_UP),
                                   (layer.mlp, ("down_proj",))):
                 modules = [getattr(parent, n) for n in names]
-                x = torch.randn(1, 1, modules[0].in_features, generator=torch.Generator().manual_seed(3))
                 fused = FusedLinear(modules)
                 assert (fused.lora is not None) == (adapter is not None and parent is layer.self_attn)
-                with torch.inference_mode():
-                    for got, module in zip(fused(x), modules, strict=True):
-                        assert torch.allclose(got, module(x), atol=1e-6, rtol=1e-6)
-                        assert getattr(module, "base_layer", module).weight.data_ptr() in range(
-                            fused.weight.data_ptr(), fused.weight.data_ptr() + fused.weight.numel())
+                for tokens in (1, 5):  # the step and the prompt
+                    x = torch.randn(1, tokens, modules[0].in_features, generator=torch.Generator().manual_seed(3))
+                    with torch.inference_mode():
+                        for got, module in zip(fused(x), modules, strict=True):
+                            assert torch.allclose(got, module(x), atol=1e-6, rtol=1e-6)
+                for module in modules:  # the 4-bit bytes and the adapter's matrices exist once
+                    assert _inside(getattr(module, "base_layer", module).weight, fused.weight)
+                    if fused.lora is not None and name in getattr(module, "lora_A", {}):
+                        assert _inside(module.lora_A[name].weight, fused.lora[0])
+                        assert _inside(module.lora_B[name].weight, fused.lora[1])
     finally:
         tiny_engine.use_adapter(name, prepare_decoder=False)
 
@@ -212,3 +234,29 @@ def test_adapter_disabled_at_capture_matches_eager_without_it(tiny_engine: Engin
     finally:
         tiny_engine.use_adapter(name, prepare_decoder=False)
     assert _max_diff(eager, fast) < _bound(eager) < _max_diff(eager, with_adapter)
+
+
+def test_image_features_in_parts_equal_the_vision_tower(tiny_engine: Engine,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prompt's pass runs SigLIP one image at a time with its MLP over a few patches at a time; split into
+    four parts here (the tiny model has 64 patches per image), the features equal `get_image_features`."""
+    monkeypatch.setattr(fast_decode, "PROMPT_CHUNK_TOKENS", 16)
+    images = [Image.new("RGB", (80, 64), (10, 200, 30)), Image.new("RGB", (64, 64), (200, 10, 90))]
+    pixels = tiny_engine.prepare(build_chat("Compare the two X-rays.", images))["pixel_values"]
+    state = StepRunner(tiny_engine.model, capacity=64).state
+    with torch.inference_mode():
+        expected = state.multimodal.get_image_features(pixels, return_dict=True).pooler_output
+        got = state.image_features(pixels)
+    assert got.shape == expected.shape == (2, TOKENS_PER_IMAGE, expected.shape[-1])
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5) and expected.abs().max() > 0.1
+
+
+def test_prompt_in_token_chunks_gives_the_same_logits(tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prompt's per-token parts (vision projections and MLP, the text MLP) run over a few tokens at a time to
+    bound their memory; over 16 here instead of 1024, the prompt's logits and the steps after it stay the same."""
+    inputs, forced = _image_inputs(tiny_engine), _forced(4, seed=13)
+    runner = StepRunner(tiny_engine.model, capacity=128)
+    whole = _teacher_forced(FastDecoder(runner), inputs, forced)
+    monkeypatch.setattr(fast_decode, "PROMPT_CHUNK_TOKENS", 16)
+    assert inputs["input_ids"].shape[1] > 2 * 16
+    assert _max_diff(whole, _teacher_forced(FastDecoder(runner), inputs, forced)) < 1e-5

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from bitsandbytes.functional import QuantState
 from torch.compiler import is_compiling
-from transformers import DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
 from medgemma_desktop.core.app_dirs import cache_dir
@@ -48,14 +47,19 @@ GATE_UP = ("gate_proj", "up_proj")
 # The step's 4-bit matmuls per decoder layer: (submodule, projections that read the same input).
 STEP_PROJECTIONS = {"qkv": ("self_attn", QKV), "o": ("self_attn", ("o_proj",)), "gate_up": ("mlp", GATE_UP),
                     "down": ("mlp", ("down_proj",))}
+# The prompt's pass runs the per-token parts of a layer (projections, MLP) over this many tokens at a time: their
+# wide activations, not the weights, set its peak memory (SigLIP's 4304-wide MLP over 4,096 patches per image,
+# Gemma's 10240-wide MLP over a long prompt), and tokens are independent there, so the results are the same.
+PROMPT_CHUNK_TOKENS = 1024
 _FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, member data pointers)
-_capture_stream: torch.cuda.Stream | None = None
+_fast_stream: torch.cuda.Stream | None = None
 
 
-def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The Gemma 3 text model and the lm_head under an optional PEFT wrapper (LoRA layers stay injected)."""
+def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """The Gemma 3 multimodal model (vision tower, projector), its text model and the lm_head under an optional
+    PEFT wrapper (LoRA layers stay injected)."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return core.model.language_model, core.lm_head
+    return core.model, core.model.language_model, core.lm_head
 
 
 def _base(module: torch.nn.Module) -> torch.nn.Module:
@@ -139,6 +143,13 @@ def _block_scales(state: QuantState) -> torch.Tensor:
     return nested.code[state.absmax.int()] * nested.absmax[group] + state.offset
 
 
+def _by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`fn(x)` for a per-token `fn`, over `PROMPT_CHUNK_TOKENS` tokens of x (1, tokens, ...) at a time."""
+    if x.shape[1] <= PROMPT_CHUNK_TOKENS:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(PROMPT_CHUNK_TOKENS, dim=1)], dim=1)
+
+
 def _matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`F.linear(x, weight)` for one token. Compiled, as a float32 multiply-and-sum rounded to weight's dtype: one
     small reduction kernel where cuBLAS launches two or three for LoRA's 8- and 16-wide matrices. Uncompiled, the
@@ -157,7 +168,8 @@ class FusedLinear:
     member runs with its own scales, which bitsandbytes' kernel expands itself.
     LoRA as PEFT computes it per member (`B(A(x.to(lora dtype))) * scaling`, cast back, added to the base
     output), with the A matrices stacked into one matmul and the B matrices block-diagonal in another; members
-    without an active adapter get zero rows and zero scale, which adds exactly nothing. The adapter is the one
+    without an active adapter get zero rows and zero scale, which adds exactly nothing. PEFT's A and B become
+    views of the stacked matrices, so the adapter's numbers exist once here too. The adapter is the one
     active now (none when adapters are disabled): the engine captures again after switching.
     """
 
@@ -174,15 +186,17 @@ class FusedLinear:
         self.lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         found = [(i, lora) for i, lora in enumerate(map(_active_lora, modules)) if lora is not None]
         if found:
-            a = torch.cat([lora_a for _, (lora_a, _, _) in found])
+            a = torch.cat([lora_a.data for _, (lora_a, _, _) in found])
             b = a.new_zeros(sum(self.sizes), a.shape[0])
             scale = torch.zeros(sum(self.sizes), dtype=torch.float32, device=a.device)
             row = 0
             for i, (lora_a, lora_b, scaling) in found:
-                start = sum(self.sizes[:i])
-                b[start:start + self.sizes[i], row:row + lora_a.shape[0]] = lora_b
+                start, rank = sum(self.sizes[:i]), lora_a.shape[0]
+                b[start:start + self.sizes[i], row:row + rank] = lora_b.data
                 scale[start:start + self.sizes[i]] = scaling
-                row += lora_a.shape[0]
+                lora_a.data = a[row:row + rank]
+                lora_b.data = b[start:start + self.sizes[i], row:row + rank]
+                row += rank
             self.lora = (a, b, scale)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,27 +218,14 @@ class FusedLinear:
         return out.split(self.sizes, dim=-1)
 
 
-def _side_stream() -> torch.cuda.Stream:
-    """One stream for every warm-up and capture: each stream that runs a cuBLAS call gets its own workspace
-    (tens of MiB on Hopper), kept for the process's life, so a new stream per capture would leak one each time."""
-    global _capture_stream
-    if _capture_stream is None:
-        _capture_stream = torch.cuda.Stream()
-    return _capture_stream
-
-
-class _PrefillIntoStatic(DynamicCache):
-    """The prefill's cache: each layer's new K/V go straight into the static cache and are returned for
-    attention as a fresh DynamicCache would return them, so no second copy of the prompt's K/V is ever held."""
-
-    def __init__(self, config, state: StaticDecodeState, length: int) -> None:
-        super().__init__(config=config)
-        self._state, self._length = state, length
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-               *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        self._state.store_prompt_layer(layer_idx, key_states, value_states, self._length)
-        return key_states, value_states
+def _fast_path_stream() -> torch.cuda.Stream:
+    """The one stream for all of the fast path's GPU work: warm-up, capture and the prompt. Each stream that runs
+    a cuBLAS call holds its own workspace (32 MiB on Hopper) for the process's life, so one stream, not one per
+    capture, and the prompt on it too rather than on the default stream."""
+    global _fast_stream
+    if _fast_stream is None:
+        _fast_stream = torch.cuda.Stream()
+    return _fast_stream
 
 
 def compile_cache_dir() -> Path:
@@ -232,8 +233,19 @@ def compile_cache_dir() -> Path:
     return cache_dir() / "torch-compile"
 
 
+def _vision_attention(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """SigLIP's attention as transformers' SDPA path computes it (all patches see each other), with the q/k/v
+    and output projections `_by_tokens`: PEFT runs an adapter's LoRA on them in float32, four times the bytes
+    of their bfloat16 outputs."""
+    heads = (1, -1, attn.num_heads, attn.head_dim)
+    query, key, value = (_by_tokens(projection, hidden).view(heads).transpose(1, 2)
+                         for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    return _by_tokens(attn.out_proj, out.transpose(1, 2).reshape(1, -1, attn.embed_dim))
+
+
 class StaticDecodeState:
-    """The static KV cache, the position tensors and the one-token step over them.
+    """The static KV cache, the position tensors, the prompt's pass and the one-token step over them.
 
     Full-attention layers get `capacity` slots indexed by absolute position. Sliding layers get a ring of
     `min(sliding_window, capacity)` slots (slot = position mod ring) with each slot's absolute position kept in
@@ -242,9 +254,10 @@ class StaticDecodeState:
     """
 
     def __init__(self, model: torch.nn.Module, capacity: int) -> None:
-        text, lm_head = _parts(model)
+        self.multimodal, text, lm_head = _parts(model)
         config = text.config
         self.text, self.lm_head = text, lm_head
+        self.image_token = int(self.multimodal.config.image_token_id)
         self.capacity = capacity
         self.window = int(config.sliding_window)
         self.ring = min(self.window, capacity)
@@ -298,26 +311,109 @@ class StaticDecodeState:
         if i == len(self.layer_types) - 1:
             self.position.fill_(length)
 
+    def _attention_inputs(self, i: int, hidden: torch.Tensor,
+                          rotary: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+        """Layer i's query, key and value heads for `hidden` (1, tokens, hidden): projected, normed, rotated."""
+        layer = self.text.layers[i]
+        attn, tokens = layer.self_attn, hidden.shape[1]
+        q, k, v = self.qkv[i](layer.input_layernorm(hidden))
+        query = attn.q_norm(q.view(1, tokens, -1, self.head_dim).transpose(1, 2))
+        key = attn.k_norm(k.view(1, tokens, -1, self.head_dim).transpose(1, 2))
+        value = v.view(1, tokens, -1, self.head_dim).transpose(1, 2)
+        cos, sin = rotary[self.layer_types[i]]
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        return query, key, value
+
+    def _after_attention(self, i: int, residual: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The rest of layer i: o projection, residual, MLP, residual; `attended` is (1, tokens, heads * dim)."""
+        layer = self.text.layers[i]
+        (out,) = self.o[i](attended)
+        hidden = residual + layer.post_attention_layernorm(out)
+        return _by_tokens(lambda part: self._mlp_block(i, part), hidden)
+
+    def _mlp_block(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
+        layer = self.text.layers[i]
+        gate, up = self.gate_up[i](layer.pre_feedforward_layernorm(hidden))
+        (mlp_out,) = self.down[i](layer.mlp.act_fn(gate) * up)
+        return hidden + layer.post_feedforward_layernorm(mlp_out)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (float32, 1-D) from the last position's final hidden state."""
+        logits = self.lm_head(self.text.norm(hidden[:, -1:]))[0, -1].float()
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+    def _prompt_masks(self, length: int, token_type_ids: torch.Tensor | None,
+                      device: torch.device) -> dict[str, torch.Tensor]:
+        """Which keys each prompt position attends to, per layer type, as transformers builds them for Gemma 3:
+        causal, or within the same image (its tokens see each other both ways); sliding layers only the last
+        `window` positions of that. (1, 1, length, length), True = attend."""
+        positions = torch.arange(length, device=device)
+        query, key = positions.view(-1, 1), positions.view(1, -1)
+        allowed = key <= query
+        if token_type_ids is not None:
+            is_image = token_type_ids[0] == 1
+            starts = is_image & ~F.pad(is_image, (1, 0))[:-1]
+            block = torch.where(is_image, torch.cumsum(starts.int(), 0) - 1, -1)
+            allowed = allowed | ((block.view(-1, 1) == block.view(1, -1)) & (block.view(-1, 1) >= 0))
+        masks = {"full_attention": allowed, "sliding_attention": allowed & (key > query - self.window)}
+        return {kind: mask.view(1, 1, length, length) for kind, mask in masks.items()}
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's own SigLIP layers and projector, as `get_image_features` runs them, but one image at a
+        time (a CT series' slices do not add up their activations) and the per-patch parts `_by_tokens`."""
+        tower = self.multimodal.vision_tower
+        features = []
+        for image in pixels.split(1):
+            hidden = tower.embeddings(image)
+            for layer in tower.encoder.layers:
+                hidden = hidden + _vision_attention(layer.self_attn, layer.layer_norm1(hidden))
+                hidden = hidden + _by_tokens(layer.mlp, layer.layer_norm2(hidden))
+            features.append(self.multimodal.multi_modal_projector(tower.post_layernorm(hidden)))
+        return torch.cat(features)
+
+    def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The prompt through the same fused layers as the step, its K/V written straight into the static cache;
+        returns the last position's next-token logits. Images go through the model's own vision tower and
+        projector; the masks are transformers' (see `_prompt_masks`). Transformers' own forward costs twice the
+        host time per layer (PEFT and module dispatch per projection), which is most of the time to first token."""
+        unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids", "pixel_values"}
+        if unknown:
+            raise ValueError(f"the fast prefill does not take {sorted(unknown)}")
+        ids = inputs["input_ids"]
+        length = int(ids.shape[1])
+        self.check_prompt(length)
+        pixels = inputs.get("pixel_values")
+        is_image = ids == self.image_token
+        hidden = self.text.embed_tokens(ids.masked_fill(is_image, 0) if pixels is not None else ids)
+        if pixels is not None:
+            features = self.image_features(pixels)
+            hidden = hidden.masked_scatter(is_image.unsqueeze(-1), features.to(hidden.dtype))
+        masks = self._prompt_masks(length, inputs.get("token_type_ids"), hidden.device)
+        positions = torch.arange(length, device=hidden.device).view(1, -1)
+        rotary = {kind: self.text.rotary_emb(hidden, positions, kind) for kind in set(self.layer_types)}
+        for i, layer_type in enumerate(self.layer_types):
+            query, key, value = self._attention_inputs(i, hidden, rotary)
+            self.store_prompt_layer(i, key, value, length)
+            attended = F.scaled_dot_product_attention(
+                query, key.repeat_interleave(self.groups, dim=1), value.repeat_interleave(self.groups, dim=1),
+                attn_mask=masks[layer_type], scale=self.text.layers[i].self_attn.scaling)
+            hidden = self._after_attention(i, hidden, attended.transpose(1, 2).reshape(1, length, -1))
+        return self._logits(hidden)
+
     def step(self) -> torch.Tensor:
         """Feed `token` at `position`, write its K/V, return next-token logits (float32) and advance `position`."""
-        text = self.text
         position = self.position.view(1)
         ring_index = position % self.ring
         self.slot_positions[ring_index] = position
         full_mask = (self.full_positions <= position).view(1, 1, 1, -1)
         ring_mask = ((self.slot_positions >= 0) & (self.slot_positions > position - self.window)).view(1, 1, 1, -1)
-        hidden = text.embed_tokens(self.token)
-        rotary = {kind: text.rotary_emb(hidden, self.position, kind) for kind in set(self.layer_types)}
-        for i, layer in enumerate(text.layers[: len(self.layer_types)]):
-            sliding = self.layer_types[i] == "sliding_attention"
-            attn = layer.self_attn
-            residual = hidden
-            q, k, v = self.qkv[i](layer.input_layernorm(hidden))
-            query = attn.q_norm(q.view(1, 1, -1, self.head_dim).transpose(1, 2))
-            key = attn.k_norm(k.view(1, 1, -1, self.head_dim).transpose(1, 2))
-            value = v.view(1, 1, -1, self.head_dim).transpose(1, 2)
-            cos, sin = rotary[self.layer_types[i]]
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        hidden = self.text.embed_tokens(self.token)
+        rotary = {kind: self.text.rotary_emb(hidden, self.position, kind) for kind in set(self.layer_types)}
+        for i, layer_type in enumerate(self.layer_types):
+            sliding = layer_type == "sliding_attention"
+            query, key, value = self._attention_inputs(i, hidden, rotary)
             index = ring_index if sliding else position
             self.keys[i][:, :, index] = key
             self.values[i][:, :, index] = value
@@ -327,23 +423,17 @@ class StaticDecodeState:
             # query row cuBLAS spreads the keys over the whole GPU, where the fused SDPA kernels run one block
             # per head and took a third of the step.
             scores = torch.matmul(query.reshape(1, self.kv_heads, self.groups, self.head_dim),
-                                  self.keys[i].transpose(2, 3)).float() * attn.scaling
+                                  self.keys[i].transpose(2, 3)).float() * self.text.layers[i].self_attn.scaling
             scores = scores.masked_fill(~(ring_mask if sliding else full_mask), float("-inf"))
             out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), self.values[i])
-            (attended,) = self.o[i](out.reshape(1, 1, -1))
-            hidden = residual + layer.post_attention_layernorm(attended)
-            gate, up = self.gate_up[i](layer.pre_feedforward_layernorm(hidden))
-            (mlp_out,) = self.down[i](layer.mlp.act_fn(gate) * up)
-            hidden = hidden + layer.post_feedforward_layernorm(mlp_out)
-        logits = self.lm_head(text.norm(hidden))[0, -1].float()
-        if self.final_softcap is not None:
-            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+            hidden = self._after_attention(i, hidden, out.reshape(1, 1, -1))
         self.position.add_(1)
-        return logits
+        return self._logits(hidden)
 
 
 class StepRunner:
-    """Runs the step: eagerly (CPU, CI), or as one CUDA graph captured at construction, optionally compiled first.
+    """Runs the prompt and the step: eagerly (CPU, CI), or on CUDA the step as one CUDA graph captured at
+    construction, optionally compiled first, and the prompt on the same stream.
 
     One runner serves one generation at a time; it keeps its cache and graph between generations, so capture
     (and compile) cost is paid at load, not at each question's first token.
@@ -370,18 +460,32 @@ class StepRunner:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
             step = torch.compile(step, fullgraph=False, dynamic=False)
         with torch.inference_mode():
-            side = _side_stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up (and compile) off the default stream, as graph capture needs
+            torch.cuda.synchronize()
+            # Loading ran cuBLAS on the default stream; from here on the fast path's stream is the only one that
+            # does, so the default stream's workspace is given back rather than held beside it.
+            torch._C._cuda_clearCublasWorkspaces()
+            stream = _fast_path_stream()
+            with torch.cuda.stream(stream):  # warm-up (and compile) off the default stream, as capture needs
                 for _ in range(3):
                     step()
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(stream)
             self.state.position.zero_()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=side):
+            with torch.cuda.graph(graph, stream=stream):
                 self._graph_logits = step()
             self._graph = graph
         torch.cuda.synchronize()
+
+    def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self.cuda_graph:
+            return self.state.prefill(inputs)
+        stream, current = _fast_path_stream(), torch.cuda.current_stream()
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            logits = self.state.prefill(inputs)
+        current.wait_stream(stream)
+        logits.record_stream(current)  # read on the caller's stream after this returns
+        return logits
 
     def run(self, token: torch.Tensor) -> torch.Tensor:
         self.state.token.copy_(token.view(1, 1))
@@ -392,7 +496,7 @@ class StepRunner:
 
 
 class FastDecoder:
-    """The `Decoder` over a `StepRunner`: transformers prefill, then the static-cache step per token."""
+    """The `Decoder` over a `StepRunner`: the prompt through the runner's own layers, then its step per token."""
 
     name = "fast"
 
@@ -403,13 +507,10 @@ class FastDecoder:
 
     def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         runner = self._runner
-        length = int(inputs["input_ids"].shape[1])
-        runner.state.check_prompt(length)
         runner.owner = self
-        cache = _PrefillIntoStatic(runner.model.config, runner.state, length)
-        out = runner.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self._position = length
-        return out.logits[0, -1].float()
+        logits = runner.prefill(inputs)
+        self._position = int(inputs["input_ids"].shape[1])
+        return logits
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         runner = self._runner
@@ -442,9 +543,13 @@ class FastDecoderFactory:
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why the static step cannot reproduce this model's attention, or None when it can."""
     try:
-        text, _ = _parts(model)
+        multimodal, text, _ = _parts(model)
+        vision = multimodal.vision_tower
     except AttributeError:
         return "the model is not a Gemma 3 image-text model"
+    if not all(hasattr(vision, name) for name in ("embeddings", "encoder", "post_layernorm")) or \
+            getattr(vision, "use_head", False):
+        return "the vision tower is not Gemma 3's SigLIP encoder"
     config = text.config
     if config.attn_logit_softcapping is not None:
         return "attention logit soft-capping is not implemented in the fast step"

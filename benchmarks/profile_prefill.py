@@ -1,0 +1,162 @@
+"""Where the prompt's time (time to first token) and the app's resident memory go, on the full-size random model.
+
+Prefill: wall time of the app's prefill (one image + 40 text tokens), the same with the adapter disabled, the
+vision tower alone, a text-only prompt of the same length; one prefill under the profiler (GPU kernel time and
+count against the wall, the top host-side ops); host time per module class (forward hooks); the vision tower
+replayed as a CUDA graph. Memory: live blocks after `Engine.load`, grouped by pool and stream, the largest with
+the Python frame that allocated them.
+
+Usage: python benchmarks/profile_prefill.py OUT (needs CUDA and bitsandbytes). Writes OUT/profile_prefill.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")  # the step is captured uncompiled: this looks at the prefill
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_decode import ADAPTER, CKPT, CONTEXT, IMAGE_IDS, build, prompt
+from medgemma_desktop.core.engine import Engine, LoadOptions
+
+MIB = 2**20
+
+
+def median_s(fn: Callable[[], object], runs: int = 7) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return round(sorted(times)[runs // 2], 4)
+
+
+def live_blocks() -> dict:
+    """Live memory by (pool, stream), and the largest live blocks with the first frame outside torch."""
+    groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    blocks = []
+    for segment in torch.cuda.memory._snapshot()["segments"]:
+        key = f"pool={segment.get('segment_pool_id')} stream={segment['stream']}"
+        groups[key][1] += segment["total_size"] / MIB
+        for block in segment["blocks"]:
+            if block["state"] != "active_allocated":
+                continue
+            groups[key][0] += block["size"] / MIB
+            frames = [f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in block.get("frames", [])
+                      if "/torch/" not in f["filename"] and f["filename"].endswith(".py")]
+            blocks.append((round(block["size"] / MIB, 2), key, frames[:3]))
+    blocks.sort(key=lambda b: -b[0])
+    small = [b for b in blocks if b[0] < 16]
+    return {"by_pool_stream_mib_live_reserved": {k: [round(a, 1), round(r, 1)] for k, (a, r) in groups.items()},
+            "largest": blocks[:12], "below_16mib": {"count": len(small), "mib": round(sum(b[0] for b in small), 1),
+                                                   "sample": small[:30]}}
+
+
+def host_time_by_module(model: torch.nn.Module, fn: Callable[[], object]) -> list:
+    """Inclusive host (Python + launch) time per module class over one call, without syncs."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    starts: dict[int, list[float]] = defaultdict(list)
+
+    def before(module, args):
+        starts[id(module)].append(time.perf_counter())
+
+    def after(module, args, output):
+        entry = totals[type(module).__name__]
+        entry[0] += 1
+        entry[1] += time.perf_counter() - starts[id(module)].pop()
+
+    handles = [hook for module in model.modules()
+               for hook in (module.register_forward_pre_hook(before), module.register_forward_hook(after))]
+    try:
+        fn()
+        torch.cuda.synchronize()
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = sorted(totals.items(), key=lambda item: -item[1][1])
+    return [(name, count, round(seconds * 1e3, 2)) for name, (count, seconds) in rows[:25]]
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    build(out)
+    torch.cuda.memory._record_memory_history(max_entries=500000)
+    engine = Engine.load(CKPT, ADAPTER, LoadOptions(context_limit=CONTEXT))
+    result: dict = {"decoder": engine.decoder_reason, "allocated_after_load_mib": torch.cuda.memory_allocated() / MIB,
+                    "reserved_after_load_mib": torch.cuda.memory_reserved() / MIB, "memory": live_blocks()}
+    torch.cuda.memory._record_memory_history(enabled=None)
+    model, factory = engine.model, engine.decoder_factory
+    core = model.get_base_model().model
+    inputs = prompt(engine.plan.dtype, "cuda")
+    text_only = dict(inputs)
+    del text_only["pixel_values"]
+    text_only["input_ids"] = torch.where(inputs["input_ids"] == IMAGE_IDS["image_token_index"], 1000,
+                                         inputs["input_ids"])
+    text_only["token_type_ids"] = torch.zeros_like(inputs["token_type_ids"])
+
+    def prefill(batch: dict = inputs) -> None:
+        decoder = factory(model)
+        decoder.prefill(batch)
+        decoder.release()
+
+    def vision() -> torch.Tensor:
+        return core.get_image_features(inputs["pixel_values"], return_dict=True).pooler_output
+
+    with torch.inference_mode():
+        times = {"prefill": median_s(prefill), "prefill_text_only": median_s(lambda: prefill(text_only)),
+                 "vision_tower_and_projector": median_s(vision)}
+        with model.disable_adapter():
+            times["prefill_adapter_disabled"] = median_s(prefill)
+        result["wall_s"] = times
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            prefill()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        result["profiled_prefill"] = {
+            "kernels": len(kernels), "kernel_time_ms": round(sum(e.device_time for e in kernels) / 1e3, 2),
+            "host_ops": sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU),
+            "top_host_ops": [(a.key[:60], a.count, round(a.self_cpu_time_total / 1e3, 2))
+                             for a in sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:25]],
+            "top_kernels": [(a.key[:90], a.count, round(a.self_device_time_total / 1e3, 2))
+                            for a in sorted(prof.key_averages(), key=lambda a: -a.self_device_time_total)[:15]]}
+        result["host_ms_by_module"] = host_time_by_module(model, prefill)
+
+        eager_features = vision().clone()
+        pixels = inputs["pixel_values"].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                core.get_image_features(pixels, return_dict=True)
+        torch.cuda.current_stream().wait_stream(side)
+        before = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            features = core.get_image_features(pixels, return_dict=True).pooler_output
+        result["vision_graph"] = {
+            "replay_s": median_s(graph.replay),
+            "max_abs_diff_vs_eager": float((features.float() - eager_features.float()).abs().max()),
+            "feature_abs_max": float(eager_features.float().abs().max()),
+            "allocated_delta_mib": (torch.cuda.memory_allocated() - before[0]) / MIB,
+            "reserved_delta_mib": (torch.cuda.memory_reserved() - before[1]) / MIB}
+    print(json.dumps(result, indent=1))
+    (out / "profile_prefill.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
