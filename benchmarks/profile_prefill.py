@@ -1,10 +1,10 @@
 """Where the prompt's time (time to first token) and the app's resident memory go, on the full-size random model.
 
-Prefill: wall time of the app's prefill (one image + 40 text tokens), the same with the adapter disabled, the
-vision tower alone, a text-only prompt of the same length; one prefill under the profiler (GPU kernel time and
-count against the wall, the top host-side ops); host time per module class (forward hooks); the vision tower
-replayed as a CUDA graph. Memory: live blocks after `Engine.load`, grouped by pool and stream, the largest with
-the Python frame that allocated them.
+Prefill (one image + 40 text tokens): wall time and peak memory of transformers' prefill and the app's at
+three `PROMPT_CHUNK_TOKENS` sizes, and of their vision parts, run in turn; a text-only prompt; one prefill under
+the profiler (GPU kernel time and count against the wall, the top host-side ops); host time per module class
+(forward hooks); the vision tower replayed as a CUDA graph. Memory: live blocks after `Engine.load`, grouped by
+pool and stream, the largest with the Python frame that allocated them.
 
 Usage: python benchmarks/profile_prefill.py OUT (needs CUDA and bitsandbytes). Writes OUT/profile_prefill.json.
 """
@@ -27,9 +27,12 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import ADAPTER, CKPT, CONTEXT, IMAGE_IDS, build, prompt
+from medgemma_desktop.core import fast_decode
+from medgemma_desktop.core.decoding import EagerDecoder
 from medgemma_desktop.core.engine import Engine, LoadOptions
 
 MIB = 2**20
+DEFAULT_CHUNK = fast_decode.PROMPT_CHUNK_TOKENS
 
 
 def median_s(fn: Callable[[], object], runs: int = 7) -> float:
@@ -43,6 +46,37 @@ def median_s(fn: Callable[[], object], runs: int = 7) -> float:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return round(sorted(times)[runs // 2], 4)
+
+
+def chunked(fn: Callable[[], object], tokens: int) -> Callable[[], object]:
+    def run() -> object:
+        fast_decode.PROMPT_CHUNK_TOKENS = tokens
+        try:
+            return fn()
+        finally:
+            fast_decode.PROMPT_CHUNK_TOKENS = DEFAULT_CHUNK
+
+    return run
+
+
+def alternating(variants: dict[str, Callable[[], object]], rounds: int = 9) -> dict:
+    """Median wall time and the peak allocated above the start of each variant, run in turn round by round."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    peaks: dict[str, float] = {}
+    for fn in variants.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+            peaks[name] = (torch.cuda.max_memory_allocated() - before) / MIB
+    return {name: {"median_s": round(sorted(values)[rounds // 2], 4), "peak_above_mib": round(peaks[name], 1)}
+            for name, values in times.items()}
 
 
 def live_blocks() -> dict:
@@ -117,12 +151,16 @@ def main() -> None:
     def vision() -> torch.Tensor:
         return core.get_image_features(inputs["pixel_values"], return_dict=True).pooler_output
 
+    def eager_prefill() -> None:
+        EagerDecoder(model).prefill(inputs)
+
     with torch.inference_mode():
-        times = {"prefill": median_s(prefill), "prefill_text_only": median_s(lambda: prefill(text_only)),
-                 "vision_tower_and_projector": median_s(vision)}
-        with model.disable_adapter():
-            times["prefill_adapter_disabled"] = median_s(prefill)
-        result["wall_s"] = times
+        result["alternating"] = alternating({
+            "transformers_prefill": eager_prefill, "transformers_vision": vision,
+            **{f"fast_prefill_chunk_{n}": chunked(prefill, n) for n in (1024, 2048, 4096)},
+            **{f"fast_vision_chunk_{n}": chunked(lambda: factory.runner.state.image_features(
+                inputs["pixel_values"]), n) for n in (1024, 2048, 4096)}})
+        result["wall_s"] = {"prefill_text_only": median_s(lambda: prefill(text_only))}
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             prefill()
             torch.cuda.synchronize()
