@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +54,7 @@ STEP_PROJECTIONS = {"qkv": ("self_attn", QKV), "o": ("self_attn", ("o_proj",)), 
 PROMPT_CHUNK_TOKENS = 1024
 _FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, member data pointers)
 _fast_stream: torch.cuda.Stream | None = None
+_captured: weakref.WeakSet[StepRunner] = weakref.WeakSet()  # runners whose graph is alive
 
 
 def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
@@ -498,8 +500,10 @@ class StepRunner:
         with torch.inference_mode():
             torch.cuda.synchronize()
             # Loading ran cuBLAS on the default stream; from here on the fast path's stream is the only one that
-            # does, so the default stream's workspace is given back rather than held beside it.
-            torch._C._cuda_clearCublasWorkspaces()
+            # does, so the default stream's workspace is given back rather than held beside it. Not while another
+            # captured step is alive: its graph keeps using the fast stream's workspace, which this also frees.
+            if not _captured:
+                torch._C._cuda_clearCublasWorkspaces()
             stream = _fast_path_stream()
             with torch.cuda.stream(stream):  # warm-up (and compile) off the default stream, as capture needs
                 for _ in range(3):
@@ -510,6 +514,7 @@ class StepRunner:
             with torch.cuda.graph(graph, stream=stream):
                 self._graph_logits = step()
             self._graph = graph
+        _captured.add(self)
         torch.cuda.synchronize()
 
     def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
