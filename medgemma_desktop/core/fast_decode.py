@@ -13,9 +13,11 @@ gate/up as one, their packed NF4 bytes concatenated row-wise; o and down alone),
 multiply-and-sum reductions scaled exactly as PEFT scales it, and attention as plain matmuls with a float32
 softmax (the fused SDPA kernels run one thread block per head for a single query and cost a third of the step).
 The norms, the MLP activation and the tied lm_head are the model's own modules, with transformers' own rotary
-embedding. The prompt is prefilled by transformers (images, bidirectional image attention), writing its K/V
-straight into the static cache. On the CPU the same step runs eagerly: that is what CI checks against
-`EagerDecoder`.
+embedding. The prompt runs through the same layers (`StaticDecodeState.prefill`: transformers' masks, images
+through the model's own vision tower, K/V straight into the static cache) on the same CUDA stream: transformers'
+own forward spends twice the host time per layer, and its per-token activations are computed here over chunks of
+tokens, so the prompt's peak memory stays under the recipe's. On the CPU the same step and prompt pass run
+eagerly: that is what CI checks against `EagerDecoder`.
 """
 
 from __future__ import annotations
@@ -415,7 +417,8 @@ class StaticDecodeState:
         """The prompt through the same fused layers as the step, its K/V written straight into the static cache;
         returns the last position's next-token logits. Images go through the model's own vision tower and
         projector; the masks are transformers' (see `_prompt_masks`). Transformers' own forward costs twice the
-        host time per layer (PEFT and module dispatch per projection), which is most of the time to first token."""
+        host time per layer (PEFT and module dispatch per projection), which is most of the time to first token.
+        The engine's prompts are single and unpadded, so `attention_mask` (all ones) is not read."""
         unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids", "pixel_values"}
         if unknown:
             raise ValueError(f"the fast prefill does not take {sorted(unknown)}")
