@@ -260,3 +260,9 @@ def test_prompt_in_token_chunks_gives_the_same_logits(tiny_engine: Engine, monke
     monkeypatch.setattr(fast_decode, "PROMPT_CHUNK_TOKENS", 16)
     assert inputs["input_ids"].shape[1] > 2 * 16
     assert _max_diff(whole, _teacher_forced(FastDecoder(runner), inputs, forced)) < 1e-5
+
+
+def test_prompt_pass_refuses_inputs_it_does_not_implement(tiny_engine: Engine) -> None:
+    decoder = FastDecoder(StepRunner(tiny_engine.model, capacity=64))
+    with torch.inference_mode(), pytest.raises(ValueError, match="token_type_ids_extra"):
+        decoder.prefill(dict(_text_inputs(8), token_type_ids_extra=torch.zeros(1, 8)))

@@ -50,9 +50,10 @@ GATE_UP = ("gate_proj", "up_proj")
 # The step's 4-bit matmuls per decoder layer: (submodule, projections that read the same input).
 STEP_PROJECTIONS = {"qkv": ("self_attn", QKV), "o": ("self_attn", ("o_proj",)), "gate_up": ("mlp", GATE_UP),
                     "down": ("mlp", ("down_proj",))}
-# The prompt's pass runs the per-token parts of a layer (projections, MLP) over this many tokens at a time: their
-# wide activations, not the weights, set its peak memory (SigLIP's 4304-wide MLP over 4,096 patches per image,
-# Gemma's 10240-wide MLP over a long prompt), and tokens are independent there, so the results are the same.
+# The prompt's pass runs per-token parts over this many tokens at a time (SigLIP's projections and MLP, Gemma's
+# MLP): their wide activations, not the weights, set its peak memory (SigLIP's 4304-wide MLP over 4,096 patches
+# per image, Gemma's 10240-wide MLP over a long prompt). Tokens are independent there; only the kernels' own
+# rounding can differ with the chunk size.
 PROMPT_CHUNK_TOKENS = 1024
 _FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, member data pointers)
 _fast_stream: torch.cuda.Stream | None = None
@@ -226,9 +227,11 @@ class FusedLinear:
 
 
 def _fast_path_stream() -> torch.cuda.Stream:
-    """The one stream for all of the fast path's GPU work: warm-up, capture and the prompt. Each stream that runs
-    a cuBLAS call holds its own workspace (32 MiB on Hopper) for the process's life, so one stream, not one per
-    capture, and the prompt on it too rather than on the default stream."""
+    """The one stream for the fast path's warm-up, capture and prompt pass. Each stream that runs a cuBLAS call
+    holds its own workspace (32 MiB on Hopper) for the process's life, so one stream, not one per capture, and the
+    prompt on it too rather than on the default stream. The graph replays on the caller's stream but with this
+    stream's workspace, fixed at capture: work queued here must be ordered against the caller's stream both ways
+    (`StepRunner.prefill`), never run beside a replay."""
     global _fast_stream
     if _fast_stream is None:
         _fast_stream = torch.cuda.Stream()
@@ -241,7 +244,7 @@ def compile_cache_dir() -> Path:
 
 
 class _DequantizedLinear:
-    """A linear or bitsandbytes 4-bit layer (under an optional PEFT LoRA wrapper) for many tokens, computed as
+    """A bitsandbytes 4-bit layer (under an optional PEFT LoRA wrapper) for many tokens, computed as
     bitsandbytes and PEFT compute it (the weight dequantised to the input's dtype, then `F.linear`; LoRA in
     float32, cast back and added), but dequantised once so that the caller can run it over chunks of tokens
     with cuBLAS alone: calling the modules per chunk costs ~0.15 ms of host time each. Weights repacked for
@@ -251,8 +254,8 @@ class _DequantizedLinear:
         self.module = module
         base = _base(module)
         state = getattr(base.weight, "quant_state", None)
-        self.weight: torch.Tensor | None = base.weight.to(dtype) if state is None else None
-        if state is not None and not getattr(state, "packing_format_for_cpu", False):
+        self.weight: torch.Tensor | None = None
+        if not getattr(state, "packing_format_for_cpu", False):
             self.weight = bnb.functional.dequantize_4bit(base.weight.data, state).to(dtype)
         self.bias = None if base.bias is None else base.bias.to(dtype)
         self.lora = _active_lora(module)
@@ -304,7 +307,6 @@ class StaticDecodeState:
         self.kv_heads, self.head_dim = int(config.num_key_value_heads), int(config.head_dim)
         self.groups = int(config.num_attention_heads) // self.kv_heads
         self.layer_types = list(config.layer_types[: config.num_hidden_layers])
-        self.final_softcap = config.final_logit_softcapping
         weight = text.embed_tokens.weight
         device, dtype = weight.device, weight.dtype
         self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
@@ -378,17 +380,16 @@ class StaticDecodeState:
         return hidden + layer.post_feedforward_layernorm(mlp_out)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (float32, 1-D) from the last position's final hidden state."""
-        logits = self.lm_head(self.text.norm(hidden[:, -1:]))[0, -1].float()
-        if self.final_softcap is not None:
-            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
-        return logits
+        """Next-token logits (float32, 1-D) from the last position's final hidden state. No final soft-capping:
+        transformers' Gemma 3 image-text model applies none (only its text-only model does)."""
+        return self.lm_head(self.text.norm(hidden[:, -1:]))[0, -1].float()
 
     def _prompt_masks(self, length: int, token_type_ids: torch.Tensor | None,
-                      device: torch.device) -> dict[str, torch.Tensor]:
+                      device: torch.device) -> dict[str, torch.Tensor | None]:
         """Which keys each prompt position attends to, per layer type, as transformers builds them for Gemma 3:
         causal, or within the same image (its tokens see each other both ways); sliding layers only the last
-        `window` positions of that. (1, 1, length, length), True = attend."""
+        `window` positions of that. (1, 1, length, length), True = attend; None where plain causal attention is
+        the mask (no image, within the window), so SDPA needs no length x length mask at all."""
         positions = torch.arange(length, device=device)
         query, key = positions.view(-1, 1), positions.view(1, -1)
         allowed = key <= query
@@ -398,7 +399,12 @@ class StaticDecodeState:
             block = torch.where(is_image, torch.cumsum(starts.int(), 0) - 1, -1)
             allowed = allowed | ((block.view(-1, 1) == block.view(1, -1)) & (block.view(-1, 1) >= 0))
         masks = {"full_attention": allowed, "sliding_attention": allowed & (key > query - self.window)}
-        return {kind: mask.view(1, 1, length, length) for kind, mask in masks.items()}
+        masks = {kind: mask.view(1, 1, length, length) for kind, mask in masks.items()}
+        if token_type_ids is None:
+            masks["full_attention"] = None
+            if length <= self.window:
+                masks["sliding_attention"] = None
+        return masks
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The model's own SigLIP layers and projector, as `get_image_features` runs them, but one image at a
@@ -431,15 +437,17 @@ class StaticDecodeState:
         if pixels is not None:
             features = self.image_features(pixels)
             hidden = hidden.masked_scatter(is_image.unsqueeze(-1), features.to(hidden.dtype))
-        masks = self._prompt_masks(length, inputs.get("token_type_ids"), hidden.device)
+        types = inputs.get("token_type_ids") if pixels is not None else None  # image blocks need images
+        masks = self._prompt_masks(length, types, hidden.device)
         positions = torch.arange(length, device=hidden.device).view(1, -1)
         rotary = {kind: self.text.rotary_emb(hidden, positions, kind) for kind in set(self.layer_types)}
         for i, layer_type in enumerate(self.layer_types):
             query, key, value = self._attention_inputs(i, hidden, rotary)
             self.store_prompt_layer(i, key, value, length)
+            mask = masks[layer_type]
             attended = F.scaled_dot_product_attention(
                 query, key.repeat_interleave(self.groups, dim=1), value.repeat_interleave(self.groups, dim=1),
-                attn_mask=masks[layer_type], scale=self.text.layers[i].self_attn.scaling)
+                attn_mask=mask, is_causal=mask is None, scale=self.text.layers[i].self_attn.scaling)
             hidden = self._after_attention(i, hidden, attended.transpose(1, 2).reshape(1, length, -1))
         return self._logits(hidden)
 
@@ -525,9 +533,11 @@ class StepRunner:
             return self.state.prefill(inputs)
         stream, current = _fast_path_stream(), torch.cuda.current_stream()
         stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            logits = self.state.prefill(inputs)
-        current.wait_stream(stream)
+        try:
+            with torch.cuda.stream(stream):
+                logits = self.state.prefill(inputs)
+        finally:
+            current.wait_stream(stream)
         logits.record_stream(current)  # read on the caller's stream after this returns
         return logits
 
@@ -597,8 +607,8 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     for layer in vision.encoder.layers:
         attn, mlp = layer.self_attn, layer.mlp
         for module in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, mlp.fc1, mlp.fc2):
-            if not isinstance(_base(module), torch.nn.Linear):
-                return "the vision tower's layers are not linear layers"
+            if not isinstance(_base(module), bnb.nn.Linear4bit) or _base(module).weight.quant_state is None:
+                return "the vision tower's layers are not bitsandbytes 4-bit layers"
             problem = lora_problem(module)
             if problem is not None:
                 return problem
