@@ -98,7 +98,9 @@ def test_ask_reads_a_dicom_file(tiny_checkpoint) -> None:
                   "--max-new-tokens", "4", "What organ is this?")
     assert result.returncode == 0, result.stderr
     assert int(re.search(r"(\d+) prompt", result.stderr).group(1)) > 16  # the CT slice became 16 image tokens
-    assert "4 new tokens" in result.stderr and "Traceback" not in result.stderr
+    # An answer within the limit: without an adapter this random model's greedy answer can end early on <eos>.
+    assert 1 <= int(re.search(r"(\d+) new tokens", result.stderr).group(1)) <= 4
+    assert "Traceback" not in result.stderr
 
 
 def test_models_check_reports_and_plans(tiny_checkpoint) -> None:
