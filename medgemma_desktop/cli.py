@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--system", help="a system text, prepended to the question (Gemma has no system role)")
     ask.add_argument("--max-new-tokens", type=int, default=1024)
     mode = ask.add_mutually_exclusive_group()
-    mode.add_argument("--greedy", dest="sample", action="store_false", help="greedy decoding (default)")
+    # Both write `sample`; argparse takes the default from the first, so it is set here, not left to store_false.
+    mode.add_argument("--greedy", dest="sample", action="store_false", default=False,
+                      help="greedy decoding (default)")
     mode.add_argument("--sample", dest="sample", action="store_true", help="sample with --temperature")
     ask.add_argument("--temperature", type=float, default=0.7)
     ask.add_argument("--seed", type=int, help="random seed for --sample")

@@ -94,13 +94,15 @@ def test_doctor_runs_the_whole_pipeline() -> None:
 def test_ask_reads_a_dicom_file(tiny_checkpoint) -> None:
     from pydicom.data import get_testdata_file
 
-    result = _run("ask", "--model", str(tiny_checkpoint.model_dir), "--image", get_testdata_file("CT_small.dcm"),
-                  "--max-new-tokens", "4", "What organ is this?")
+    args = ("ask", "--model", str(tiny_checkpoint.model_dir), "--image", get_testdata_file("CT_small.dcm"),
+            "--max-new-tokens", "4", "What organ is this?")
+    result = _run(*args)
     assert result.returncode == 0, result.stderr
     assert int(re.search(r"(\d+) prompt", result.stderr).group(1)) > 16  # the CT slice became 16 image tokens
     # An answer within the limit: without an adapter this random model's greedy answer can end early on <eos>.
     assert 1 <= int(re.search(r"(\d+) new tokens", result.stderr).group(1)) <= 4
     assert "Traceback" not in result.stderr
+    assert _run(*args).stdout == result.stdout  # greedy by default: the same question, the same answer
 
 
 def test_models_check_reports_and_plans(tiny_checkpoint) -> None:
