@@ -99,9 +99,7 @@ def test_ask_reads_a_dicom_file(tiny_checkpoint) -> None:
     result = _run(*args)
     assert result.returncode == 0, result.stderr
     assert int(re.search(r"(\d+) prompt", result.stderr).group(1)) > 16  # the CT slice became 16 image tokens
-    # An answer within the limit: without an adapter this random model's greedy answer can end early on <eos>.
-    assert 1 <= int(re.search(r"(\d+) new tokens", result.stderr).group(1)) <= 4
-    assert "Traceback" not in result.stderr
+    assert "4 new tokens" in result.stderr and "Traceback" not in result.stderr
     assert _run(*args).stdout == result.stdout  # greedy by default: the same question, the same answer
 
 
