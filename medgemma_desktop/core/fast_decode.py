@@ -159,9 +159,9 @@ def _by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> t
 
 
 def _matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`F.linear(x, weight)` for one token. Compiled, as a float32 multiply-and-sum rounded to weight's dtype: one
-    small reduction kernel where cuBLAS launches two or three for LoRA's 8- and 16-wide matrices. Uncompiled, the
-    multiply-and-sum would be four separate kernels, so cuBLAS it is."""
+    """`F.linear(x, weight)`. Compiled (only the one-token step is), as a float32 multiply-and-sum rounded to
+    weight's dtype: one small reduction kernel where cuBLAS launches two or three for LoRA's 8- and 16-wide
+    matrices. Uncompiled, the multiply-and-sum would be four separate kernels, so cuBLAS it is."""
     if is_compiling():
         return (x.float().unsqueeze(-2) * weight.float()).sum(-1).to(weight.dtype)
     return F.linear(x, weight)
