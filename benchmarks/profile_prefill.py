@@ -1,10 +1,9 @@
-"""Where the prompt's time (time to first token) and the app's resident memory go, on the full-size random model.
+"""Where the prompt's time (time to first token) goes, on the full-size random model (memory: profile_memory.py).
 
 Prefill (one image + 40 text tokens): wall time and peak memory of transformers' prefill and the app's at
 three `PROMPT_CHUNK_TOKENS` sizes, and of their vision parts, run in turn; a text-only prompt; one prefill under
 the profiler (GPU kernel time and count against the wall, the top host-side ops); host time per module class
-(forward hooks); the vision tower replayed as a CUDA graph. Memory: live blocks after `Engine.load`, grouped by
-pool and stream, the largest with the Python frame that allocated them.
+(forward hooks); the vision tower replayed as a CUDA graph.
 
 Usage: python benchmarks/profile_prefill.py OUT (needs CUDA and bitsandbytes). Writes OUT/profile_prefill.json.
 """
@@ -79,27 +78,6 @@ def alternating(variants: dict[str, Callable[[], object]], rounds: int = 9) -> d
             for name, values in times.items()}
 
 
-def live_blocks() -> dict:
-    """Live memory by (pool, stream), and the largest live blocks with the first frame outside torch."""
-    groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    blocks = []
-    for segment in torch.cuda.memory._snapshot()["segments"]:
-        key = f"pool={segment.get('segment_pool_id')} stream={segment['stream']}"
-        groups[key][1] += segment["total_size"] / MIB
-        for block in segment["blocks"]:
-            if block["state"] != "active_allocated":
-                continue
-            groups[key][0] += block["size"] / MIB
-            frames = [f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in block.get("frames", [])
-                      if "/torch/" not in f["filename"] and f["filename"].endswith(".py")]
-            blocks.append((round(block["size"] / MIB, 2), key, frames[:3]))
-    blocks.sort(key=lambda b: -b[0])
-    small = [b for b in blocks if b[0] < 16]
-    return {"by_pool_stream_mib_live_reserved": {k: [round(a, 1), round(r, 1)] for k, (a, r) in groups.items()},
-            "largest": blocks[:12], "below_16mib": {"count": len(small), "mib": round(sum(b[0] for b in small), 1),
-                                                   "sample": small[:30]}}
-
-
 def host_time_by_module(model: torch.nn.Module, fn: Callable[[], object]) -> list:
     """Inclusive host (Python + launch) time per module class over one call, without syncs."""
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
@@ -129,11 +107,8 @@ def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     build(out)
-    torch.cuda.memory._record_memory_history(max_entries=500000)
     engine = Engine.load(CKPT, ADAPTER, LoadOptions(context_limit=CONTEXT))
-    result: dict = {"decoder": engine.decoder_reason, "allocated_after_load_mib": torch.cuda.memory_allocated() / MIB,
-                    "reserved_after_load_mib": torch.cuda.memory_reserved() / MIB, "memory": live_blocks()}
-    torch.cuda.memory._record_memory_history(enabled=None)
+    result: dict = {"decoder": engine.decoder_reason}
     model, factory = engine.model, engine.decoder_factory
     core = model.get_base_model().model
     inputs = prompt(engine.plan.dtype, "cuda")
