@@ -79,7 +79,7 @@ def build(out: Path) -> None:
         return
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
-    from medgemma_desktop.testing.tiny_checkpoint import BASE_MODEL_ID, CHAT_TEMPLATE, _build_tokenizer
+    from medgemma_desktop.core.tiny_checkpoint import BASE_MODEL_ID, CHAT_TEMPLATE, _build_tokenizer
 
     start = time.time()
     tokenizer = _build_tokenizer()
@@ -108,7 +108,7 @@ def build(out: Path) -> None:
 def prompt(dtype: torch.dtype, device: str, text_tokens: int = 40, smoke: bool = False) -> dict[str, torch.Tensor]:
     """The seed bench's prompt: one image (256 soft tokens) and text, in Gemma 3's chat layout (smoke: tiny ids)."""
     if smoke:
-        from medgemma_desktop.testing.tiny_checkpoint import IMAGE_SIZE, TOKENS_PER_IMAGE
+        from medgemma_desktop.core.tiny_checkpoint import IMAGE_SIZE, TOKENS_PER_IMAGE
 
         image, boi, eoi, text = 364, 7, 8, [20 + i % 80 for i in range(text_tokens)]
         image_tokens, image_size = TOKENS_PER_IMAGE, IMAGE_SIZE
@@ -414,7 +414,7 @@ def main() -> None:
           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": sys.version.split()[0],
           "FastDecoder": FastDecoder.__module__}, out)
     if smoke:
-        from medgemma_desktop.testing import write_tiny_checkpoint
+        from medgemma_desktop.core.tiny_checkpoint import write_tiny_checkpoint
 
         tiny = write_tiny_checkpoint(Path(tempfile.mkdtemp()))
         run_app(out, tiny.model_dir, tiny.adapter_dir, smoke=True)

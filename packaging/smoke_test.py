@@ -217,7 +217,7 @@ def check_dicom(exe: Path, env: dict[str, str], scratch: Path) -> None:
     """`ask` on one compressed DICOM file per decoder: pixel plugins are found through entry points."""
     import pydicom.data
 
-    from medgemma_desktop.testing import write_tiny_checkpoint
+    from medgemma_desktop.core.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(scratch / "checkpoint")
     samples = Path(pydicom.data.__file__).parent / "test_files"

@@ -31,8 +31,8 @@ from PySide6.QtWidgets import QApplication
 from medgemma_desktop.core.engine import GenerationStats
 from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.settings import Settings, save_settings
+from medgemma_desktop.core.tiny_checkpoint import write_tiny_checkpoint
 from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS
-from medgemma_desktop.testing import write_tiny_checkpoint
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.theme import apply_theme
 from medgemma_desktop.ui.worker import Answer, ModelState

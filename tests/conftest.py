@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from medgemma_desktop.testing import TinyCheckpoint, write_tiny_checkpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint, write_tiny_checkpoint
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

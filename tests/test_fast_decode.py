@@ -40,7 +40,7 @@ from medgemma_desktop.core.fast_decode import (
     choose_decoder,
 )
 from medgemma_desktop.core.prompts import build_chat
-from medgemma_desktop.testing.tiny_checkpoint import SLIDING_WINDOW, TOKENS_PER_IMAGE
+from medgemma_desktop.core.tiny_checkpoint import SLIDING_WINDOW, TOKENS_PER_IMAGE
 
 TOLERANCE = 0.05  # of the smallest step-to-step change of the eager logits
 

@@ -30,8 +30,7 @@ from medgemma_desktop.core.prompts import (
     to_processor_messages,
     user_turn,
 )
-from medgemma_desktop.testing import TinyCheckpoint
-from medgemma_desktop.testing.tiny_checkpoint import TOKENS_PER_IMAGE
+from medgemma_desktop.core.tiny_checkpoint import TOKENS_PER_IMAGE, TinyCheckpoint
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 NOTEBOOK_CT_INSTRUCTION = ("You are an instructor teaching medical students. You are analyzing a contiguous block "

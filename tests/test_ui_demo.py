@@ -18,7 +18,7 @@ from medgemma_desktop.core.demo import BANNER
 from medgemma_desktop.core.device import DevicePlan
 from medgemma_desktop.core.model_folder import check_model_folder
 from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
-from medgemma_desktop.testing import TinyCheckpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.ui.machine_check import judge_machine
 from medgemma_desktop.ui.main_window import DEMO_DB_FILENAME, MainWindow
 from medgemma_desktop.ui.worker import ModelState

@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 
 from medgemma_desktop.core.settings import SCHEMA_VERSION, load_settings
-from medgemma_desktop.testing import TinyCheckpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.worker import ModelState
 

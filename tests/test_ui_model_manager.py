@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from medgemma_desktop.core.fingerprint import FingerprintCache
 from medgemma_desktop.core.settings import load_settings, save_settings
-from medgemma_desktop.testing import TinyCheckpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.model_manager import ADAPTER_ROLE, ModelManagerDialog
 from medgemma_desktop.ui.worker import ModelState

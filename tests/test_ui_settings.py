@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QApplication
 
 from medgemma_desktop.core.gpu import GpuMemory, GpuMonitor
 from medgemma_desktop.core.settings import SCHEMA_VERSION, Settings, load_settings, save_settings
-from medgemma_desktop.testing import TinyCheckpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.status import gpu_text
 from medgemma_desktop.ui.theme import apply_theme, dark_palette

@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt
 
 from medgemma_desktop.core.engine import GenerationSettings, LoadOptions
 from medgemma_desktop.core.prompts import build_chat
-from medgemma_desktop.testing import TinyCheckpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.ui.worker import ModelHost, ModelState
 
 TIMEOUT_MS = 30_000

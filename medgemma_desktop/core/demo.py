@@ -9,7 +9,7 @@ from medgemma_desktop.core.app_dirs import cache_dir
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.imaging import ImageInput, load_any
 from medgemma_desktop.core.model_folder import check_adapter_folder, check_model_folder
-from medgemma_desktop.testing import TinyCheckpoint, write_tiny_checkpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint, write_tiny_checkpoint
 
 BANNER = ("DEMO MODE: a tiny model with random weights is answering. Its answers are random characters and mean "
           "nothing. Pick the real MedGemma folders in Settings to leave the demo.")

@@ -82,7 +82,7 @@ def check_pipeline(workdir: Path | None = None) -> Iterator[StepResult]:
 
 
 def _write_checkpoint(root: Path, state: dict) -> str:
-    from medgemma_desktop.testing import write_tiny_checkpoint
+    from medgemma_desktop.core.tiny_checkpoint import write_tiny_checkpoint
 
     state["checkpoint"] = write_tiny_checkpoint(root)
     return str(state["checkpoint"].model_dir)

@@ -34,7 +34,7 @@ from medgemma_desktop.core.imaging import ImageInput, load_any
 from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.settings import Settings, load_settings, save_settings
 from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
-from medgemma_desktop.testing import TinyCheckpoint
+from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.ui.about import AboutDialog
 from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.box_overlay import FoundBoxes

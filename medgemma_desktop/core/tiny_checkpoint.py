@@ -1,6 +1,6 @@
 """A tiny, randomly initialised MedGemma-shaped checkpoint written in the real on-disk layout.
 
-Tests, `medgemma-desktop doctor` and demo mode load it through exactly the code that loads the real
+`medgemma-desktop doctor`, demo mode and the tests load it through exactly the code that loads the real
 google/medgemma-1.5-4b-it folder: config.json, two safetensors shards with an index, a real `tokenizers` BPE
 tokenizer with Gemma's special tokens and byte fallback, the Gemma 3 processor and chat template, and a rank-8
 LoRA adapter on q/v/o. Sizes are chosen for bitsandbytes NF4 on the CPU: every quantized linear layer has an
