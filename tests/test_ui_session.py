@@ -5,6 +5,7 @@ by one (without suffixes) become one series."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
 from medgemma_desktop.session.conversation import Session
 from medgemma_desktop.session.inputs import open_inputs
 from medgemma_desktop.session.question import prepare_question
+from medgemma_desktop.ui.export_dialog import write_pdf
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.worker import GenerateRequest, ModelState
 
@@ -103,6 +105,9 @@ def test_a_reopened_localization_answer_draws_its_boxes_and_regenerates_the_same
     # drawn on the original picture: side 320, so 0..1000 is 0..320 px, the picture 40 px in from the left
     assert rect.mapRectToScene(rect.rect()) == QRectF(200 * 0.32 - 40, 100 * 0.32, 400 * 0.32, 400 * 0.32)
     assert window.viewer.current_picture().input.image.size == (240, 320)
+    pdf = write_pdf(window.store, conversation_id, tmp_path / "boxes.pdf", include_patient_data=False)
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Boxes" in text and "left lung" in text and "box_2d" in text  # the stored boxes, in the PDF export
     with qtbot.waitSignal(window.answer_finished, timeout=TIMEOUT_MS):
         qtbot.mouseClick(window.chat.regenerate_button, Qt.MouseButton.LeftButton)
     assert_same_model_inputs(tiny_engine, requests[-1].turns, job.turns)
