@@ -229,3 +229,24 @@ def test_a_failed_generation_is_stored_as_failed_and_shown_in_the_exchange(scrip
     (message,) = store.messages(session.id)
     assert message.answer.status.value == "failed" and message.answer.text == "A partial"
     assert "out of memory" in session.last.error and not session.last.complete
+
+
+def test_a_series_mode_reads_the_selected_volume_and_leaves_pictures_waiting(tmp_path: Path, ct_slices) -> None:
+    from medgemma_desktop.core.windowing import ct_rgb_slice
+    from medgemma_desktop.session.question import plan_items
+
+    photo = open_inputs([_picture(tmp_path / "photo.png", (20, 10), (1, 2, 3))])
+    ct_slices(tmp_path / "ct", [0.0, 2.5, 5.0, 7.5])
+    (series,) = open_inputs([tmp_path / "ct"])
+    (lone_ct,) = open_inputs([Path(get_testdata_file("CT_small.dcm"))])  # as the demo's sample study gives it
+    waiting = [*photo, lone_ct, series]
+    assert plan_items(TaskMode.CT_SERIES, waiting) == [series]  # the newest series
+    assert plan_items(TaskMode.CT_SERIES, waiting, selected=lone_ct) == [lone_ct]  # the one the user looks at
+    prepared = prepare_question(TaskMode.CT_SERIES, [*photo, lone_ct])
+    (slice_,) = prepared.images  # a lone CT image goes as a one-slice volume, through the CT windows
+    assert prepared.series == "CT"
+    assert slice_.image.tobytes() == Image.fromarray(ct_rgb_slice(lone_ct.input.dicom.values[0])).tobytes()
+    with pytest.raises(UserFacingError, match="reads DICOM slices"):
+        plan_items(TaskMode.CT_SERIES, photo)
+    with pytest.raises(UserFacingError, match="is a series of slices"):
+        plan_items(TaskMode.DESCRIBE, waiting)
