@@ -161,3 +161,17 @@ def test_slices_opened_one_by_one_become_one_series(qtbot, viewer, tmp_path: Pat
     picture = viewer.model.picture(0)
     assert picture.series is not None and picture.series.slice_count == 20
     assert "(20 slices)" in picture.input.label
+
+
+def test_file_open_shows_files_without_a_suffix_and_open_folder_is_in_the_menu(qtbot, tiny_settings_path: Path,
+                                                                              tmp_path: Path) -> None:
+    from PySide6.QtWidgets import QMenu
+
+    from medgemma_desktop.ui.viewer import OPEN_FILTER
+
+    assert OPEN_FILTER.split(";;")[0].endswith("(*)")  # the default filter hides no DICOM file without a suffix
+    window = MainWindow(tiny_settings_path, data_folder=tmp_path / "data")
+    qtbot.addWidget(window)
+    actions = {action.text(): action for menu in window.menuBar().findChildren(QMenu) for action in menu.actions()}
+    assert "Open &folder…" in actions and actions["Open &folder…"].shortcut().toString() == "Ctrl+Shift+O"
+    window.close()
