@@ -557,7 +557,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Ask a question or open a conversation first: there is nothing to export.",
                                          10_000)
             return None
-        dialog = ExportDialog(self.store.conversation(conversation_id).title, Path.home(), self)
+        dialog = ExportDialog(self.store.conversation(conversation_id).title, Path.home(), self, demo=self.demo)
         store = self.store
         dialog.accepted.connect(lambda: self._export(store, conversation_id, dialog))
         dialog.finished.connect(dialog.deleteLater)
