@@ -24,7 +24,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QSta
 from medgemma_desktop.core.app_dirs import data_dir
 from medgemma_desktop.core.boxes import parse_boxes
 from medgemma_desktop.core.decoding import SamplingSettings
-from medgemma_desktop.core.demo import demo_checkpoint, sample_study
+from medgemma_desktop.core.demo import DEMO_MAX_NEW_TOKENS, demo_checkpoint, demo_series, sample_study
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import GenerationSettings, LoadOptions, ModelIdentity
 from medgemma_desktop.core.errors import UserFacingError
@@ -279,7 +279,10 @@ class MainWindow(QMainWindow):
         self._switch_history(DEMO_DB_FILENAME)
         self.pages.setCurrentWidget(self.workspace)
         self.viewer.open_inputs(sample_study)
+        self.jobs.run(demo_series, self._open_demo_series, self._demo_failed)  # written once, in the cache
         if self._demo_checkpoint is None:
+            self.model_status.setText("Model: preparing the demo model…")
+            self.loading.start_busy("Writing the tiny demo model into the cache folder (the first time only)")
             self.jobs.run(demo_checkpoint, self._demo_ready, self._demo_failed)  # written once, in the cache
         else:
             self._request_load()
@@ -289,7 +292,13 @@ class MainWindow(QMainWindow):
         if self.demo:
             self._request_load()
 
+    def _open_demo_series(self, folder: Path) -> None:
+        if self.demo:
+            self.viewer.open_paths([folder])
+
     def _demo_failed(self, exc: Exception) -> None:
+        self.loading.hide()
+        self.model_status.show_state(self.host.state, "", self.host.identity)
         report_unexpected(type(exc), exc, exc.__traceback__)
         self.chat.show_notice(f"The demo model could not be made: {type(exc).__name__}: {exc}")
 
@@ -314,6 +323,7 @@ class MainWindow(QMainWindow):
             self.host.stop()  # the answer still lands in the history it was asked in
         self._answering = False
         self.chat.clear()
+        self.chat.task.set_mode(TaskMode.FREE_CHAT)  # not the demo series' mode, with no series left
         self.viewer.model.clear()
         self.store = self._open_store(filename)
         self.history.set_store(self.store)
@@ -330,7 +340,8 @@ class MainWindow(QMainWindow):
         self.first_run.force_cpu = self.settings.force_cpu
 
     def generation_settings(self) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=self.settings.max_new_tokens,
+        limit = self.settings.max_new_tokens
+        return GenerationSettings(max_new_tokens=min(limit, DEMO_MAX_NEW_TOKENS) if self.demo else limit,
                                   sampling=SamplingSettings(greedy=self.settings.greedy,
                                                             temperature=self.settings.temperature))
 
@@ -684,7 +695,7 @@ class MainWindow(QMainWindow):
         self._save_settings(settings)
         app = QApplication.instance()
         if isinstance(app, QApplication):
-            apply_theme(app, settings.theme)
+            apply_theme(app, settings.theme, settings.text_size)
         self.gpu_status.set_plan(choose_device(settings.force_cpu))
         self._budget_timer.start()
         self._sync_first_run()
