@@ -61,6 +61,7 @@ from medgemma_desktop.ui.task_inputs import (
 from medgemma_desktop.ui.theme import app_icon, apply_theme
 from medgemma_desktop.ui.token_budget import BudgetCheck, TokenCounter, check_budget
 from medgemma_desktop.ui.viewer import ImageLoader, ViewerPanel
+from medgemma_desktop.ui.window_size import first_window_size
 from medgemma_desktop.ui.worker import AdapterRequest, Answer, ModelHost, ModelState, Recording
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class MainWindow(QMainWindow):
             signal.connect(self._budget_timer.start)
         self.first_run.demo_requested.connect(self.start_demo)
         self.demo_banner.leave_requested.connect(self._leave_demo_requested)
-        self.resize(1280, 780)
+        self.resize(first_window_size(self))
         if loaded.notice:
             self.statusBar().showMessage(loaded.notice, 20_000)
         self._sync_first_run()
@@ -209,7 +210,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         self._action(file_menu, "&Load model", self._request_load, "Ctrl+L")
         self._action(file_menu, "&Model manager…", self.open_model_manager, "Ctrl+M")
-        self._action(file_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
+        self._action(file_menu, "&Settings…", self.open_settings, "Ctrl+,")  # Cmd+, on macOS
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         chat_menu = bar.addMenu("&Chat")

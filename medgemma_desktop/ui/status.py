@@ -47,7 +47,8 @@ class GpuStatusLabel(QLabel):
     def refresh(self) -> None:
         reading = self._monitor.read() if self._plan.is_cuda else None
         if reading is None:
-            self.setText(self._plan.reason if self._plan.device == "cpu" else f"{self._plan.gpu_name} · no reading")
+            gpu = f"{shortened(self._plan.gpu_name or 'GPU')} · no reading"
+            self.setText(f"CPU mode · {self._plan.dtype_name}" if self._plan.device == "cpu" else gpu)
         else:
             self.setText(gpu_text(reading))
         self.setToolTip(self._plan.reason)
