@@ -83,3 +83,30 @@ def test_text_size_scales_the_app_font(qapp: QApplication) -> None:
     assert qapp.font().pointSizeF() == pytest.approx(base * 2)
     apply_theme(qapp, "light", 100)
     assert qapp.font().pointSizeF() == pytest.approx(base)
+
+
+def test_transcript_links_follow_the_theme(qtbot, qapp: QApplication) -> None:
+    """Qt's Markdown reader colours links with the palette at reading time; after a theme switch they must
+    still meet AA on the transcript's background (they were dark blue on dark grey)."""
+    from PySide6.QtGui import QTextCursor
+
+    from medgemma_desktop.core.engine import GenerationStats
+    from medgemma_desktop.ui.chat import ChatPane
+    from medgemma_desktop.ui.worker import Answer
+
+    apply_theme(qapp, "light")
+    chat = ChatPane()
+    qtbot.addWidget(chat)
+    chat.show()
+    chat.begin("Question", [])
+    chat.finish(Answer("An answer.", "", GenerationStats(new_tokens=3)))
+    for theme in ("dark", "light"):
+        apply_theme(qapp, theme)
+        qapp.processEvents()
+        document = chat.transcript.document()
+        found = document.find("Copy answer")
+        assert not found.isNull() and found.charFormat().isAnchor()
+        cursor = QTextCursor(found)
+        colour = cursor.charFormat().foreground().color()
+        background = chat.transcript.palette().color(Role.Base)
+        assert contrast(colour, background) >= 4.5, f"{theme}: link {colour.name()} on {background.name()}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from PySide6.QtCore import QElapsedTimer, QMimeData, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QElapsedTimer, QEvent, QMimeData, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -176,10 +176,6 @@ class ChatPane(QWidget):
             buttons.addWidget(button)
         buttons.addStretch(1)
         buttons.addWidget(self.speed)
-        # Tab from the question goes to the buttons (the first enabled one), not into the text.
-        chain = (self.question, self.send_button, self.stop_button, self.regenerate_button, self.copy_button)
-        for first, second in pairwise(chain):
-            QWidget.setTabOrder(first, second)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -189,6 +185,10 @@ class ChatPane(QWidget):
         layout.addWidget(self.edit_bar)
         layout.addWidget(self.question)
         layout.addLayout(buttons)
+        # Tab from the question goes to the buttons (the first enabled one), not into the text.
+        chain = (self.question, self.send_button, self.stop_button, self.regenerate_button, self.copy_button)
+        for first, second in pairwise(chain):
+            QWidget.setTabOrder(first, second)
 
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(FLUSH_INTERVAL_MS)
@@ -348,6 +348,12 @@ class ChatPane(QWidget):
         elif action == "thinking":
             exchange = self.conversation.exchanges[int(index)]
             exchange.show_thinking = not exchange.show_thinking
+            self._render()
+
+    def changeEvent(self, event: QEvent) -> None:
+        """Qt's Markdown reader colours links with the palette of the moment: draw again in the new theme's."""
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange:
             self._render()
 
     def _show_mode(self, mode: TaskMode) -> None:

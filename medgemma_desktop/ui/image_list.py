@@ -130,7 +130,7 @@ class ThumbnailStrip(QListView):
 
     def _fit_cells(self) -> None:
         line = self.fontMetrics().lineSpacing()
-        cell = QSize(THUMBNAIL_SIZE + 6 * line, THUMBNAIL_SIZE + LABEL_LINES * line + CELL_MARGIN)
+        cell = QSize(THUMBNAIL_SIZE + 4 * line, THUMBNAIL_SIZE + LABEL_LINES * line + CELL_MARGIN)
         self.setGridSize(cell)
         scroll = self.horizontalScrollBar().sizeHint().height()
         self.setFixedHeight(cell.height() + scroll + 2 * self.frameWidth() + CELL_MARGIN)
