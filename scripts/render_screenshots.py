@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.viewer.strip.setCurrentIndex(demo.viewer.model.index(0))
     demo.viewer.set_window(CT_WINDOW_PRESETS["lung"])
     demo.chat.question.setPlainText("Any nodules?")
+    demo.update_budget()
     app.processEvents()
     demo.grab().save(str(args.out / "window_demo.png"))
     settings = SettingsDialog(demo.settings, demo)

@@ -410,7 +410,7 @@ class MainWindow(QMainWindow):
             return None
         has_series = any(picture.series is not None for picture in plan)
         return check_budget(turns, self.token_counter, context_limit=self.settings.context_limit,
-                            reserve_tokens=self.settings.max_new_tokens,
+                            reserve_tokens=self.generation_settings().max_new_tokens,
                             series=SERIES_MODES.get(mode) if has_series else None,
                             question=question.strip() or mode.default_question)
 
