@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QApplication, QDialogButtonBox
 from medgemma_desktop.cli import main
 from medgemma_desktop.core.demo import BANNER, DEMO_MAX_NEW_TOKENS, SERIES_DESCRIPTION
 from medgemma_desktop.core.device import DevicePlan
+from medgemma_desktop.core.export import DEMO_NOTICE
 from medgemma_desktop.core.model_folder import check_model_folder
 from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
@@ -69,7 +70,8 @@ def test_demo_starts_with_the_banner_the_model_and_the_sample_study(demo: MainWi
     assert demo.host.identity.model.folder == "medgemma-tiny"
 
 
-def test_the_demo_series_scrolls_and_answers_the_ct_series_task(qtbot, ask_and_wait, demo: MainWindow) -> None:
+def test_the_demo_series_scrolls_and_answers_the_ct_series_task(qtbot, ask_and_wait, demo: MainWindow,
+                                                                 tmp_path: Path) -> None:
     row = rows(demo)[f"{SERIES_DESCRIPTION} (20 slices)"]
     demo.viewer.strip.setCurrentIndex(demo.viewer.model.index(row))
     assert demo.viewer.view.slice_count == 20
@@ -85,6 +87,11 @@ def test_the_demo_series_scrolls_and_answers_the_ct_series_task(qtbot, ask_and_w
     ask_and_wait(demo, "", TIMEOUT_MS)  # the mode's own question
     assert sum(not isinstance(part, str) for part in requests[0].turns[-1].parts) == 4
     assert demo.chat.conversation.last.stats.new_tokens <= DEMO_MAX_NEW_TOKENS
+    dialog = demo.open_export()  # a demo export says where it came from
+    dialog.path_edit.setText(str(tmp_path / "demo case.md"))
+    with qtbot.waitSignal(demo.export_finished, timeout=TIMEOUT_MS) as exported:
+        qtbot.mouseClick(dialog.export_button, Qt.MouseButton.LeftButton)
+    assert DEMO_NOTICE in exported.args[0].read_text(encoding="utf-8")
 
 
 def test_demo_answers_stop_early_and_settings_save_without_a_model_folder(qtbot, demo: MainWindow,
