@@ -8,7 +8,8 @@ fixed sample answer, handed to the window the way the worker hands over a finish
 the tiny checkpoint's (16 tokens per image, not MedGemma's 256). The demo view is the app's own demo mode (its
 synthetic CT phantom series in the lung window); the large-text view is the window at 150 % text size on a screen
 of 1067 x 667 logical pixels (a 1600 x 1000 screen at 150 % scaling), the size the window now opens at there.
-Caches and demo files go to a temporary folder, not the user's.
+The model manager shows an adapter check refused under its field. Caches and demo files go to a temporary folder,
+not the user's.
 
     PYTHONPATH=. python scripts/render_screenshots.py [--out docs]
 """
@@ -168,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     window.update_budget()
     app.processEvents()
     window.grab().save(str(args.out / "window_boxes.png"))
+    manager = window.open_model_manager()  # a refused adapter folder: the reason shows under its field
+    manager.adapter_field.set_path(str(checkpoint.model_dir))
+    manager.check_adapter()
+    spin_until(lambda: not manager.checking)
+    app.processEvents()
+    manager.grab().save(str(args.out / "model_manager.png"))
+    manager.reject()
+
     window.resize(1067 - 16, 667 - 48)
     window.new_conversation()
     window.chat.task.set_mode(TaskMode.FREE_CHAT)
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.close()
     demo.close()
     for name in ("first_run.png", "window.png", "window_dark.png", "window_ct.png", "window_boxes.png",
-                 "window_large_text.png", "window_demo.png", "settings.png"):
+                 "window_large_text.png", "window_demo.png", "settings.png", "model_manager.png"):
         print(args.out / name)
     return 0
 

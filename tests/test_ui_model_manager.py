@@ -88,6 +88,7 @@ def test_checks_good_and_bad_folders(qtbot, window: MainWindow, tmp_path: Path,
     assert "architecture" in report and "Gemma3ForConditionalGeneration" in report
     assert window.host.identity.model.sha256 in report  # the same hash the engine records with answers
     assert progress and progress[-1] == 100 and (tmp_path / "digests.json").is_file()
+    assert base_box.isAncestorOf(dialog.progress_bar)
     memory = dialog.memory_label.text()
     assert "KV cache" in memory or memory.startswith("CPU only")
     assert dialog.load_model_button.isEnabled()
@@ -96,6 +97,7 @@ def test_checks_good_and_bad_folders(qtbot, window: MainWindow, tmp_path: Path,
     check(qtbot, dialog, dialog.add_adapter_button)
     assert "adapter_config.json" in dialog.adapter_error.text() and dialog.adapter_error.isVisible()
     assert dialog.adapter_field.parentWidget().isAncestorOf(dialog.adapter_error)
+    assert dialog.adapter_field.parentWidget().isAncestorOf(dialog.progress_bar)  # moved to the running check
     assert not dialog.model_error.isVisible()
     dialog.reject()
 

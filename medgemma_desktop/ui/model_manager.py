@@ -3,8 +3,8 @@ progress bar, remembered), see the memory plan for the current context limit, li
 models, and switch the active adapter (or run the base alone) without reloading the base.
 
 Checks and hashes run on a background job; the engine is never touched here: attaching or switching an adapter
-is a request the main window sends to the model thread. A failed check is reported right under the field (or
-list) it concerns, not at the bottom of the dialog.
+is a request the main window sends to the model thread. A check's progress and its failure show right under the
+field (or list) it concerns, not at the bottom of the dialog.
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class ModelManagerDialog(QDialog):
         row.addWidget(self.check_model_button)
         row.addWidget(self.load_model_button)
         base.addLayout(row)
+        base.addWidget(self.progress_bar)
         base.addWidget(self.model_error)
         base.addWidget(self.model_report)
         base.addWidget(QLabel(f"<b>Memory plan</b> (context limit {settings.context_limit:,} tokens, one image):"))
@@ -186,7 +187,6 @@ class ModelManagerDialog(QDialog):
         layout.addWidget(base_box)
         layout.addWidget(adapter_box, 1)
         layout.addWidget(cache_box)
-        layout.addWidget(self.progress_bar)
         layout.addWidget(buttons)
 
         host.state_changed.connect(self._on_model_state)
@@ -217,6 +217,8 @@ class ModelManagerDialog(QDialog):
              error_label: QLabel) -> None:
         self._error_label = error_label
         self._show_error("")
+        section = error_label.parentWidget().layout()  # the hash's progress shows above the error, by the field
+        section.insertWidget(section.indexOf(error_label), self.progress_bar)
         self.progress_bar.setValue(0)
         self.progress_bar.show()
         self._set_checking(True)
