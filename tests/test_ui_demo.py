@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QApplication, QDialogButtonBox
 
 from medgemma_desktop.cli import main
@@ -98,6 +99,9 @@ def test_demo_answers_stop_early_and_settings_save_without_a_model_folder(qtbot,
                                                                            tmp_path: Path) -> None:
     demo.settings = replace(demo.settings, max_new_tokens=1024)
     assert demo.generation_settings().max_new_tokens == DEMO_MAX_NEW_TOKENS
+    app = QApplication.instance()
+    apply_theme(app, "light", 100)
+    base_size = app.font().pointSizeF()
     dialog = demo.open_settings()
     dialog.theme.setCurrentIndex(dialog.theme.findData("dark"))
     dialog.decoding.setCurrentIndex(dialog.decoding.findData(False))
@@ -109,6 +113,8 @@ def test_demo_answers_stop_early_and_settings_save_without_a_model_folder(qtbot,
     assert (saved["theme"], saved["greedy"], saved["max_new_tokens"], saved["text_size"]) == ("dark", False, 32, 115)
     assert saved["model_dir"] is None and demo.demo and demo.demo_banner.isVisible()
     assert demo.generation_settings().max_new_tokens == 32
+    assert app.font().pointSizeF() == pytest.approx(base_size * 1.15)  # the text size applies at once
+    assert app.palette().color(QPalette.ColorRole.Window).lightness() < 128  # and the theme
     apply_theme(QApplication.instance(), "light")
 
 
