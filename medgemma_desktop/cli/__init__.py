@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,33 +44,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    termination = None
+    if args.command is None:  # the window: SIGTERM and Ctrl+C are taken over before anything slow (Qt, torch)
+        from medgemma_desktop.ui.termination import TerminationRequest
+
+        termination = TerminationRequest()
+        uninstall_termination = termination.install()
     setup_logging(debug=args.debug)
     log.info("medgemma-desktop %s: %s", __version__, args.command or "window")  # never argv: it holds questions
+    log.debug("Python %s on %s", platform.python_version(), platform.platform())
     try:
-        status = args.run(args) if args.command is not None else _run_window(args)
+        if termination is None:
+            status = args.run(args)
+        else:
+            from medgemma_desktop.ui.app import run_app
+
+            status = run_app(sys.argv[:1], demo=args.demo, files=args.open, quit_after_s=args.quit_after,
+                             termination=termination, debug=args.debug)
     except UserFacingError as exc:
         log.info("refused (%s)", exc.kind)
         print(f"medgemma-desktop: {exc}", file=sys.stderr)
         status = EXIT_USER_ERROR
+    finally:
+        if termination is not None:
+            uninstall_termination()
     log.info("exit status %d", status)
     return status
-
-
-def _run_window(args: argparse.Namespace) -> int:
-    """The window: SIGTERM and Ctrl+C are taken over first, before the slow imports (Qt, torch), so a stop
-    request at any moment after start closes the app cleanly."""
-    from medgemma_desktop.ui.termination import TerminationRequest
-
-    termination = TerminationRequest()
-    uninstall = termination.install()
-    try:
-        from medgemma_desktop.ui.app import run_app
-
-        return run_app(sys.argv[:1], demo=args.demo, files=args.open, quit_after_s=args.quit_after,
-                       termination=termination, debug=args.debug)
-    finally:
-        uninstall()
-
 
 if __name__ == "__main__":
     sys.exit(main())
