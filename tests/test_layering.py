@@ -65,6 +65,15 @@ def test_each_forbidden_arrow_breaks_its_contract(package_copy: Path, module: st
     assert len(broken) == 1 and contract in broken[0], result.stdout
 
 
+def test_the_readme_test_command_that_ci_runs_checks_the_contracts() -> None:
+    sys.path.insert(0, str(PYPROJECT.parent / ".ci"))
+    from readme_commands import section_commands
+
+    (command,) = section_commands("Tests", (PYPROJECT.parent / "README.md").read_text(encoding="utf-8"))
+    assert " && .venv/bin/lint-imports && " in command and "'.[test]'" in command
+    assert '"import-linter' in PYPROJECT.read_text(encoding="utf-8")  # the test extra installs it
+
+
 def test_importing_all_of_core_and_session_loads_no_qt() -> None:
     modules = [f"medgemma_desktop.{layer}.{path.stem}" for layer in ("core", "session")
                for path in (PACKAGE / layer).glob("*.py") if path.stem != "__init__"]
