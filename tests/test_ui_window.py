@@ -30,6 +30,7 @@ from medgemma_desktop.core.engine import LoadOptions
 from medgemma_desktop.core.errors import InputFileError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.imaging import load_image
+from medgemma_desktop.ui.chat import FLUSH_INTERVAL_MS
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.viewer import ImageCanvas
 from medgemma_desktop.ui.worker import Answer, ModelState
@@ -158,8 +159,10 @@ def test_tokens_are_coalesced_into_a_few_repaints_per_second(qtbot, window: Main
         window.host.stop()
     elapsed = time.perf_counter() - started
     assert len(tokens) >= 150
-    assert len(renders) <= elapsed / 0.1 + 4  # at most one render per flush interval, plus begin and finish
-    assert len(renders) < len(tokens) / 3
+    # What a user sees: the transcript repaints at most once per flush interval (plus begin and finish), however
+    # fast tokens come. (How many tokens share a repaint depends on the token rate, which a busy machine slows.)
+    assert len(renders) <= elapsed / (FLUSH_INTERVAL_MS / 1000) + 4
+    assert len(renders) < len(tokens)
 
 
 def test_stop_mid_answer_keeps_the_partial_answer(qtbot, window: MainWindow) -> None:

@@ -29,6 +29,7 @@ APP_LOGGER = "medgemma_desktop"
 _handlers: list[logging.Handler] = []
 _root_level_before: int | None = None
 _faulthandler_was_enabled = False
+_crash_file: TextIO | None = None
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -42,8 +43,6 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value: TextIO) -> None:
         pass
-
-_crash_file: TextIO | None = None
 
 
 def setup_logging(directory: Path | None = None, debug: bool = False) -> Path:

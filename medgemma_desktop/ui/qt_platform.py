@@ -42,6 +42,7 @@ PACKAGES = {
     "libfontconfig": ("libfontconfig1", "fontconfig"),
     "libdbus-1": ("libdbus-1-3", "dbus-libs"),
 }
+_BUNDLED = ("libQt6", "libpyside6", "libshiboken6")
 _NOT_FOUND = re.compile(r"^\s*(\S+)\s+=>\s+not found", re.MULTILINE)
 
 
@@ -66,12 +67,13 @@ def xcb_plugin(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def missing_libraries(plugin: Path) -> list[str]:
-    """The shared libraries `plugin` needs that the dynamic linker cannot find (empty if ldd is unavailable)."""
+    """The system libraries `plugin` needs that the dynamic linker cannot find (empty if ldd is unavailable).
+    Qt's own libraries are left out: the app brings them, and a frozen app finds them its own way."""
     try:
         result = subprocess.run(["ldd", str(plugin)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return []
-    return sorted(set(_NOT_FOUND.findall(result.stdout)))
+    return sorted({name for name in _NOT_FOUND.findall(result.stdout) if not name.startswith(_BUNDLED)})
 
 
 def install_hint(libraries: list[str]) -> str:
