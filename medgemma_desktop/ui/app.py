@@ -62,7 +62,8 @@ def _run_window(argv: Sequence[str] | None, settings_path: Path | None, log_dir:
     app.setOrganizationName("MedGemma Desktop")
     app.setDesktopFileName("medgemma-desktop")  # lets Wayland desktops match the window to its menu entry
     app.setWindowIcon(app_icon())
-    apply_theme(app, load_settings(settings_path).settings.theme)
+    settings = load_settings(settings_path).settings
+    apply_theme(app, settings.theme, settings.text_size)
     window = MainWindow(settings_path, data_folder=data_folder, demo=demo)
     reporter = ErrorReporter(lambda: window)
     uninstall_hooks = install_hooks(reporter)
