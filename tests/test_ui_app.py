@@ -98,6 +98,30 @@ def test_the_window_says_once_that_the_last_run_crashed(qtbot, qapp: QApplicatio
     assert (logs / LAST_CRASH_FILE).read_text().startswith("Fatal Python error")
 
 
+def test_sigterm_with_a_dialog_open_closes_the_window_from_the_event_loop(qapp: QApplication, tmp_path: Path) -> None:
+    """The handler only posts the close: the window closes on the next pass of the event loop, also while one of
+    its dialogs is open, and run_app returns 0."""
+    seen: list[str] = []
+
+    def open_a_dialog_and_terminate() -> None:
+        window = next(w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible())
+        dialog = window.open_settings()
+        seen.append(f"dialog open: {dialog.isVisible()}")
+        os.kill(os.getpid(), signal.SIGTERM)  # run_app's own handler takes it (installed while the loop runs)
+        seen.append(f"window still open right after the signal: {window.isVisible()}")
+
+    QTimer.singleShot(500, open_a_dialog_and_terminate)
+    try:
+        assert run_app([], settings_path=tmp_path / "settings.json", log_dir=tmp_path / "logs",
+                       data_folder=tmp_path) == 0
+    finally:
+        teardown_logging()
+    assert seen == ["dialog open: True", "window still open right after the signal: True"]
+    log = (tmp_path / "logs" / LOG_FILE).read_text(encoding="utf-8")
+    assert "SIGTERM received: closing the window" in log and "window closed" in log
+    assert [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()] == []
+
+
 def start_demo(home: Path) -> tuple[subprocess.Popen[str], Path]:
     """The real `medgemma-desktop --demo` on Qt's offscreen platform, with its own folders; returns the process
     and its log file."""
