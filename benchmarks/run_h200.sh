@@ -41,7 +41,7 @@ if [ $PART = load ] || [ $PART = all ]; then
     start=$(date +%s.%N)
     XDG_CACHE_HOME=/tmp/ask-cache timeout 100 $PYTHON -m medgemma_desktop ask --model /tmp/medgemma-arch-random-896 \
       --adapter /tmp/lora-r8-random-896 --image $CT --max-new-tokens 64 "Describe this CT." 2>&1 >/dev/null \
-      | grep -v "tensors)\|weights' hash\|Writing" | while IFS= read -r line; do echo "$(date +%s.%N) $line"; done \
+      | grep --line-buffered -v "tensors)\|weights' hash\|Writing" | while IFS= read -r line; do echo "$(date +%s.%N) $line"; done \
       | awk -v s=$start '{t=$1; $1=""; printf "%.2f%s\n", t-s, $0}' | tee -a $OUT/ask.log
     echo "round $round exit $?" | tee -a $OUT/ask.log
   done

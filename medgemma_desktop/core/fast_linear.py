@@ -91,14 +91,15 @@ class LoraSlots:
     def covering(cls, layers: Iterable[torch.nn.Module]) -> LoraSlots:
         """Slots that fit every adapter loaded on these decoder layers (PEFT keeps them all attached), in the
         active adapter's dtype (else the first one's): switching among them only copies."""
-        rank, targets, dtypes = 0, set(), []
+        rank, targets, active_dtypes, dtypes = 0, set(), [], []
         for layer in layers:
             for group in STEP_PROJECTIONS:
                 for name, module in zip(STEP_PROJECTIONS[group][1], projections(layer, group), strict=True):
                     for adapter, lora_a in getattr(module, "lora_A", {}).items():
                         rank, targets = max(rank, lora_a.weight.shape[0]), targets | {name}
                         active = adapter in module.active_adapters and not module.disable_adapters
-                        dtypes.insert(0, lora_a.weight.dtype) if active else dtypes.append(lora_a.weight.dtype)
+                        (active_dtypes if active else dtypes).append(lora_a.weight.dtype)
+        dtypes = active_dtypes + dtypes
         return cls(rank, frozenset(targets), dtypes[0] if dtypes else None)
 
 
