@@ -1,5 +1,6 @@
 """The fast decode step on the CPU (no graph): per-step logits against eager decoding, teacher-forced past the
-sliding window (24 on the tiny checkpoint), greedy identity through the engine, and cache-size boundaries.
+sliding window (24 on the tiny checkpoint), greedy identity through the engine, cache-size boundaries, adapter
+switches through the step's LoRA slots, and the compiled step built in a background thread and swapped in.
 
 Tolerance: both paths compute in float32 on the CPU, yet two correct float32 computations of the same logits
 on this tiny random model (cached eager decoding and the uncached forward pass over the whole sequence) differ
