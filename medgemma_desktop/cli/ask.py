@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise UserFacingError("--max-new-tokens must be at least 1")
     images = [load_any(path) for path in args.image]  # bad files fail before the slow model load
-    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit)
+    # One answer, then exit: a compiled step would only be ready for a next answer (fast_decode.choose_decoder).
+    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit,
+                          compile_step=False)
     engine = Engine.load(args.model, args.adapter, options,
                          progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
                          cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
