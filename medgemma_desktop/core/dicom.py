@@ -7,6 +7,7 @@ a separate `patient` mapping that no repr, log line or error message ever includ
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydicom.uid import (
 )
 
 from medgemma_desktop.core.errors import InputFileError
+from medgemma_desktop.core.user_files import MAX_DICOM_BYTES, MAX_PICTURE_BYTES, open_user_file
 from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS, Window, apply_window
 
 # pydicom's value validation logs and warns with the offending value quoted ("Invalid value for VR DA:
@@ -134,33 +136,56 @@ class DicomSeries:
 
 
 def is_dicom_file(path: Path | str) -> bool:
-    """True when the file carries the DICOM Part 10 preamble ('DICM' at byte 128)."""
+    """True when the file carries the DICOM Part 10 preamble ('DICM' at byte 128); False for anything that is not
+    a readable regular file (a pipe is never opened)."""
     try:
-        with Path(path).open("rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
+        with open_user_file(path, MAX_DICOM_BYTES) as handle:
+            return _has_preamble(handle.read(132))
+    except InputFileError:
         return False
+
+
+def _has_preamble(head: bytes) -> bool:
+    return head[128:132] == b"DICM"
+
+
+def _starts_like_a_dataset(head: bytes) -> bool:
+    """A file without the preamble is read as DICOM only when it starts with the File Meta, Directory or
+    Identifying group tag (in either byte order): forcing pydicom through arbitrary bytes (a file of zeros)
+    takes about a second per megabyte and 'finds' elements in anything."""
+    return len(head) >= 8 and (int.from_bytes(head[:2], "little") in _FIRST_GROUPS
+                               or int.from_bytes(head[:2], "big") in _FIRST_GROUPS)
+
+
+_FIRST_GROUPS = frozenset({0x0002, 0x0004, 0x0008})
 
 
 def read_dataset(path: Path | str) -> Dataset:
     """Read a DICOM file, with or without the Part 10 header; anything else raises `InputFileError`."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError("no such file", path=path, fix="Check the path and try again.")
-    has_preamble = is_dicom_file(path)
-    try:
-        dataset = pydicom.dcmread(path, force=not has_preamble)
-    except Exception as exc:  # malformed bytes surface as struct.error, EOFError, ValueError, ... : all bad input
-        if not has_preamble:
-            raise InputFileError("not a DICOM file", path=path,
-                                 fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.") from exc
-        raise InputFileError(f"the file is cut short or damaged and cannot be read as DICOM ({type(exc).__name__})",
-                             path=path, fix="Copy it again from the source.") from exc
+    with open_user_file(path, MAX_DICOM_BYTES) as handle:
+        head = handle.read(132)
+        has_preamble = _has_preamble(head)
+        if not has_preamble and (not _starts_like_a_dataset(head)
+                                 or os.fstat(handle.fileno()).st_size > MAX_PICTURE_BYTES):
+            raise InputFileError("not a DICOM file", path=path, fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.")
+        handle.seek(0)
+        try:
+            dataset = pydicom.dcmread(handle, force=not has_preamble)
+        except Exception as exc:  # malformed bytes surface as struct.error, EOFError, ValueError, ... : all bad input
+            if not has_preamble:
+                raise InputFileError("not a DICOM file", path=path,
+                                     fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.") from exc
+            raise InputFileError(f"the file is cut short or damaged and cannot be read as DICOM "
+                                 f"({type(exc).__name__})", path=path, fix="Copy it again from the source.") from exc
     # Without the preamble, pydicom "reads" almost any file: keep only what looks like a real DICOM object.
     if not has_preamble and "SOPClassUID" not in dataset and "PixelData" not in dataset:
         raise InputFileError("not a DICOM file", path=path, fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.")
-    _ensure_transfer_syntax(dataset)
+    try:
+        _ensure_transfer_syntax(dataset)
+    except Exception as exc:  # a damaged file meta group
+        raise InputFileError(f"the file's DICOM header is damaged ({type(exc).__name__})", path=path,
+                             fix="Copy it again from the source.") from exc
     return dataset
 
 
@@ -193,6 +218,9 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
                                  fix="Copy it again from the source.")
         modality = _text(dataset, "Modality") or "unknown type"
         raise InputFileError(f"this DICOM file holds no image ({modality} object)", path=path, fix=_NO_IMAGE_FIX)
+    if not dataset.PixelData:  # the element is there with no value: pydicom reads it as None
+        raise InputFileError("DICOM instance missing PixelData: its image element is empty", path=path,
+                             fix="Copy it again from the source, or export the image again.")
     transfer_syntax = dataset.file_meta.TransferSyntaxUID
     try:
         decoder = get_decoder(transfer_syntax)
