@@ -23,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-from medgemma_desktop.core.decoding import Decoder, EagerDecoder, SamplingSettings, TokenPicker
+from medgemma_desktop.core.decoding import (
+    Decoder,
+    EagerDecoder,
+    SamplingSettings,
+    TokenPicker,
+    check_max_new_tokens,
+)
 from medgemma_desktop.core.device import DevicePlan, choose_device
 from medgemma_desktop.core.errors import (
     AdapterFolderError,
@@ -59,6 +65,9 @@ class LoadOptions:
 class GenerationSettings:
     max_new_tokens: int = 1024
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def __post_init__(self) -> None:
+        check_max_new_tokens(self.max_new_tokens)
 
 
 @dataclass
