@@ -32,6 +32,7 @@ class Settings:
     context_limit: int = 8192
     theme: Theme = "system"
     force_cpu: bool = False
+    keep_patient_data: bool = False  # store DICOM images' identifying tags and file paths in the history
 
     @property
     def has_model(self) -> bool:

@@ -322,7 +322,7 @@ class MainWindow(QMainWindow):
     def _open_store(self, filename: str) -> ConversationStore:
         path = self._data_folder / filename
         if path not in self._stores:
-            self._stores[path] = ConversationStore(path)
+            self._stores[path] = ConversationStore(path, keep_patient_data=self.settings.keep_patient_data)
         return self._stores[path]
 
     def _sync_first_run(self) -> None:
@@ -674,6 +674,8 @@ class MainWindow(QMainWindow):
 
     def _save_settings(self, settings: Settings) -> None:
         self.settings = settings
+        for store in self._stores.values():
+            store.keep_patient_data = settings.keep_patient_data
         try:
             save_settings(settings, self._settings_path)
         except OSError as exc:
