@@ -183,7 +183,7 @@ class Engine:
         _check_cancel(cancel)
         report(20, "reading the processor")
         processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
-        key = cache_key(digest, options.double_quant, plan.dtype_name)
+        key = cache_key(digest, options.double_quant, plan.dtype_name, folder.shaping_files)
         cached = cache.lookup(key) if cache is not None else None
         common = dict(dtype=plan.dtype, device_map={"": plan.device}, local_files_only=True, use_safetensors=True,
                       trust_remote_code=False)
