@@ -7,6 +7,7 @@ a separate `patient` mapping that no repr, log line or error message ever includ
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ DESCRIPTIVE_KEYWORDS: tuple[str, ...] = (
 DEFAULT_CT_WINDOW = CT_WINDOW_PRESETS["soft tissue"]
 
 _NO_IMAGE_FIX = "Open the CT, MR or X-ray image files themselves."
+# What a decoder may raise that says nothing about the file: let through, everything else is a damaged file.
+_NOT_THE_FILES_FAULT = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# Pixel values (rows x columns x frames x samples) one file may hold: 1,000 frames of 512 x 512, with room.
+MAX_DICOM_VALUES = 1 << 30
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,7 +212,21 @@ def load_dicom(path: Path | str) -> DicomImage:
 
 
 def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
-    """Decode the pixels of an already-read dataset into a `DicomImage`."""
+    """Decode the pixels of an already-read dataset into a `DicomImage`.
+
+    pydicom converts header values only when they are used, so a damaged value (an unknown VR, a number that is
+    not one) surfaces here, as any of many exception types: all of them are the file's fault, and one line.
+    """
+    try:
+        return _image_from_dataset(dataset, path)
+    except (InputFileError, *_NOT_THE_FILES_FAULT):
+        raise
+    except BaseException as exc:  # see the docstring: every failure here is the file's
+        raise InputFileError(f"the DICOM header holds invalid values ({type(exc).__name__})", path=path,
+                             fix="Copy it again from the source, or export it again.") from exc
+
+
+def _image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
     if "PixelData" not in dataset:
         sop_class = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID")
         if sop_class == MediaStorageDirectoryStorage:
@@ -230,15 +249,29 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
     if not decoder.is_available:
         raise InputFileError(f"no decoder for '{transfer_syntax.name}' is installed", path=path,
                              fix="Reinstall MedGemma Desktop to restore its image decoders.")
+    _refuse_bomb(dataset, path)
     if not transfer_syntax.is_compressed and len(dataset.PixelData) < _expected_length(dataset):
         raise InputFileError("the file is cut short: its image data is incomplete (truncated DICOM)", path=path,
                              fix="Copy it again from the source.")
     try:
         values, invert = _decode(dataset)
         window = _default_window(dataset, values)
-    except Exception as exc:  # the decoder plugins report damaged data with many exception types
+    except _NOT_THE_FILES_FAULT:
+        raise
+    except BaseException as exc:  # the decoder plugins report damaged data with many exception types, and the
+        # Rust ones (pyo3) with a PanicException that is not an Exception
         raise InputFileError(f"the image data is cut short, damaged or has invalid header values "
                              f"({type(exc).__name__})", path=path, fix="Copy it again from the source.") from exc
+    if not values.size:
+        raise InputFileError("the image has no pixels (its Rows or Columns is 0)", path=path,
+                             fix="Export the image again from the source system.")
+    if not (values.ndim == 3 or (values.ndim == 4 and values.shape[-1] == 3)):
+        raise InputFileError(f"the image's samples form an array of shape {list(values.shape)}, not grey or RGB "
+                             "frames (check Samples per Pixel and Photometric Interpretation)", path=path,
+                             fix="Export the image again from the source system.")
+    if values.ndim != 4 and not np.isfinite(values).all():
+        raise InputFileError("the image values are not finite numbers (check Rescale Slope and Intercept)",
+                             path=path, fix="Export the image again from the source system.")
     return DicomImage(
         source=path,
         values=values,
@@ -252,6 +285,20 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
         orientation=_floats(dataset, "ImageOrientationPatient", 6),
         series_uid=_text(dataset, "SeriesInstanceUID"),
     )
+
+
+def _refuse_bomb(dataset: Dataset, path: Path) -> None:
+    """Refuse a header that promises more values than any real study holds, before a decoder allocates them."""
+    values = 1
+    for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
+        try:
+            values *= max(int(dataset.get(keyword) or 1), 1)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    if values > MAX_DICOM_VALUES:
+        raise InputFileError(f"the image claims {values:,} pixel values, more than the {MAX_DICOM_VALUES:,} this "
+                             "app reads (possible decompression bomb)", path=path,
+                             fix="Open a smaller series, or export fewer frames.")
 
 
 def _expected_length(dataset: Dataset) -> int:
@@ -295,14 +342,19 @@ def _default_window(dataset: Dataset, values: npt.NDArray[np.generic]) -> Window
     if center is not None and width is not None:
         center = center[0] if isinstance(center, MultiValue) else center
         width = width[0] if isinstance(width, MultiValue) else width
-        if float(width) > 0:
-            return Window(float(center), float(width))
+        try:
+            window = Window(float(center), float(width))
+        except (TypeError, ValueError):
+            window = None  # a window that is not a number: the file's other clues decide
+        if window is not None and math.isfinite(window.center) and math.isfinite(window.width) and window.width > 0:
+            return window
     if values.ndim == 4:
         return Window(127.5, 255.0)
     if _text(dataset, "Modality") == "CT":
         return DEFAULT_CT_WINDOW
     low, high = float(values.min()), float(values.max())
-    return Window((low + high) / 2, max(high - low, 1.0))
+    width = high - low
+    return Window((low + high) / 2, width if math.isfinite(width) and width >= 1.0 else 1.0)
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
@@ -377,8 +429,12 @@ def load_dicom_files(paths: Iterable[Path]) -> list[DicomSeries]:
             if is_dicom_file(path):
                 raise
             continue
-        if "PixelData" not in dataset or dataset.file_meta.get("MediaStorageSOPClassUID") == \
-                MediaStorageDirectoryStorage:
+        try:
+            is_directory = dataset.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage
+        except Exception as exc:  # a damaged file meta value: pydicom converts it only here
+            raise InputFileError(f"the file's DICOM header is damaged ({type(exc).__name__})", path=path,
+                                 fix="Copy it again from the source.") from exc
+        if "PixelData" not in dataset or is_directory:
             continue
         images.append(dicom_image_from_dataset(dataset, path))
     return group_series(images)
