@@ -234,3 +234,37 @@ def test_an_edited_config_json_is_not_served_the_old_4bit_model(model: Path, tmp
     edited = Engine.load(model, cache=cache)
     assert not edited.loaded_from_cache and len(cache.entries()) == 2
     assert edited.model.config.text_config.rms_norm_eps == 1e-3
+
+
+@pytest.mark.parametrize(("file", "change", "says"), [
+    ("tokenizer_config.json", lambda c: c.update(bos_token=5), "bos_token is 5, not a token"),
+    ("tokenizer_config.json", lambda c: c.update(extra_special_tokens=[1, 2]), "extra_special_tokens is not a list"),
+    ("tokenizer_config.json", lambda c: c.update(model_max_length="big"), "model_max_length is 'big'"),
+    ("processor_config.json", lambda c: c["image_processor"].update(image_processor_type="Nope"),
+     "not Gemma 3's image processor"),
+    ("config.json", lambda c: c.update(dtype="float99"), "dtype is 'float99'"),
+    ("config.json", lambda c: c["text_config"].update(hidden_activation="nope"), "activation transformers does not"),
+    ("config.json", lambda c: c["text_config"].update(rope_parameters={"full_attention": {"rope_type": "zzz"}}),
+     "rope type 'zzz'"),
+])
+def test_fields_transformers_looks_up_by_name(model: Path, file: str, change, says: str) -> None:
+    edit_json(model / file, change)
+    refused(model, says)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda c: c.update(task_type="NOPE"), "task_type is 'NOPE'"),
+    (lambda c: c.update(lora_dropout="x"), "lora_dropout is 'x'"),
+    (lambda c: c.update(bias="weird"), "bias is 'weird'"),
+])
+def test_adapter_fields_peft_refuses_with_a_traceback(tiny_checkpoint, adapter: Path, change, says: str) -> None:
+    edit_json(adapter / "adapter_config.json", change)
+    refused(tiny_checkpoint.model_dir, says, adapter=adapter)
+
+
+def test_nulls_that_real_configs_hold_are_accepted(model: Path) -> None:
+    edit_json(model / "processor_config.json", lambda c: c["image_processor"].update(
+        do_pan_and_scan=None, pan_and_scan_max_num_crops=None))
+    edit_json(model / "tokenizer_config.json", lambda c: c.update(
+        added_tokens_decoder={"0": {"content": "<pad>", "special": True}}, add_bos_token=True))
+    assert check_model_folder(model).path == model

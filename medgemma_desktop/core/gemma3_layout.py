@@ -73,6 +73,9 @@ def config_problem(config: Mapping[str, Any]) -> str | None:
         if value is not None and not (_count(value, allow_zero=True) or (
                 isinstance(value, list) and value and all(_count(item, allow_zero=True) for item in value))):
             return f"{key} is {value!r}, not a token id or a list of them"
+    problem = _names_problem(config)
+    if problem:
+        return problem
     dims = dims_of(config)
     layer_types = text.get("layer_types")
     if layer_types is not None and not (isinstance(layer_types, list) and len(layer_types) == dims.layers
@@ -86,6 +89,36 @@ def config_problem(config: Mapping[str, Any]) -> str | None:
         if config.get(key, 0) >= dims.vocab:
             return f"{key} {config[key]} is outside the vocabulary of {dims.vocab} tokens"
     return None
+
+
+def _names_problem(config: Mapping[str, Any]) -> str | None:
+    """Fields transformers looks up by name in its own tables (a KeyError deep inside it otherwise)."""
+    from transformers.activations import ACT2FN
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    text, vision = config["text_config"], config["vision_config"]
+    for key in ("dtype", "torch_dtype"):
+        for where, section in (("", config), ("text_config.", text), ("vision_config.", vision)):
+            if section.get(key) not in (None, "auto", *_DTYPES):
+                return f"{where}{key} is {str(section[key])[:30]!r}, not one of {', '.join(_DTYPES)}"
+    for where, section, key in (("text_config", text, "hidden_activation"), ("text_config", text, "hidden_act"),
+                                ("vision_config", vision, "hidden_act")):
+        if section.get(key) is not None and section[key] not in ACT2FN:
+            return f"{where}.{key} is {str(section[key])[:30]!r}, an activation transformers does not know"
+    known_rope = {"default", *ROPE_INIT_FUNCTIONS}
+    for key in ("rope_parameters", "rope_scaling"):
+        value = text.get(key)
+        if not isinstance(value, dict):
+            continue
+        entries = [value] if "rope_type" in value or "type" in value else list(value.values())
+        for entry in entries:
+            kind = entry.get("rope_type", entry.get("type")) if isinstance(entry, dict) else None
+            if kind not in known_rope:
+                return f"text_config.{key} names the rope type {str(kind)[:30]!r}, which transformers does not know"
+    return None
+
+
+_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def dims_of(config: Mapping[str, Any]) -> Dims:

@@ -25,6 +25,7 @@ from medgemma_desktop.core.processor_files import (
     chat_template_text,
     processor_problem,
     template_problem,
+    tokenizer_config_problem,
     tokenizer_problem,
 )
 from medgemma_desktop.core.safetensors_file import FLOAT_DTYPES, TensorEntry, read_header
@@ -192,6 +193,9 @@ def _check_processor_files(folder: Path, config: dict[str, Any], dims: Dims) -> 
     tokenizer_config_path = folder / "tokenizer_config.json"
     tokenizer_config = _read_json(tokenizer_config_path, ModelFolderError, GET_MODEL) \
         if tokenizer_config_path.is_file() else None
+    problem = tokenizer_config_problem(tokenizer_config or {})
+    if problem:
+        raise ModelFolderError(problem, path=tokenizer_config_path, fix=GET_MODEL)
     try:
         template = chat_template_text(folder, tokenizer_config)
     except (OSError, ValueError) as exc:
@@ -252,7 +256,20 @@ def _adapter_config_problem(config: dict[str, Any]) -> str | None:
         value = config.get(key)
         if value is not None and not isinstance(value, (list, int)):
             return f"{key} is {str(value)[:40]}, not a list"
+    if config.get("task_type") not in (None, *_TASK_TYPES):
+        return f"task_type is {str(config['task_type'])[:30]!r}, not one of PEFT's ({', '.join(_TASK_TYPES)})"
+    dropout = config.get("lora_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        return f"lora_dropout is {dropout!r}, not a number from 0 to below 1"
+    if config.get("bias", "none") not in ("none", "all", "lora_only"):
+        return f"bias is {str(config['bias'])[:30]!r}, not none, all or lora_only"
+    for key in ("fan_in_fan_out", "use_rslora", "use_dora", "inference_mode"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            return f"{key} is {config[key]!r}, not true or false"
     return None
+
+
+_TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 
 
 def _rank_for(key: str, config: dict[str, Any]) -> int:

@@ -46,11 +46,42 @@ def tokenizer_problem(path: Path, config: Mapping[str, Any], vocab_size: int) ->
     return None
 
 
+_FLAG_FIELDS = ("add_bos_token", "add_eos_token", "add_prefix_space", "clean_up_tokenization_spaces",
+                "split_special_tokens")
+_TOKEN_FIELDS = ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token", "boi_token", "eoi_token",
+                 "image_token")
+
+
+def tokenizer_config_problem(config: Mapping[str, Any]) -> str | None:
+    """Why tokenizer_config.json has fields of the wrong type, or None."""
+    for key in _TOKEN_FIELDS:
+        if key in config and not _token(config[key]):
+            return f"{key} is {str(config[key])[:40]}, not a token (text)"
+    extra = config.get("extra_special_tokens")
+    if extra is not None and not ((isinstance(extra, list) and all(_token(item) for item in extra)) or (
+            isinstance(extra, dict) and all(_token(item) for item in extra.values()))):
+        return "extra_special_tokens is not a list of tokens"
+    if "model_max_length" in config and not _number(config["model_max_length"]):
+        return f"model_max_length is {str(config['model_max_length'])[:40]!r}, not a number"
+    for key in _FLAG_FIELDS:
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            return f"{key} is {config[key]!r}, not true or false"
+    return None
+
+
+def _token(value: object) -> bool:
+    return value is None or isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("content"),
+                                                                                               str))
+
+
 def processor_problem(config: Mapping[str, Any], tokens_per_image: int) -> str | None:
     """Why a processor_config.json / preprocessor_config.json has fields of the wrong type, or None."""
     image = config.get("image_processor", config)
     if not isinstance(image, dict):
         return "image_processor is not a JSON object"
+    kind = image.get("image_processor_type")
+    if kind is not None and not (isinstance(kind, str) and kind.startswith("Gemma3ImageProcessor")):
+        return f"image_processor_type is {str(kind)[:40]!r}, not Gemma 3's image processor"
     seq = config.get("image_seq_length")
     if seq is not None and (not _whole(seq) or seq != tokens_per_image):
         return f"image_seq_length is {seq!r}, but the model takes {tokens_per_image} tokens per image"
@@ -71,7 +102,7 @@ def processor_problem(config: Mapping[str, Any], tokens_per_image: int) -> str |
     if image.get("resample") is not None and not (_whole(image["resample"]) and image["resample"] <= 5):
         return f"resample is {image['resample']!r}, not a Pillow resampling filter (0 to 5)"
     for key, value in image.items():
-        if key.startswith("do_") and not isinstance(value, bool):
+        if key.startswith("do_") and value is not None and not isinstance(value, bool):
             return f"{key} is {value!r}, not true or false"
     return None
 
