@@ -268,3 +268,26 @@ def test_nulls_that_real_configs_hold_are_accepted(model: Path) -> None:
     edit_json(model / "tokenizer_config.json", lambda c: c.update(
         added_tokens_decoder={"0": {"content": "<pad>", "special": True}}, add_bos_token=True))
     assert check_model_folder(model).path == model
+
+
+@pytest.mark.parametrize(("file", "change", "says"), [
+    ("processor_config.json", lambda c: c["image_processor"].update(size={"height": 64}), "size is {'height': 64}"),
+    ("config.json", lambda c: c.update(mm_tokens_per_image=15), "mm_tokens_per_image 15 is not the square"),
+    ("config.json", lambda c: c["vision_config"].update(num_attention_heads=3), "not a multiple of its 3 heads"),
+    ("config.json", lambda c: c["text_config"].update(sliding_window=None), "sliding_window is None"),
+    ("config.json", lambda c: c["text_config"].update(layer_types=["x"] * 4), "layer_types is not a list"),
+])
+def test_values_the_model_cannot_be_built_with(model: Path, file: str, change, says: str) -> None:
+    edit_json(model / file, change)
+    refused(model, says)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda c: c.update(layers_to_transform=[99]), "layers_to_transform is [99]"),
+    (lambda c: c.update(init_lora_weights="weird"), "init_lora_weights is 'weird'"),
+    (lambda c: c.update(exclude_modules=5), "exclude_modules is not"),
+    (lambda c: c.update(layers_pattern="layers"), "layers_pattern is set without"),
+])
+def test_adapter_settings_peft_cannot_apply(tiny_checkpoint, adapter: Path, change, says: str) -> None:
+    edit_json(adapter / "adapter_config.json", change)
+    refused(tiny_checkpoint.model_dir, says, adapter=adapter)

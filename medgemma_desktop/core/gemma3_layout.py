@@ -7,6 +7,7 @@ default, as it would at load time.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def config_problem(config: Mapping[str, Any]) -> str | None:
         if key in text and not _number(text[key]):
             return f"text_config.{key} is {text[key]!r}, not a number"
     for key in ("sliding_window", "max_position_embeddings"):
-        if key in text and text[key] is not None and not _count(text[key]):
+        if key in text and not _count(text[key]):
             return f"text_config.{key} is {text[key]!r}, not a positive whole number"
     for key in ("rope_scaling", "rope_parameters"):
         if text.get(key) is not None and not isinstance(text[key], dict):
@@ -79,8 +80,17 @@ def config_problem(config: Mapping[str, Any]) -> str | None:
     dims = dims_of(config)
     layer_types = text.get("layer_types")
     if layer_types is not None and not (isinstance(layer_types, list) and len(layer_types) == dims.layers
-                                        and all(isinstance(item, str) for item in layer_types)):
-        return f"text_config.layer_types is not a list of {dims.layers} attention kinds (one per layer)"
+                                        and all(item in _LAYER_TYPES for item in layer_types)):
+        return (f"text_config.layer_types is not a list of {dims.layers} attention kinds (one per layer: "
+                f"{' or '.join(_LAYER_TYPES)})")
+    vision_heads = vision.get("num_attention_heads", _VISION_DEFAULTS["num_attention_heads"])
+    if dims.vision_hidden % vision_heads:
+        return f"vision_config.hidden_size {dims.vision_hidden} is not a multiple of its {vision_heads} heads"
+    tokens = config.get("mm_tokens_per_image", 256)
+    side = math.isqrt(tokens)
+    if side * side != tokens or (dims.image_size // dims.patch_size) % side:
+        return (f"mm_tokens_per_image {tokens} is not the square of a number that divides the "
+                f"{dims.image_size // dims.patch_size} patches along an image side")
     if dims.heads % dims.kv_heads:
         return f"text_config has {dims.heads} attention heads, not a multiple of its {dims.kv_heads} key/value heads"
     if dims.image_size % dims.patch_size:
@@ -119,6 +129,7 @@ def _names_problem(config: Mapping[str, Any]) -> str | None:
 
 
 _DTYPES = ("bfloat16", "float16", "float32")
+_LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
 def dims_of(config: Mapping[str, Any]) -> Dims:

@@ -266,10 +266,33 @@ def _adapter_config_problem(config: dict[str, Any]) -> str | None:
     for key in ("fan_in_fan_out", "use_rslora", "use_dora", "inference_mode"):
         if config.get(key) is not None and not isinstance(config[key], bool):
             return f"{key} is {config[key]!r}, not true or false"
+    init = config.get("init_lora_weights", True)
+    if not isinstance(init, bool) and not (isinstance(init, str) and init.split("_niter_")[0] in _INITS):
+        return f"init_lora_weights is {str(init)[:30]!r}, not one PEFT knows"
+    excluded = config.get("exclude_modules")
+    if excluded is not None and not isinstance(excluded, str) and not (
+            isinstance(excluded, list) and all(isinstance(item, str) for item in excluded)):
+        return "exclude_modules is not a module name or a list of them"
+    if config.get("layers_pattern") is not None and config.get("layers_to_transform") is None:
+        return "layers_pattern is set without layers_to_transform"
     return None
 
 
+_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
+
+
 _TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+
+
+def _layers_problem(layers: object, dims: Dims) -> str | None:
+    """`layers_to_transform` must name layers the model has (PEFT finds no module to wrap otherwise)."""
+    if layers is None:
+        return None
+    chosen = [layers] if isinstance(layers, int) else layers
+    if not isinstance(chosen, list) or not chosen or not all(
+            isinstance(item, int) and not isinstance(item, bool) and 0 <= item < dims.layers for item in chosen):
+        return f"layers_to_transform is {str(layers)[:40]}, not layers of this model (0 to {dims.layers - 1})"
+    return None
 
 
 def _rank_for(key: str, config: dict[str, Any]) -> int:
@@ -299,7 +322,8 @@ def check_adapter_folder(path: Path | str, model: ModelFolder) -> AdapterFolder:
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise AdapterFolderError(f"is a {config.get('peft_type')} adapter, not LoRA", path=config_path, fix=pick)
     dims = dims_of(model.config)
-    problem = _adapter_config_problem(config) or target_problem(config.get("target_modules"), dims)
+    problem = _adapter_config_problem(config) or target_problem(config.get("target_modules"), dims) or \
+        _layers_problem(config.get("layers_to_transform"), dims)
     if problem:
         raise AdapterFolderError(problem, path=config_path, fix="Copy the adapter folder again, or " +
                                  retrain[0].lower() + retrain[1:])

@@ -86,9 +86,8 @@ def processor_problem(config: Mapping[str, Any], tokens_per_image: int) -> str |
     if seq is not None and (not _whole(seq) or seq != tokens_per_image):
         return f"image_seq_length is {seq!r}, but the model takes {tokens_per_image} tokens per image"
     size = image.get("size")
-    if size is not None and not (isinstance(size, dict) and size and all(
-            key in ("height", "width", "shortest_edge", "longest_edge") and _whole(value)
-            for key, value in size.items())):
+    if size is not None and not (isinstance(size, dict) and set(size) == {"height", "width"}
+                                 and all(_whole(value) for value in size.values())):
         return f"size is {str(size)[:60]}, not {{'height': pixels, 'width': pixels}}"
     for key in ("image_mean", "image_std"):
         value = image.get(key)
