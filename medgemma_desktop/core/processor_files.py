@@ -7,9 +7,11 @@ correctly within a time limit: a template is code, and can raise or loop for eve
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +111,6 @@ def processor_problem(config: Mapping[str, Any], tokens_per_image: int) -> str |
 def chat_template_text(folder: Path, tokenizer_config: Mapping[str, Any] | None) -> str | None:
     """The template transformers would use: chat_template.jinja, else chat_template.json, else
     tokenizer_config.json's; raises ValueError when the file that holds it has the wrong shape."""
-    import json
-
     jinja, as_json = folder / "chat_template.jinja", folder / "chat_template.json"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
@@ -142,8 +142,12 @@ def template_problem(template: str) -> str | None:
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
+    # As transformers renders chat templates: the same options, globals and filter.
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     environment.globals["raise_exception"] = raise_exception
+    environment.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
+    environment.filters["tojson"] = lambda value, indent=None, **_: json.dumps(value, indent=indent,
+                                                                               ensure_ascii=False)
     messages = [{"role": "system", "content": [{"type": "text", "text": "SYSTEM-TEXT"}]},
                 {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "QUESTION-TEXT"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "ANSWER-TEXT"}]},
