@@ -291,3 +291,21 @@ def test_values_the_model_cannot_be_built_with(model: Path, file: str, change, s
 def test_adapter_settings_peft_cannot_apply(tiny_checkpoint, adapter: Path, change, says: str) -> None:
     edit_json(adapter / "adapter_config.json", change)
     refused(tiny_checkpoint.model_dir, says, adapter=adapter)
+
+
+def test_a_huge_sparse_index_is_refused_by_size(model: Path) -> None:
+    index = model / "model.safetensors.index.json"
+    with index.open("r+b") as handle:
+        handle.truncate(200 << 20)  # 200 MB, nearly all of it a hole
+    started = time.perf_counter()
+    refused(model, "model.safetensors.index.json", "far larger")
+    assert time.perf_counter() - started < 20
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="named pipes are a POSIX feature")
+def test_a_pipe_in_place_of_a_file_is_never_read(model: Path) -> None:
+    import os
+
+    (model / "tokenizer.json").unlink()
+    os.mkfifo(model / "tokenizer.json")
+    refused(model, "tokenizer missing")

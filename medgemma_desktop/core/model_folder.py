@@ -36,6 +36,7 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 # The files besides the weights that decide what model is built: part of the saved 4-bit model's key.
 SHAPING_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 GET_MODEL = "Copy the whole google/medgemma-1.5-4b-it folder again."
+MAX_JSON_BYTES = 64 << 20  # the largest JSON a model folder holds (an index) is well under 1 MB
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class AdapterFolder:
 
 def _read_json(path: Path, error: type[ModelFolderError] | type[AdapterFolderError], fix: str) -> dict[str, Any]:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise error(f"is {path.stat().st_size:,} bytes, far larger than this settings file can be", path=path,
+                        fix=fix)
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(f"cannot be read as JSON ({type(exc).__name__})", path=path, fix=fix) from exc
