@@ -27,7 +27,8 @@ MAX_DICOM_BYTES = 2048 * MiB
 OPEN_FOLDER_FIX = ("To read a folder of DICOM images, drop the folder onto the window or pass the folder itself "
                    "(medgemma-desktop --open FOLDER).")
 _CHECK_PATH = "Check the path and try again."
-_NONBLOCKING = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
+_OPEN_FLAGS = os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _size_text(size: int) -> str:
@@ -103,12 +104,12 @@ def open_user_file(path: Path | str, max_bytes: int = MAX_PICTURE_BYTES) -> Iter
     path = Path(path)
     check_user_file(path, max_bytes)
     try:
-        descriptor = os.open(path, os.O_RDONLY | _NONBLOCKING)
+        descriptor = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
         raise os_error(exc, path) from exc
     try:
         _check_stat(os.fstat(descriptor), path, max_bytes)
-        if _NONBLOCKING and hasattr(os, "set_blocking"):
+        if _NONBLOCK:
             os.set_blocking(descriptor, True)  # a regular file: reads behave as usual
         handle = os.fdopen(descriptor, "rb")
     except BaseException:
