@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+from html import unescape
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from medgemma_desktop.core.imaging import ImageInput, load_image
 from medgemma_desktop.core.store import ConversationStore, StoreProblem, WeightsIdentity
+from medgemma_desktop.core.store_search import SNIPPET_AFTER, SNIPPET_BEFORE, snippet_html
 
 MODEL = WeightsIdentity("medgemma-1.5-4b-it", "a" * 64)
 PAGE = 4096
@@ -115,3 +120,14 @@ def test_forget_patient_data_removes_what_older_versions_stored_and_keeps_the_im
         assert store.forget_patient_data() == 0
     on_disk = b"".join(file.read_bytes() for file in tmp_path.glob("h.sqlite3*"))
     assert b"MRN-55501" not in on_disk and b"Doe^Jane" not in on_disk and b"Doe_Jane" not in on_disk
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(text=st.text(max_size=300), query=st.text(max_size=30))
+def test_snippets_are_escaped_short_and_balanced_for_any_text(text: str, query: str) -> None:
+    html = snippet_html(text, query)
+    assert html.count("<b>") == html.count("</b>")
+    assert "<" not in html.replace("<b>", "").replace("</b>", "")
+    shown = unescape(html.replace("<b>", "").replace("</b>", ""))
+    longest_word = max((len(word) for word in re.findall(r"\w+", text)), default=0)
+    assert len(shown) <= SNIPPET_BEFORE + SNIPPET_AFTER + 2 * 30 + longest_word + 2  # context, widening, ellipses

@@ -142,3 +142,23 @@ def test_a_damaged_dicom_file_is_not_called_an_unknown_picture_format(tmp_path: 
     damaged.write_bytes(bytes(64) + data[200:])  # preamble and file meta overwritten
     message = _refusal(load_any, damaged)
     assert "not a picture format" not in message and "DICOM" in message and "damaged" in message
+
+
+def test_a_dicomdir_pointing_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file as testdata
+    from pydicom.fileset import FileSet
+
+    from medgemma_desktop.core.dicom import load_dicomdir
+
+    disc = tmp_path / "disc"
+    disc.mkdir()
+    fileset = FileSet()
+    fileset.add(pydicom.dcmread(testdata("CT_small.dcm")))
+    fileset.write(disc)
+    dicomdir = pydicom.dcmread(disc / "DICOMDIR")
+    for record in dicomdir.DirectoryRecordSequence:
+        if "ReferencedFileID" in record:
+            record.ReferencedFileID = ["..", "..", "secret.dcm"]
+    dicomdir.save_as(disc / "DICOMDIR")
+    with pytest.raises(InputFileError, match="outside its own folder"):
+        load_dicomdir(disc / "DICOMDIR")

@@ -463,6 +463,11 @@ def load_dicomdir(path: Path | str) -> list[DicomSeries]:
     # ReferencedFileID is the file's path components relative to the DICOMDIR's folder.
     paths = [path.parent.joinpath(*_text_items(record.ReferencedFileID))
              for record in records if "ReferencedFileID" in record]
+    inside = path.parent.resolve()
+    outside = next((item for item in paths if not item.resolve().is_relative_to(inside)), None)
+    if outside is not None:  # a hostile index could make the app read any file the user can
+        raise InputFileError("the DICOMDIR points at a file outside its own folder", path=path,
+                             fix="Open the folder with the image files instead.")
     missing = [item for item in paths if not item.is_file()]
     if missing:
         raise InputFileError(f"the DICOMDIR lists {len(missing)} files that are not there, e.g. {missing[0].name}",
