@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     check_user_text(args.question)
     check_user_text(args.system or "", "the system text")
     images = [load_any(path) for path in args.image]
-    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit)
+    # One answer, then exit: a compiled step would only be ready for a next answer (fast_decode.choose_decoder).
+    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit,
+                          compile_step=False)
     engine = Engine.load(args.model, args.adapter, options,
                          progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
                          cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
