@@ -53,18 +53,23 @@ def run(args: argparse.Namespace) -> int:
     from medgemma_desktop.core.decoding import SamplingSettings
     from medgemma_desktop.core.engine import Engine, GenerationSettings, LoadOptions
     from medgemma_desktop.core.fingerprint import FingerprintCache
-    from medgemma_desktop.core.prompts import TaskMode
+    from medgemma_desktop.core.prompts import TaskMode, check_user_text
     from medgemma_desktop.core.quant_cache import QuantizedModelCache
     from medgemma_desktop.core.store import ConversationStore
     from medgemma_desktop.session.conversation import Session
     from medgemma_desktop.session.inputs import open_inputs
     from medgemma_desktop.session.question import MODE_FOR_MODALITY, SERIES_MODES
 
-    if args.max_new_tokens < 1:
-        raise UserFacingError("--max-new-tokens must be at least 1")
+    # Bad options, text and files fail before the slow model load.
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        sampling=SamplingSettings(greedy=not args.sample, temperature=args.temperature, seed=args.seed),
+    )
+    check_user_text(args.question)
+    check_user_text(args.system or "", "the system text")
     if not 1 <= args.slices <= 85:
         raise UserFacingError("--slices must be between 1 and 85")
-    items = open_inputs(args.image)  # bad files fail before the slow model load
+    items = open_inputs(args.image)
     prior = open_inputs([args.prior])[0] if args.prior else None
     first_series = next((item.series for item in items if item.series is not None), None)
     if args.task is not None:
@@ -86,10 +91,6 @@ def run(args: argparse.Namespace) -> int:
                          progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
                          cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
                          fingerprints=FingerprintCache(cache_dir() / "digests.json"))
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        sampling=SamplingSettings(greedy=not args.sample, temperature=args.temperature, seed=args.seed),
-    )
     store = None if args.no_history else ConversationStore(args.history_file)
     try:
         session = Session(engine, store, settings=settings, system=args.system)
