@@ -79,13 +79,15 @@ def make_cuda_env(venv: Path, index_url: str) -> Path:
     find-links folder holding torch's `+cpu` wheel would otherwise win, since `2.13.0+cpu` satisfies `==2.13.0` and
     sorts above plain `2.13.0`.
     """
-    python = venv / "bin" / "python"
+    python = venv / "Scripts" / "python.exe" if os.name == "nt" else venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--index-url",
-                    index_url, TORCH_REQUIREMENT, "-e", str(ROOT), *BUILD_TOOLS, *CUDA_TEST_TOOLS], check=True, env=env)
+    # No cache: the wheels (3 GB) would stay on disk twice.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir",
+                    "--index-url", index_url, TORCH_REQUIREMENT, "-e", str(ROOT), *BUILD_TOOLS, *CUDA_TEST_TOOLS],
+                   check=True, env=env)
     return python
 
 
