@@ -20,6 +20,9 @@ cpu)
     .venv/bin/python packaging/smoke_test.py --install-depends packaging/dist/cpu/medgemma-desktop_*_"$arch".deb
     ;;
 cuda)
+    # The environment (5.5 GB), the frozen folder (3.7 GB), the .deb (2 GB) and the smoke test's unpacked copy.
+    free_gb=$(df --output=avail -BG . | tail -1 | tr -dc 0-9)
+    if [ "$free_gb" -lt 15 ]; then echo "the CUDA build needs about 15 GB of free disk, $free_gb GB here" >&2; exit 1; fi
     python3 packaging/build.py --flavour cuda --no-tarball  # makes or updates build/venv-cuda, then builds there
     build/venv-cuda/bin/python packaging/smoke_test.py --install-depends \
         packaging/dist/cuda/medgemma-desktop-cuda_*_"$arch".deb

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import os
 import re
 import shutil
@@ -36,6 +37,10 @@ STDERR_ALLOWLIST = [
     r"Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'\..*",
     # transformers: no torchvision is bundled, so the Gemma 3 processor uses its PIL backend (the tested path).
     r"\[transformers\] `Gemma3ImageProcessor` requires torchvision \(not installed\); falling back to .*",
+    # The CUDA flavour leaves Triton out (it cannot run in a frozen app: see the spec); torch's CUDA build notes it
+    # once, at import of its flop counter.
+    r"W\d{4} [\d:.]+ \d+ \S+/torch/utils/flop_counter\.py:\d+\] triton not found; flop counting will not work for "
+    r"triton kernels",
     # tqdm progress bars (carriage-return separated) written by the checkpoint writer and the weight loader.
     r"(Writing model shards|Loading weights):.*",
     # `ask` reports load progress and the closing statistics on stderr by design.
@@ -240,6 +245,7 @@ def _ldconfig_cache() -> dict[str, str]:
     return cache
 
 
+@functools.cache
 def _package_of(library: str) -> str:
     """The Debian package owning a library file (tries the merged-/usr spellings dpkg may have recorded)."""
     real = os.path.realpath(library)
