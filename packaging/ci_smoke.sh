@@ -8,9 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-cpu}"
 
-# Xvfb and ImageMagick for the window test; desktop-file-utils validates the menu entry.
-if ! command -v Xvfb >/dev/null || ! command -v import >/dev/null || ! command -v desktop-file-validate >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq xvfb imagemagick desktop-file-utils >/dev/null
+# Xvfb, xwininfo and ImageMagick for the window test; desktop-file-utils validates the menu entry.
+if ! command -v Xvfb >/dev/null || ! command -v xwininfo >/dev/null || ! command -v import >/dev/null \
+        || ! command -v desktop-file-validate >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq xvfb x11-utils imagemagick desktop-file-utils >/dev/null
 fi
 arch="$(dpkg --print-architecture)"
 case "$flavour" in

@@ -349,10 +349,27 @@ def check_dicom(exe: Path, env: dict[str, str], scratch: Path) -> None:
         check(result, f"ask on {name}, {codec}")
 
 
+WINDOW_TIMEOUT_S = 240  # a loaded 2-core machine took over 15 s to show the CUDA flavour's window
+
+
+def wait_for_window(app: subprocess.Popen, env: dict[str, str]) -> float:
+    """Seconds until the app's top-level window is on the X display (xwininfo lists it by title): a fixed wait
+    would SIGTERM an app still importing torch on a loaded machine."""
+    start = time.monotonic()
+    while time.monotonic() - start < WINDOW_TIMEOUT_S:
+        if app.poll() is not None:
+            break
+        tree = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True).stdout
+        if '"MedGemma Desktop' in tree:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise SmokeFailure(f"no window within {WINDOW_TIMEOUT_S} s (app status {app.poll()})")
+
+
 def check_gui(exe: Path, env: dict[str, str], scratch: Path, screenshot: Path, seconds: float) -> None:
     """Start the window in demo mode (the tiny model and the sample CT + MR study, loaded as a new user would see
-    them) on Xvfb (offscreen if Xvfb is absent), screenshot it, then SIGTERM it: the app closes its window on
-    SIGTERM, joins the model thread and must exit with status 0."""
+    them) on Xvfb (offscreen if Xvfb is absent), wait for it to show, let it run `seconds`, screenshot it, then
+    SIGTERM it: the app closes its window on SIGTERM, joins the model thread and must exit with status 0."""
     env = dict(env)
     xvfb = None
     if shutil.which("Xvfb"):
@@ -369,6 +386,7 @@ def check_gui(exe: Path, env: dict[str, str], scratch: Path, screenshot: Path, s
         with stderr_path.open("w") as stderr:
             app = subprocess.Popen([str(exe), "--demo"], env=env, cwd=scratch, stdout=subprocess.DEVNULL,
                                    stderr=stderr)
+            shown = wait_for_window(app, env) if xvfb is not None and shutil.which("xwininfo") else 0.0
             time.sleep(seconds)
             if app.poll() is not None:
                 raise SmokeFailure(f"the window exited early with status {app.returncode}:\n"
@@ -387,7 +405,8 @@ def check_gui(exe: Path, env: dict[str, str], scratch: Path, screenshot: Path, s
     if unexpected := unexpected_stderr(log):
         raise SmokeFailure("window: unexpected stderr lines:\n    " + "\n    ".join(unexpected))
     shot = f", screenshot {screenshot}" if xvfb is not None else " (offscreen, no screenshot)"
-    print(f"ok   demo window on {env['QT_QPA_PLATFORM']} for {seconds:.0f} s, closed cleanly on SIGTERM{shot}")
+    print(f"ok   demo window on {env['QT_QPA_PLATFORM']} (shown after {shown:.0f} s) for {seconds:.0f} s, closed "
+          f"cleanly on SIGTERM{shot}")
 
 
 def check_doctor_build(report: str, cuda: bool) -> None:
