@@ -7,8 +7,6 @@ import sys
 import threading
 from pathlib import Path
 
-from medgemma_desktop.core.errors import UserFacingError
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     ask = commands.add_parser("ask", help="ask one question and stream the answer to the terminal")
@@ -42,21 +40,24 @@ def run(args: argparse.Namespace) -> int:
     from medgemma_desktop.core.engine import Engine, GenerationSettings, LoadOptions
     from medgemma_desktop.core.fingerprint import FingerprintCache
     from medgemma_desktop.core.imaging import load_any
-    from medgemma_desktop.core.prompts import build_chat
+    from medgemma_desktop.core.prompts import build_chat, check_user_text
     from medgemma_desktop.core.quant_cache import QuantizedModelCache
 
-    if args.max_new_tokens < 1:
-        raise UserFacingError("--max-new-tokens must be at least 1")
-    images = [load_any(path) for path in args.image]  # bad files fail before the slow model load
-    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit)
-    engine = Engine.load(args.model, args.adapter, options,
-                         progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
-                         cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
-                         fingerprints=FingerprintCache(cache_dir() / "digests.json"))
+    # Bad options, text and files fail before the slow model load.
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         sampling=SamplingSettings(greedy=not args.sample, temperature=args.temperature, seed=args.seed),
     )
+    check_user_text(args.question)
+    check_user_text(args.system or "", "the system text")
+    images = [load_any(path) for path in args.image]
+    # One answer, then exit: a compiled step would only be ready for a next answer (fast_decode.choose_decoder).
+    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit,
+                          compile_step=False)
+    engine = Engine.load(args.model, args.adapter, options,
+                         progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
+                         cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
+                         fingerprints=FingerprintCache(cache_dir() / "digests.json"))
     stop = threading.Event()
     generation = engine.generate(build_chat(args.question, [image.image for image in images], system=args.system),
                                  settings, stop)
