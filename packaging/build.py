@@ -1,11 +1,16 @@
-"""Build the frozen one-folder app, then a Debian package and a .tar.gz of the same folder.
+"""Build the frozen one-folder app, then a Debian package and a .tar.gz of the same folder, in one of two flavours.
 
-Run from the repository's virtual environment (the frozen app bundles whatever torch it holds: the CPU wheel
-gives the CPU installer, the CUDA wheel the NVIDIA one). Artifacts go to packaging/dist/ (git-ignored); each
-step prints its duration so the build time can be tracked.
+The frozen app bundles whatever torch its build environment holds, so the flavour is the environment:
+- `cpu` (default): the environment running this script, which must hold the CPU torch wheel (the repository's
+  .venv here and in CI);
+- `cuda`: a separate environment, build/venv-cuda, that this script makes (or updates) and then re-runs itself in:
+  PyPI's torch wheel for Linux x86-64, which is the CUDA build with the nvidia-* wheels it depends on.
+Artifacts go to packaging/dist/<flavour>/ (git-ignored); each step prints its duration so the build time can be
+tracked.
 
-    python packaging/build.py                 # freeze + .deb + .tar.gz
-    python packaging/build.py --skip-freeze   # repackage an existing frozen folder
+    python packaging/build.py                   # CPU: freeze + .deb + .tar.gz
+    python packaging/build.py --flavour cuda    # NVIDIA: the same, from build/venv-cuda
+    python packaging/build.py --skip-freeze     # repackage an existing frozen folder
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ PACKAGING = Path(__file__).resolve().parent
 ROOT = PACKAGING.parent
 NAME = "medgemma-desktop"
 INSTALL_DIR = Path("opt") / NAME
+FLAVOURS = ("cpu", "cuda")
+
+# The CUDA build environment: the torch release the app is tested with, from PyPI (whose Linux x86-64 wheel is the
+# CUDA build), and the PyInstaller versions the spec was checked with.
+CUDA_ENV = ROOT / "build" / "venv-cuda"
+TORCH_REQUIREMENT = "torch==2.13.0"
+PYPI = "https://pypi.org/simple"
+BUILD_TOOLS = ["pyinstaller==6.22.3", "pyinstaller-hooks-contrib==2026.9"]
+CUDA_TEST_TOOLS = ["nvidia-cuda-cuobjdump==13.5.37"]  # the smoke test lists the bundle's GPU code with it
 
 # System libraries the bundled ELF files link against directly and the build does not bundle (found with
 # readelf; the smoke test fails if one is missing here). Alternatives name Debian 13 / Ubuntu 24.04's t64 renames.
@@ -52,11 +66,37 @@ def timed(step: str) -> Iterator[None]:
     print(f"== {step}: {time.monotonic() - start:.0f} s", flush=True)
 
 
-def freeze(out: Path) -> Path:
-    """Run PyInstaller on the spec; returns the frozen folder."""
+def package_name(flavour: str) -> str:
+    """The Debian package's name: the two flavours install the same files, so they are two packages that replace
+    each other."""
+    return NAME if flavour == "cpu" else f"{NAME}-{flavour}"
+
+
+def make_cuda_env(venv: Path, index_url: str) -> Path:
+    """Create or update the CUDA build environment; returns its Python.
+
+    pip's own configuration is ignored (PIP_CONFIG_FILE=/dev/null, no PIP_* variables): a local mirror or a
+    find-links folder holding torch's `+cpu` wheel would otherwise win, since `2.13.0+cpu` satisfies `==2.13.0` and
+    sorts above plain `2.13.0`.
+    """
+    python = venv / "Scripts" / "python.exe" if os.name == "nt" else venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    # No cache: the wheels (3 GB) would stay on disk twice.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir",
+                    "--index-url", index_url, TORCH_REQUIREMENT, "-e", str(ROOT), *BUILD_TOOLS, *CUDA_TEST_TOOLS],
+                   check=True, env=env)
+    return python
+
+
+def freeze(out: Path, flavour: str, with_triton: bool) -> Path:
+    """Run PyInstaller on the spec (which checks that torch matches the flavour); returns the frozen folder."""
     subprocess.run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
                     "--distpath", str(out / "pyinstaller"), "--workpath", str(out / "work"),
-                    str(PACKAGING / "medgemma-desktop.spec")], check=True, cwd=ROOT)
+                    str(PACKAGING / "medgemma-desktop.spec"), "--", "--flavour", flavour,
+                    *(["--with-triton"] if with_triton else [])], check=True, cwd=ROOT)
     return out / "pyinstaller" / NAME
 
 
@@ -92,11 +132,11 @@ def deb_architecture() -> str:
     return subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def stage_deb(frozen: Path, staging: Path, app_version: str) -> None:
+def stage_deb(frozen: Path, staging: Path, app_version: str, flavour: str) -> None:
     """Lay out the Debian package tree: the app under /opt, a /usr/bin link, menu entry, icons, copyright."""
     if staging.exists():
         shutil.rmtree(staging)
-    shutil.copytree(frozen, staging / INSTALL_DIR, symlinks=True)
+    shutil.copytree(frozen, staging / INSTALL_DIR, symlinks=True, copy_function=os.link)  # no second copy of GBs
     bin_dir = staging / "usr" / "bin"
     bin_dir.mkdir(parents=True)
     # A relative link keeps the tree relocatable (dpkg-deb -x into a test root); the bootloader finds its
@@ -114,8 +154,9 @@ def stage_deb(frozen: Path, staging: Path, app_version: str) -> None:
     doc.mkdir(parents=True)
     notices = sorted((PACKAGING / "notices").glob("*.txt"))
     (doc / "copyright").write_text("\n\n".join(n.read_text(encoding="utf-8") for n in notices), encoding="utf-8")
+    other = package_name("cuda" if flavour == "cpu" else "cpu")
     control = {
-        "Package": NAME,
+        "Package": package_name(flavour),
         "Version": app_version,
         "Architecture": deb_architecture(),
         "Maintainer": "MedGemma Desktop maintainers <medgemma-desktop@localhost>",
@@ -123,13 +164,19 @@ def stage_deb(frozen: Path, staging: Path, app_version: str) -> None:
         # The bundled Python and extensions were linked against the build machine's glibc.
         "Depends": ", ".join([f"libc6 (>= {platform.libc_ver()[1]})", *DEB_DEPENDS]),
         "Recommends": ", ".join(DEB_RECOMMENDS),
+        # Both flavours own /opt/medgemma-desktop and /usr/bin/medgemma-desktop: installing one removes the other.
+        "Conflicts": other,
+        "Replaces": other,
         "Section": "science",
         "Priority": "optional",
         "Description": "Offline MedGemma 1.5 4B for medical images (research use only)\n"
                        " Drop a medical image, a DICOM file or a CT/MRI series into the window, ask a question and\n"
                        " read the answer streamed from MedGemma 1.5 4B (4-bit NF4 + LoRA) on this machine.\n"
                        " The model weights are not included: they are governed by Google's Health AI Developer\n"
-                       " Foundations terms and are downloaded separately.",
+                       " Foundations terms and are downloaded separately.\n"
+                       + (" This build runs on the CPU (slowly); medgemma-desktop-cuda uses an NVIDIA GPU."
+                          if flavour == "cpu" else
+                          " This build uses an NVIDIA GPU (driver R580 or newer, for CUDA 13.0), else the CPU."),
     }
     (staging / "DEBIAN").mkdir()
     (staging / "DEBIAN" / "control").write_text("".join(f"{k}: {v}\n" for k, v in control.items()),
@@ -157,7 +204,14 @@ def build_tarball(frozen: Path, tarball: Path, top: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=PACKAGING / "dist", help="artifact folder (default: %(default)s)")
+    parser.add_argument("--flavour", choices=FLAVOURS, default="cpu",
+                        help="cpu: this environment's CPU torch; cuda: PyPI's CUDA torch in build/venv-cuda "
+                             "(default: %(default)s)")
+    parser.add_argument("--index-url", default=PYPI,
+                        help="where the cuda flavour's environment gets its packages (default: %(default)s)")
+    parser.add_argument("--with-triton", action="store_true",
+                        help="cuda: also bundle Triton (0.5 GB), which torch.compile needs (see the spec)")
+    parser.add_argument("--out", type=Path, help="artifact folder (default: packaging/dist/<flavour>)")
     parser.add_argument("--skip-freeze", action="store_true", help="reuse the frozen folder from a previous run")
     parser.add_argument("--freeze-only", action="store_true",
                         help="only the frozen folder (Windows, macOS: their installers are made from it)")
@@ -165,29 +219,34 @@ def main() -> int:
                         help="xz for the smallest package, zstd for a fast build (default: %(default)s)")
     parser.add_argument("--no-tarball", action="store_true", help="only build the .deb (the smoke test needs no more)")
     args = parser.parse_args()
-    out: Path = args.out.resolve()
+    start = time.monotonic()
+    if args.flavour == "cuda" and Path(sys.prefix).resolve() != CUDA_ENV.resolve():
+        with timed(f"CUDA build environment {CUDA_ENV.relative_to(ROOT)} ({TORCH_REQUIREMENT} from {args.index_url})"):
+            python = make_cuda_env(CUDA_ENV, args.index_url)
+        os.execv(python, [str(python), __file__, *sys.argv[1:]])  # the rest runs inside that environment
+    out: Path = (args.out or PACKAGING / "dist" / args.flavour).resolve()
     out.mkdir(parents=True, exist_ok=True)
     app_version = version("medgemma-desktop")
-    start = time.monotonic()
 
     frozen = out / "pyinstaller" / NAME
     if not args.skip_freeze:
-        with timed("PyInstaller one-folder build"):
-            frozen = freeze(out)
+        with timed(f"PyInstaller one-folder build ({args.flavour})"):
+            frozen = freeze(out, args.flavour, args.with_triton)
     if not any((frozen / exe).is_file() for exe in (NAME, f"{NAME}.exe")):
         raise SystemExit(f"no frozen app at {frozen}; run without --skip-freeze")
     if args.freeze_only:
         print(f"\nfrozen in {time.monotonic() - start:.0f} s: {frozen} ({folder_size(frozen) / 2**20:.0f} MiB)")
         return 0
 
-    deb = out / f"{NAME}_{app_version}_{deb_architecture()}.deb"
+    deb = out / f"{package_name(args.flavour)}_{app_version}_{deb_architecture()}.deb"
     with timed("Debian package"):
-        stage_deb(frozen, out / "deb-root", app_version)
+        stage_deb(frozen, out / "deb-root", app_version, args.flavour)
         build_deb(out / "deb-root", deb, args.deb_compression)
     shutil.rmtree(out / "deb-root")
     artifacts = [deb]
     if not args.no_tarball:
-        tarball = out / f"{NAME}-{app_version}-linux-{platform.machine()}.tar.gz"
+        suffix = "" if args.flavour == "cpu" else f"-{args.flavour}"
+        tarball = out / f"{NAME}-{app_version}-linux-{platform.machine()}{suffix}.tar.gz"
         with timed(".tar.gz"):
             build_tarball(frozen, tarball, f"{NAME}-{app_version}")
         artifacts.append(tarball)

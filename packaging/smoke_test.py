@@ -1,17 +1,22 @@
 """Smoke-test the built .deb the way a user gets it: unpacked into a clean root, run with a bare environment.
 
 Proves the frozen app carries everything it needs (torch, bitsandbytes' native library, PEFT, the Gemma 3
-processor, pydicom's and pylibjpeg's plugins, Qt's platform plugins): `--version`, `doctor` (the whole
-tiny-checkpoint pipeline), `ask` on compressed DICOM files, then the window under Xvfb with a screenshot.
-Any stderr line not on the allowlist fails the test, as in qutebrowser's build_release smoke test.
+processor, pydicom's and pylibjpeg's plugins, Qt's platform plugins): every bundled shared library resolves
+(`ldd`), `--version`, `doctor` (the whole tiny-checkpoint pipeline), `ask` on compressed DICOM files, then the
+window under Xvfb with a screenshot. Any stderr line not on the allowlist fails the test, as in qutebrowser's
+build_release smoke test. For the CUDA package (medgemma-desktop-cuda) it also reads the GPU code in every bundled
+library (`cuobjdump`) and requires code for each supported GPU architecture; on a machine without an NVIDIA GPU,
+`doctor` must say so and pass on the CPU (on one with a GPU, it runs the pipeline there).
 
-    python packaging/smoke_test.py packaging/dist/medgemma-desktop_0.1.0_amd64.deb
+    python packaging/smoke_test.py packaging/dist/cpu/medgemma-desktop_0.1.0_amd64.deb
+    python packaging/smoke_test.py packaging/dist/cuda/medgemma-desktop-cuda_0.1.0_amd64.deb
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import os
 import re
 import shutil
@@ -32,6 +37,10 @@ STDERR_ALLOWLIST = [
     r"Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'\..*",
     # transformers: no torchvision is bundled, so the Gemma 3 processor uses its PIL backend (the tested path).
     r"\[transformers\] `Gemma3ImageProcessor` requires torchvision \(not installed\); falling back to .*",
+    # The CUDA flavour leaves Triton out (it cannot run in a frozen app: see the spec); torch's CUDA build notes it
+    # once, at import of its flop counter.
+    r"W\d{4} [\d:.]+ \d+ \S+/torch/utils/flop_counter\.py:\d+\] triton not found; flop counting will not work for "
+    r"triton kernels",
     # tqdm progress bars (carriage-return separated) written by the checkpoint writer and the weight loader.
     r"(Writing model shards|Loading weights):.*",
     # `ask` reports load progress and the closing statistics on stderr by design.
@@ -149,6 +158,34 @@ OPTIONAL_ELF = [
 ]
 
 
+# What the NVIDIA driver installs: never bundled (they must match the kernel module), absent without the driver.
+DRIVER_LIBRARIES = {"libcuda.so.1", "libnvidia-ml.so.1"}
+
+
+def check_libraries_resolve(exe: Path) -> None:
+    """`ldd` on the executable and every bundled shared library finds everything it links, by the loader's own rules
+    (each library's RPATH, and _internal on LD_LIBRARY_PATH as PyInstaller's bootloader sets it), except the
+    driver's libraries. Catches a library left out, or one collected to a folder its users do not search."""
+    internal = exe.parent / "_internal"
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(internal)}
+    missing: dict[str, list[str]] = {}
+    checked = 0
+    for path in [exe, *sorted(internal.rglob("*.so*"))]:
+        relative = str(path.relative_to(internal)) if path != exe else exe.name
+        if (path.is_symlink() or not path.is_file() or any(fnmatch.fnmatch(relative, p) for p in OPTIONAL_ELF)
+                or not _is_elf(path)):
+            continue
+        checked += 1
+        listing = subprocess.run(["ldd", str(path)], env=env, capture_output=True, text=True).stdout
+        for library in re.findall(r"^\s*(\S+) => not found", listing, re.MULTILINE):
+            if library not in DRIVER_LIBRARIES:
+                missing.setdefault(library, []).append(relative)
+    if missing:
+        details = "\n    ".join(f"{lib} needed by {', '.join(users[:3])}" for lib, users in missing.items())
+        raise SmokeFailure(f"ldd: bundled libraries link libraries that are not found:\n    {details}")
+    print(f"ok   ldd: all {checked} bundled ELF files resolve every library they link (the driver's aside)")
+
+
 def check_depends(deb: Path, exe: Path, install: bool) -> None:
     """The .deb's Depends are installed here and cover every system library the app's ELF files need.
 
@@ -173,7 +210,7 @@ def check_depends(deb: Path, exe: Path, install: bool) -> None:
         relative = str(path.relative_to(internal)) if path != exe else exe.name
         if path.is_symlink() or not path.is_file() or any(fnmatch.fnmatch(relative, p) for p in OPTIONAL_ELF):
             continue
-        for needed in _needed(path) - bundled:
+        for needed in _needed(path) - bundled - DRIVER_LIBRARIES:
             package = _package_of(system[needed]) if needed in system else "not found"
             if package not in declared:
                 problems.setdefault(f"{needed} ({package})", []).append(relative)
@@ -181,6 +218,11 @@ def check_depends(deb: Path, exe: Path, install: bool) -> None:
         details = "\n    ".join(f"{lib} needed by {', '.join(users[:3])}" for lib, users in problems.items())
         raise SmokeFailure(f"system libraries not covered by Depends:\n    {details}")
     print(f"ok   Depends installed and covering every system library the app links ({len(groups)} packages)")
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(4) == b"\x7fELF"
 
 
 def _installed(package: str) -> bool:
@@ -203,6 +245,7 @@ def _ldconfig_cache() -> dict[str, str]:
     return cache
 
 
+@functools.cache
 def _package_of(library: str) -> str:
     """The Debian package owning a library file (tries the merged-/usr spellings dpkg may have recorded)."""
     real = os.path.realpath(library)
@@ -211,6 +254,84 @@ def _package_of(library: str) -> str:
         if owner.returncode == 0:
             return owner.stdout.split(":")[0]
     return "no package"
+
+
+# The NVIDIA GPUs the CUDA build must run on, by compute capability: Ampere (A100: 8.0; RTX 30xx: 8.6), Ada
+# (RTX 40xx, L4: 8.9), Hopper (H100, H200: 9.0), Blackwell (RTX 50xx: 12.0).
+SUPPORTED_ARCHS = (80, 86, 89, 90, 120)
+
+
+def runs_on(arch: int, sass: set[str], ptx: set[str]) -> bool:
+    """Whether a library's GPU code runs on `arch`: machine code (SASS) for the same major version and the same or a
+    lower minor one (sm_86 code runs on 8.9; `a` variants only on their own), or PTX for the same or an older
+    architecture, which the driver compiles when the library loads."""
+    for code in sass:
+        number, variant = int(re.sub(r"\D", "", code)), code[-1]
+        if number == arch or (variant != "a" and number // 10 == arch // 10 and number <= arch):
+            return True
+    return any(int(re.sub(r"\D", "", code)) <= arch and not code.endswith("a") for code in ptx)
+
+
+def gpu_code(library: Path, cuobjdump: str) -> tuple[set[str], set[str]]:
+    """The architectures of a library's machine code (SASS) and of its PTX, as cuobjdump lists them."""
+    def listing(kind: str) -> set[str]:
+        output = subprocess.run([cuobjdump, f"--list-{kind}", str(library)], capture_output=True, text=True).stdout
+        return set(re.findall(r"\.(sm_\d+[af]?)\." + ("cubin" if kind == "elf" else "ptx"), output))
+
+    return listing("elf"), listing("ptx")
+
+
+# The libraries whose GPU kernels the app launches (those the process had mapped while `doctor` and the vision
+# tower's convolution ran on an H200, less those without GPU code): each must carry code for every supported
+# architecture. torch links more NVIDIA libraries whose kernels the app never launches (cuFFT's, for one, list
+# machine code for sm_75 alone); they are not checked.
+GPU_CODE_REQUIRED = [
+    "torch/lib/libtorch_cuda.so",
+    "bitsandbytes/libbitsandbytes_cuda*.so",
+    "nvidia/cu*/lib/libcublas.so.*",
+    "nvidia/cu*/lib/libcublasLt.so.*",
+    "nvidia/cudnn/lib/libcudnn_engines_precompiled.so.*",
+    "nvidia/cudnn/lib/libcudnn_engines_runtime_compiled.so.*",
+]
+
+
+def check_gpu_code(exe: Path, cuobjdump: str) -> None:
+    """Each library in GPU_CODE_REQUIRED is bundled and carries GPU code for each supported architecture."""
+    internal = exe.parent / "_internal"
+    report, lacking = [], []
+    for pattern in GPU_CODE_REQUIRED:
+        libraries = [path for path in sorted(internal.glob(pattern)) if path.is_file() and not path.is_symlink()]
+        if not libraries:
+            lacking.append(f"{pattern} (not bundled)")
+        for path in libraries:
+            sass, ptx = gpu_code(path, cuobjdump)
+            relative = str(path.relative_to(internal))
+            gaps = [f"sm_{arch}" for arch in SUPPORTED_ARCHS if not runs_on(arch, sass, ptx)]
+            report.append(f"{relative}: SASS {' '.join(sorted(sass, key=_arch_key)) or '-'}; "
+                          f"PTX {' '.join(sorted(ptx, key=_arch_key)) or '-'}"
+                          + (f"; MISSING {' '.join(gaps)}" if gaps else ""))
+            if gaps:
+                lacking.append(f"{relative} ({' '.join(gaps)})")
+    if lacking:
+        raise SmokeFailure("GPU code missing for supported architectures:\n    " + "\n    ".join(lacking)
+                           + "\n  " + "\n  ".join(report))
+    print(f"ok   GPU code for {', '.join(f'sm_{a}' for a in SUPPORTED_ARCHS)} in the {len(report)} libraries whose "
+          "kernels the app launches:\n       " + "\n       ".join(report))
+
+
+def _arch_key(code: str) -> tuple[int, str]:
+    return int(re.sub(r"\D", "", code)), code
+
+
+def find_cuobjdump() -> str:
+    """cuobjdump from PATH, else from the nvidia-cuda-cuobjdump wheel in this Python's environment."""
+    import sysconfig
+
+    found = shutil.which("cuobjdump") or next(
+        (str(p) for p in Path(sysconfig.get_paths()["purelib"]).glob("nvidia/cu*/bin/cuobjdump")), None)
+    if found is None:
+        raise SmokeFailure("cuobjdump not found: pip install nvidia-cuda-cuobjdump, or pass --cuobjdump")
+    return found
 
 
 def check_dicom(exe: Path, env: dict[str, str], scratch: Path) -> None:
@@ -228,10 +349,27 @@ def check_dicom(exe: Path, env: dict[str, str], scratch: Path) -> None:
         check(result, f"ask on {name}, {codec}")
 
 
+WINDOW_TIMEOUT_S = 240  # a loaded 2-core machine took over 15 s to show the CUDA flavour's window
+
+
+def wait_for_window(app: subprocess.Popen, env: dict[str, str]) -> float:
+    """Seconds until the app's top-level window is on the X display (xwininfo lists it by title): a fixed wait
+    would SIGTERM an app still importing torch on a loaded machine."""
+    start = time.monotonic()
+    while time.monotonic() - start < WINDOW_TIMEOUT_S:
+        if app.poll() is not None:
+            break
+        tree = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True).stdout
+        if '"MedGemma Desktop' in tree:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise SmokeFailure(f"no window within {WINDOW_TIMEOUT_S} s (app status {app.poll()})")
+
+
 def check_gui(exe: Path, env: dict[str, str], scratch: Path, screenshot: Path, seconds: float) -> None:
     """Start the window in demo mode (the tiny model and the sample CT + MR study, loaded as a new user would see
-    them) on Xvfb (offscreen if Xvfb is absent), screenshot it, then SIGTERM it: the app closes its window on
-    SIGTERM, joins the model thread and must exit with status 0."""
+    them) on Xvfb (offscreen if Xvfb is absent), wait for it to show, let it run `seconds`, screenshot it, then
+    SIGTERM it: the app closes its window on SIGTERM, joins the model thread and must exit with status 0."""
     env = dict(env)
     xvfb = None
     if shutil.which("Xvfb"):
@@ -248,6 +386,7 @@ def check_gui(exe: Path, env: dict[str, str], scratch: Path, screenshot: Path, s
         with stderr_path.open("w") as stderr:
             app = subprocess.Popen([str(exe), "--demo"], env=env, cwd=scratch, stdout=subprocess.DEVNULL,
                                    stderr=stderr)
+            shown = wait_for_window(app, env) if xvfb is not None and shutil.which("xwininfo") else 0.0
             time.sleep(seconds)
             if app.poll() is not None:
                 raise SmokeFailure(f"the window exited early with status {app.returncode}:\n"
@@ -266,7 +405,22 @@ def check_gui(exe: Path, env: dict[str, str], scratch: Path, screenshot: Path, s
     if unexpected := unexpected_stderr(log):
         raise SmokeFailure("window: unexpected stderr lines:\n    " + "\n    ".join(unexpected))
     shot = f", screenshot {screenshot}" if xvfb is not None else " (offscreen, no screenshot)"
-    print(f"ok   demo window on {env['QT_QPA_PLATFORM']} for {seconds:.0f} s, closed cleanly on SIGTERM{shot}")
+    print(f"ok   demo window on {env['QT_QPA_PLATFORM']} (shown after {shown:.0f} s) for {seconds:.0f} s, closed "
+          f"cleanly on SIGTERM{shot}")
+
+
+def check_doctor_build(report: str, cuda: bool) -> None:
+    """doctor names the torch build the package promises; without a usable GPU it says so and runs on the CPU."""
+    build = re.search(r"torch: (\S+) \(CUDA build: ([^)]*)\)", report)
+    if build is None or (not build.group(2)[0].isdigit()) == cuda:
+        raise SmokeFailure(f"doctor reports torch {build.group(0) if build else '(no torch line)'}, but the package "
+                           f"is the {'CUDA' if cuda else 'CPU'} one")
+    gpu = re.search(r"GPU: (.+)", report)
+    compute = re.search(r"Compute: (\w+)", report)
+    if gpu and gpu.group(1).startswith("none") and compute and compute.group(1) != "cpu":
+        raise SmokeFailure(f"doctor found no GPU but computes on {compute.group(1)}")
+    where = f"on the GPU ({gpu.group(1)})" if gpu and not gpu.group(1).startswith("none") else "on the CPU, no GPU here"
+    print(f"ok   doctor: torch {build.group(1)} (CUDA {build.group(2)}), passed {where}")
 
 
 def main() -> int:
@@ -275,7 +429,12 @@ def main() -> int:
     parser.add_argument("--screenshot", type=Path, default=Path(__file__).resolve().parent / "dist" / "window.png")
     parser.add_argument("--install-depends", action="store_true", help="apt-get install missing Depends first")
     parser.add_argument("--gui-seconds", type=float, default=15.0, help="how long the window runs before SIGTERM")
+    parser.add_argument("--cuobjdump",
+                        help="for the CUDA package (default: PATH, then the nvidia-cuda-cuobjdump wheel)")
     args = parser.parse_args()
+    package = subprocess.run(["dpkg-deb", "-f", str(args.deb), "Package"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    cuda = package.endswith("-cuda")
     with tempfile.TemporaryDirectory(prefix="medgemma-smoke-") as temp:
         scratch = Path(temp)
         root = scratch / "root"
@@ -283,12 +442,16 @@ def main() -> int:
         try:
             exe = check_layout(root)
             check_depends(args.deb, exe, args.install_depends)
+            check_libraries_resolve(exe)
+            if cuda:
+                check_gpu_code(exe, args.cuobjdump or find_cuobjdump())
             env = clean_env(scratch / "home")
             expected_version = f"{NAME} {version('medgemma-desktop')}"
             check(run([str(exe), "--version"], env, scratch, 120), "--version", expected_version)
             doctor = run([str(exe), "doctor"], env, scratch, 600)
             check(doctor, "doctor (4-bit load, LoRA, image + text, streamed answer)", "All steps passed.")
             print("     " + doctor.stdout.strip().replace("\n", "\n     "))
+            check_doctor_build(doctor.stdout, cuda)
             check_dicom(exe, env, scratch)
             args.screenshot.parent.mkdir(parents=True, exist_ok=True)
             check_gui(exe, env, scratch, args.screenshot.resolve(), args.gui_seconds)

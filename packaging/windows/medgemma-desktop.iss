@@ -2,8 +2,9 @@
 ; Packs the PyInstaller one-folder build (packaging/medgemma-desktop.spec) into one Setup.exe.
 ; UNTESTED: written on Linux, where it cannot be compiled; see packaging/README.md for the steps.
 ;
-;   python packaging\build.py --freeze-only     -> packaging\dist\pyinstaller\medgemma-desktop\
+;   python packaging\build.py --freeze-only                  -> packaging\dist\cpu\pyinstaller\medgemma-desktop\
 ;   iscc /DAppVersion=0.1.0 /DFlavor=cpu packaging\windows\medgemma-desktop.iss
+;   python packaging\build.py --freeze-only --flavour cuda   -> packaging\dist\cuda\pyinstaller\medgemma-desktop\
 ;   iscc /DAppVersion=0.1.0 /DFlavor=cuda packaging\windows\medgemma-desktop.iss
 ;
 ; Installs per user by default (no administrator needed, as on locked-down research workstations); the
@@ -18,7 +19,7 @@
 #endif
 #define AppName "MedGemma Desktop"
 #define ExeName "medgemma-desktop.exe"
-#define SourceDir "..\dist\pyinstaller\medgemma-desktop"
+#define SourceDir "..\dist\" + Flavor + "\pyinstaller\medgemma-desktop"
 
 [Setup]
 ; Never change AppId: upgrades and uninstall find the installed copy by it.
@@ -40,7 +41,7 @@ LicenseFile=..\notices\LICENSE-medgemma-desktop.txt
 InfoBeforeFile=..\notices\HAI-DEF-NOTICE.txt
 SetupIconFile=medgemma-desktop.ico
 UninstallDisplayIcon={app}\{#ExeName}
-OutputDir=..\dist
+OutputDir=..\dist\{#Flavor}
 OutputBaseFilename=medgemma-desktop-{#AppVersion}-windows-x64-{#Flavor}-setup
 ; torch's DLLs are large and already dense: lzma2 at normal level compresses them nearly as well as ultra in a
 ; fraction of the time. Non-solid so that a damaged download fails on one file, not all of them.
