@@ -1,0 +1,74 @@
+"""Stored answers as DICOM reports: what the window's File > Save as DICOM report…, `ask --sr`, batch `--sr` and
+`history export --format dicom` write.
+
+Each question of a conversation whose inputs include DICOM images becomes one report (`core.dicom_report`) of
+its shown answer, named `question_<n>.dcm`; questions about pictures only are left out with a line saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from medgemma_desktop.core.boxes import parse_boxes
+from medgemma_desktop.core.dicom_report import DicomReportError, ReportedAnswer, WrittenReport, write_dicom_report
+from medgemma_desktop.core.dicom_sources import InputRecord
+from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.core.prompts import TaskMode
+from medgemma_desktop.core.store import AnswerStatus, ConversationStore, Message
+from medgemma_desktop.core.thinking import split_thinking
+
+
+def task_title(task_mode: str) -> str:
+    try:
+        return TaskMode(task_mode).title
+    except ValueError:
+        return task_mode or "Free question"
+
+
+def reported_answer(message: Message) -> ReportedAnswer:
+    """The message's shown answer as a report states it; raises `UserFacingError` when it has none."""
+    variant = message.answer
+    if variant is None:
+        raise UserFacingError("this question has no answer yet, so there is nothing to report",
+                              fix="Wait for the answer, or ask again.")
+    text, _thinking = split_thinking(variant.text)
+    boxes = tuple(parse_boxes(variant.text)) if message.task_mode == TaskMode.LOCALIZATION.value else ()
+    return ReportedAnswer(question=variant.question, answer=text.strip(), task=task_title(message.task_mode),
+                          model=variant.model, adapter=variant.adapter, boxes=boxes,
+                          complete=variant.status is AnswerStatus.DONE)
+
+
+def message_inputs(message: Message) -> list[InputRecord]:
+    return [InputRecord(image.label, Path(image.source), image.patient) for image in message.images]
+
+
+def write_message_report(store: ConversationStore, message_id: int, out_dir: Path | str, *,
+                         deidentify: bool = False, stem: str = "report") -> WrittenReport:
+    message = store.message(message_id)
+    return write_dicom_report(reported_answer(message), message_inputs(message), out_dir, deidentify=deidentify,
+                              stem=stem)
+
+
+def write_conversation_reports(store: ConversationStore, conversation_id: int, out_dir: Path | str, *,
+                               deidentify: bool = False) -> tuple[list[WrittenReport], list[str]]:
+    """One report per answered question about DICOM images; returns them and a line per question left out.
+
+    Raises `UserFacingError` when no question of the conversation could be reported.
+    """
+    written: list[WrittenReport] = []
+    left_out: list[str] = []
+    messages: Sequence[Message] = store.messages(conversation_id)
+    for number, message in enumerate(messages, start=1):
+        try:
+            written.append(write_message_report(store, message.id, out_dir, deidentify=deidentify,
+                                                stem=f"question_{number}"))
+        except DicomReportError:
+            raise  # the folder cannot be written: every other question would fail the same way
+        except UserFacingError as exc:
+            left_out.append(f"question {number}: {exc}")
+    if not written:
+        reason = left_out[0] if left_out else "the conversation has no questions"
+        raise UserFacingError(f"nothing to write as a DICOM report ({reason.rstrip('.')})",
+                              fix="Export it as Markdown, JSON or PDF instead.")
+    return written, left_out

@@ -1,0 +1,112 @@
+"""The DICOM instances an answer was about, found again on disk for a report that refers to them.
+
+The store keeps where each input came from (a file, or for a series the folder of its files) and, kept apart with
+the patient data, its Series Instance UID; a series' every instance is found again by that UID below the folder.
+Only the headers are read (no pixels), except for de-identified copies, which need the whole file. Pictures that
+are not DICOM cannot be referred to by a DICOM report; they are named in `SourceSet.skipped`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medgemma_desktop.core.errors import InputFileError, UserFacingError
+
+NOT_DICOM_FIX = "Export it as Markdown, JSON or PDF instead."
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """What the store knows about one input: its label, where it came from, and its UIDs (patient data)."""
+
+    label: str
+    source: Path
+    patient: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """One DICOM instance behind an answer: its file and its header (pixel data not read)."""
+
+    path: Path
+    header: Dataset = field(repr=False)
+
+    @property
+    def is_grayscale(self) -> bool:
+        return int(self.header.get("SamplesPerPixel") or 1) == 1
+
+
+@dataclass(frozen=True)
+class SourceSet:
+    sources: tuple[DicomSource, ...]
+    skipped: tuple[str, ...]  # one line per input that is not DICOM
+
+
+def read_header(path: Path) -> Dataset | None:
+    """The file's DICOM header without pixel data, or None when it is not a DICOM image file."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return None
+    return header if "SOPInstanceUID" in header and "Rows" in header else None
+
+
+def _series_files(folder: Path, series_uid: str) -> list[DicomSource]:
+    found = []
+    for path in sorted(item for item in folder.rglob("*") if item.is_file() and item.name != "DICOMDIR"):
+        header = read_header(path)
+        if header is not None and header.get("SeriesInstanceUID") == series_uid:
+            found.append(DicomSource(path, header))
+    return found
+
+
+def find_sources(inputs: Iterable[InputRecord]) -> SourceSet:
+    """The DICOM instances behind `inputs`, each once, in the order given.
+
+    Raises `UserFacingError` when none of the inputs is DICOM (a report needs something to refer to) or when a
+    DICOM input's files are no longer where they were.
+    """
+    sources: dict[str, DicomSource] = {}
+    skipped: list[str] = []
+    searched: set[tuple[Path, str]] = set()
+    inputs = list(inputs)
+    for item in inputs:
+        series_uid = item.patient.get("SeriesInstanceUID", "")
+        if item.source.is_dir() and series_uid:
+            if (item.source, series_uid) in searched:
+                continue
+            searched.add((item.source, series_uid))
+            found = _series_files(item.source, series_uid)
+            if not found:
+                raise InputFileError("the series' DICOM files are no longer in this folder", path=item.source,
+                                     fix="Put them back, or open the series again and ask again.")
+        elif item.source.is_file() and (header := read_header(item.source)) is not None:
+            found = [DicomSource(item.source, header)]
+        elif series_uid:
+            raise InputFileError("this DICOM file is no longer there", path=item.source,
+                                 fix="Put it back, or open it again and ask again.")
+        else:
+            skipped.append(f"{item.label}: not a DICOM image, so a DICOM report cannot refer to it")
+            continue
+        for source in found:
+            sources.setdefault(str(source.header.SOPInstanceUID), source)
+    if not sources:
+        first = inputs[0].label if inputs else "the question"
+        raise UserFacingError(f"{first}: no DICOM image was asked about, so there is nothing a DICOM report could "
+                              "refer to", fix=NOT_DICOM_FIX)
+    return SourceSet(tuple(sources.values()), tuple(skipped))
+
+
+def full_dataset(source: DicomSource) -> Dataset:
+    """The whole instance, pixel data included (for a de-identified copy)."""
+    try:
+        return pydicom.dcmread(source.path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise InputFileError(f"the file could not be read again ({type(exc).__name__})", path=source.path,
+                             fix="Check that it is still there and readable.") from exc
