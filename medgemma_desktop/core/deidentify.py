@@ -16,10 +16,11 @@ from __future__ import annotations
 import copy
 import functools
 
-from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+from dicomanonymizer.dicomfields_selector import ANONYMIZATION_CATEGORIES, dicom_anonymization_database_selector
 from dicomanonymizer.simpledicomanonymizer import anonymize_dataset, initialize_actions
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 ANNEX_E_TABLE = "dicomfields_2026c"  # dicom-anonymizer's copy of PS3.15 Table E.1-1, 2026c edition
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
@@ -37,6 +38,18 @@ def _table_actions() -> dict:
 def basic_profile_actions() -> dict:
     """Tag -> action for every attribute Table E.1-1 names (D, Z, X, U and their combinations)."""
     return dict(_table_actions())
+
+
+@functools.cache
+def _table_tags() -> frozenset[tuple[int, int]]:
+    table = dicom_anonymization_database_selector(ANNEX_E_TABLE)
+    return frozenset(tag for category in ANONYMIZATION_CATEGORIES for tag in table[category] if len(tag) == 2)
+
+
+def is_identifying(tag: BaseTag) -> bool:
+    """Whether the profile removes or replaces this attribute (or it is private): such values are patient data
+    and stay hidden in the viewer's tag list until the user asks."""
+    return tag.is_private or (tag.group, tag.element) in _table_tags() or 0x5000 <= tag.group <= 0x60FF
 
 
 def _anonymize_tree(dataset: Dataset) -> None:
