@@ -40,13 +40,14 @@ from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.box_overlay import FoundBoxes
 from medgemma_desktop.ui.chat import ChatPane
 from medgemma_desktop.ui.demo_banner import DemoBanner
+from medgemma_desktop.ui.dicom_report_dialog import open_dicom_report_dialog
 from medgemma_desktop.ui.export_dialog import ExportDialog, write_export
 from medgemma_desktop.ui.first_run import FirstRunPage
 from medgemma_desktop.ui.folder_field import folders_problem
 from medgemma_desktop.ui.history import HistoryPanel
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.model_manager import ModelManagerDialog
-from medgemma_desktop.ui.pictures import Picture, render_picture
+from medgemma_desktop.ui.pictures import Picture
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.status import GpuStatusLabel, LoadingProgress, ModelStatusLabel
 from medgemma_desktop.ui.stored_conversation import StoredConversation, read_conversation, show_variant
@@ -61,6 +62,7 @@ from medgemma_desktop.ui.task_inputs import (
 from medgemma_desktop.ui.theme import app_icon, apply_theme
 from medgemma_desktop.ui.token_budget import BudgetCheck, TokenCounter, check_budget
 from medgemma_desktop.ui.viewer import ImageLoader, ViewerPanel
+from medgemma_desktop.ui.viewer_loading import reopened_pictures
 from medgemma_desktop.ui.worker import AdapterRequest, Answer, ModelHost, ModelState, Recording
 
 log = logging.getLogger(__name__)
@@ -75,12 +77,7 @@ TITLE = "MedGemma Desktop"
 def _reopened(store: ConversationStore, conversation_id: int) -> tuple[StoredConversation, list[Picture]]:
     """Runs on a background job: the stored conversation and its images rendered for the viewer, each once."""
     stored = read_conversation(store, conversation_id)
-    seen: dict[str, Picture] = {}
-    for exchange in stored.exchanges:
-        for image in exchange.images:
-            if image.sha256 not in seen:
-                seen[image.sha256] = render_picture(image)
-    return stored, list(seen.values())
+    return stored, reopened_pictures(image for exchange in stored.exchanges for image in exchange.images)
 
 
 class MainWindow(QMainWindow):
@@ -206,6 +203,8 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "&Paste image", self.viewer.paste_from_clipboard, QKeySequence.StandardKey.Paste)
         self._action(file_menu, "&New conversation", self.new_conversation, QKeySequence.StandardKey.New)
         self.export_action = self._action(file_menu, "&Export conversation…", self.open_export, "Ctrl+Shift+E")
+        self._action(file_menu, "Save as &DICOM report…",
+                     lambda: open_dicom_report_dialog(self, self.store, self.chat.conversation.id))
         file_menu.addSeparator()
         self._action(file_menu, "&Load model", self._request_load, "Ctrl+L")
         self._action(file_menu, "&Model manager…", self.open_model_manager, "Ctrl+M")

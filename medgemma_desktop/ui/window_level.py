@@ -62,6 +62,7 @@ class WindowPresetBox(QComboBox):
         for number, (name, window) in enumerate(presets, start=1):
             self.addItem(f"{number} {name}: {window_text(window)}", window)
         self.setCurrentIndex(0)
+        self.setMinimumWidth(self.sizeHint().width())  # a crowded tool row must not clip the labels
 
     def choose(self, index: int) -> None:
         """Pick preset `index` (0-based) as if the user had, when there is one."""
