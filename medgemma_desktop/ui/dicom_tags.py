@@ -32,6 +32,7 @@ from medgemma_desktop.core.dicom import DESCRIPTIVE_KEYWORDS
 from medgemma_desktop.core.dicom_sources import read_header
 
 MAX_VALUE_CHARS = 200
+MAX_VALUE_COLUMN = 360  # pixels: a long value is elided rather than pushing the Tag column away
 
 
 def hidden_until_asked(element: DataElement) -> bool:
@@ -71,7 +72,6 @@ class DicomTagsPanel(QWidget):
         self.search = QLineEdit()
         self.search.setPlaceholderText("Search tags")
         self.search.setAccessibleName("Search DICOM tags")
-        self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self._filter)
         self.show_patient = QCheckBox("Show patient data")
         self.show_patient.setAccessibleName("Show patient data")
@@ -85,7 +85,7 @@ class DicomTagsPanel(QWidget):
 
         header = QHBoxLayout()
         header.setContentsMargins(0, 0, 0, 0)
-        header.addWidget(self.toggle)
+        header.addWidget(self.toggle, 0, Qt.AlignmentFlag.AlignLeft)
         header.addWidget(self.search, 1)
         header.addWidget(self.show_patient)
         layout = QVBoxLayout(self)
@@ -114,6 +114,8 @@ class DicomTagsPanel(QWidget):
                 rows += list(self._patient.items())
             self.table.addTopLevelItems([QTreeWidgetItem([keyword, value]) for keyword, value in rows])
         self.table.resizeColumnToContents(0)
+        self.table.resizeColumnToContents(1)
+        self.table.setColumnWidth(1, min(self.table.columnWidth(1), MAX_VALUE_COLUMN))
         self._filter(self.search.text())
 
     def _items(self, dataset: Dataset) -> list[QTreeWidgetItem]:

@@ -110,11 +110,10 @@ class ViewerPanel(QWidget):
                                            self._set_overlays, True)
         self.overlay_button.setChecked(True)
         rows = QVBoxLayout()
-        for widgets in ((self.open_button, self.remove_button, self.prior_button, None, self.boxes_button,
-                         self.export_boxes_button),
-                        (self.fit_button, self.actual_button, self.window_box, self.invert_button,
-                         self.rotate_button, self.flip_h_button, self.flip_v_button, self.measure_button,
-                         self.overlay_button, None)):
+        for widgets in ((self.open_button, self.remove_button, self.prior_button, self.window_box, None,
+                         self.boxes_button, self.export_boxes_button),
+                        (self.fit_button, self.actual_button, self.invert_button, self.rotate_button,
+                         self.flip_h_button, self.flip_v_button, self.measure_button, self.overlay_button, None)):
             row = QHBoxLayout()
             for widget in widgets:
                 if widget is None:
