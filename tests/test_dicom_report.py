@@ -200,6 +200,12 @@ def test_pictures_get_no_report_and_one_line_saying_why(tmp_path: Path) -> None:
     assert dciodvfy_errors(mixed.report) == []
 
 
+def test_images_of_two_patients_get_no_report(tmp_path: Path) -> None:
+    with pytest.raises(UserFacingError, match="2 different patients"):
+        write_dicom_report(answer(), [record(CT_SMALL), record(MR_SMALL)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_moved_source_is_named_with_what_to_do(tmp_path: Path) -> None:
     gone = InputRecord("CT_small.dcm", tmp_path / "moved.dcm", {"SeriesInstanceUID": "1.2.3"})
     with pytest.raises(UserFacingError, match=r"moved\.dcm: this DICOM file is no longer there"):

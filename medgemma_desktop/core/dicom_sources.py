@@ -96,6 +96,10 @@ def find_sources(inputs: Iterable[InputRecord]) -> SourceSet:
             continue
         for source in found:
             sources.setdefault(str(source.header.SOPInstanceUID), source)
+    patients = {str(source.header.get("PatientID", "")) for source in sources.values()}
+    if len(patients) > 1:
+        raise UserFacingError(f"the images belong to {len(patients)} different patients; a DICOM report is about "
+                              "one patient's images", fix="Ask about each patient's images separately.")
     if not sources:
         first = inputs[0].label if inputs else "the question"
         raise UserFacingError(f"{first}: no DICOM image was asked about, so there is nothing a DICOM report could "
