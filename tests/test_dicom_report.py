@@ -15,14 +15,14 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from medgemma_desktop.core.boxes import Box
-from medgemma_desktop.core.dicom import load_dicom
-from medgemma_desktop.core.dicom_export import write_conversation_reports
+from medgemma_desktop.core.dicom import load_dicom, load_dicom_folder
+from medgemma_desktop.core.dicom_export import answer_to_report, image_inputs, write_conversation_reports
 from medgemma_desktop.core.dicom_report import ReportedAnswer, box_pixels, write_dicom_report
 from medgemma_desktop.core.dicom_sources import InputRecord
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.fingerprint import WeightsIdentity
-from medgemma_desktop.core.imaging import dicom_image_input, load_image
+from medgemma_desktop.core.imaging import dicom_image_input, load_image, volume_image_inputs
 from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.store import AnswerStatus, ConversationStore
 
@@ -235,3 +235,16 @@ def test_a_stored_conversation_exports_one_report_per_dicom_question(tmp_path: P
     assert written[0].presentation_state is not None
     assert dciodvfy_errors(written[0].presentation_state) == []
     store.close()
+
+
+def test_an_answer_in_hand_about_a_series_as_the_model_saw_it(tmp_path: Path) -> None:
+    """`ask --sr` and batch have no store: the images the model was sent (sampled slices) name their series."""
+    [series] = load_dicom_folder(BRAIN_SERIES)
+    sent = volume_image_inputs(series, max_slices=2)  # two of the four slices went to the model
+    reported = answer_to_report("Any bleed?", "<unused94>thought\nhmm<unused95>No bleed.", TaskMode.CT_SERIES.value,
+                                MODEL, None)
+    assert reported.answer == "No bleed." and reported.task == TaskMode.CT_SERIES.title and reported.boxes == ()
+    written = write_dicom_report(reported, image_inputs(sent), tmp_path)
+    assert dciodvfy_errors(written.report) == []
+    slices = [path for path in BRAIN_SERIES.iterdir() if path.is_file()]
+    assert evidence_uids(pydicom.dcmread(written.report)) == instance_uids(slices)  # every slice, not just two

@@ -1,5 +1,6 @@
-"""Stored answers as DICOM reports: what the window's File > Save as DICOM report…, `ask --sr`, batch `--sr` and
-`history export --format dicom` write.
+"""Answers as DICOM reports: what the window's File > Save as DICOM report…, `ask --sr`, batch `--sr` and
+`history export --format dicom` write (`write_conversation_reports` from the store; `answer_to_report` with
+`image_inputs` and `core.dicom_report.write_dicom_report` for an answer in hand).
 
 Each question of a conversation whose inputs include DICOM images becomes one report (`core.dicom_report`) of
 its shown answer, named `question_<n>.dcm`; questions about pictures only are left out with a line saying so.
@@ -7,13 +8,15 @@ its shown answer, named `question_<n>.dcm`; questions about pictures only are le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medgemma_desktop.core.boxes import parse_boxes
 from medgemma_desktop.core.dicom_report import DicomReportError, ReportedAnswer, WrittenReport, write_dicom_report
 from medgemma_desktop.core.dicom_sources import InputRecord
 from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.core.fingerprint import WeightsIdentity
+from medgemma_desktop.core.imaging import ImageInput
 from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.store import AnswerStatus, ConversationStore, Message
 from medgemma_desktop.core.thinking import split_thinking
@@ -26,21 +29,33 @@ def task_title(task_mode: str) -> str:
         return task_mode or "Free question"
 
 
+def answer_to_report(question: str, text: str, task_mode: str, model: WeightsIdentity,
+                     adapter: WeightsIdentity | None, complete: bool = True) -> ReportedAnswer:
+    """An answer as generated (thinking trace included) as a report states it: the visible answer, and for
+    localization the boxes of its final answer."""
+    visible, _thinking = split_thinking(text)
+    boxes = tuple(parse_boxes(text)) if task_mode == TaskMode.LOCALIZATION.value else ()
+    return ReportedAnswer(question=question, answer=visible.strip(), task=task_title(task_mode), model=model,
+                          adapter=adapter, boxes=boxes, complete=complete)
+
+
 def reported_answer(message: Message) -> ReportedAnswer:
     """The message's shown answer as a report states it; raises `UserFacingError` when it has none."""
     variant = message.answer
     if variant is None:
         raise UserFacingError("this question has no answer yet, so there is nothing to report",
                               fix="Wait for the answer, or ask again.")
-    text, _thinking = split_thinking(variant.text)
-    boxes = tuple(parse_boxes(variant.text)) if message.task_mode == TaskMode.LOCALIZATION.value else ()
-    return ReportedAnswer(question=variant.question, answer=text.strip(), task=task_title(message.task_mode),
-                          model=variant.model, adapter=variant.adapter, boxes=boxes,
-                          complete=variant.status is AnswerStatus.DONE)
+    return answer_to_report(variant.question, variant.text, message.task_mode, variant.model, variant.adapter,
+                            complete=variant.status is AnswerStatus.DONE)
 
 
 def message_inputs(message: Message) -> list[InputRecord]:
     return [InputRecord(image.label, Path(image.source), image.patient) for image in message.images]
+
+
+def image_inputs(images: Iterable[ImageInput]) -> list[InputRecord]:
+    """What a report needs of the images a question was asked about (`ask --sr` and batch, without a store)."""
+    return [InputRecord(image.label, image.source, image.patient) for image in images]
 
 
 def write_message_report(store: ConversationStore, message_id: int, out_dir: Path | str, *,
