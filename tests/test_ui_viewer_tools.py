@@ -256,3 +256,17 @@ def test_reopened_dicom_pictures_get_their_tools_back(tmp_path: Path, ct_series)
     assert single.input.dicom is not None and single.frames and not single.frames[0][0].is_color
     assert series.series is not None and series.series.slice_count == 3
     assert plain.frames == () and plain.input is gone  # its file is gone: the stored picture, as before
+
+
+def test_mr_offers_its_own_window_and_its_full_range(qtbot, viewer: ViewerPanel) -> None:
+    mr = Path(get_testdata_file("MR_small.dcm"))  # type: ignore[arg-type]
+    open_and_wait(qtbot, viewer, [mr])
+    values = load_dicom(mr).values
+    box = viewer.window_box
+    assert [box.itemText(i).split(":")[0] for i in range(box.count())] == ["1 File default", "2 Full range"]
+    canvas = viewer.canvas
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_2)
+    assert viewer.view is not None and viewer.view.window == ((values.min() + values.max()) / 2,
+                                                              values.max() - values.min())
+    assert viewer.canvas.corners["top_left"].startswith("MR")
