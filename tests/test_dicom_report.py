@@ -16,7 +16,12 @@ from pydicom.dataset import Dataset
 
 from medgemma_desktop.core.boxes import Box
 from medgemma_desktop.core.dicom import load_dicom, load_dicom_folder
-from medgemma_desktop.core.dicom_export import answer_to_report, image_inputs, write_conversation_reports
+from medgemma_desktop.core.dicom_export import (
+    answer_to_report,
+    image_inputs,
+    write_conversation_reports,
+    written_summary,
+)
 from medgemma_desktop.core.dicom_report import ReportedAnswer, box_pixels, write_dicom_report
 from medgemma_desktop.core.dicom_sources import InputRecord
 from medgemma_desktop.core.errors import UserFacingError
@@ -248,3 +253,15 @@ def test_an_answer_in_hand_about_a_series_as_the_model_saw_it(tmp_path: Path) ->
     assert dciodvfy_errors(written.report) == []
     slices = [path for path in BRAIN_SERIES.iterdir() if path.is_file()]
     assert evidence_uids(pydicom.dcmread(written.report)) == instance_uids(slices)  # every slice, not just two
+
+
+def test_the_summary_line_says_what_was_written_and_left_out(tmp_path: Path) -> None:
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (20, 20)).save(picture)
+    box = Box("lung", y0=100, x0=100, y1=500, x1=500)
+    written = write_dicom_report(answer((box,)), [InputRecord("photo.png", picture), record(CT_SMALL)],
+                                 tmp_path / "out", deidentify=True)
+    line = written_summary(tmp_path / "out", [written], ["question 2: no answer"])
+    assert line == (f"Saved 1 DICOM report, 1 presentation state, 1 de-identified image to {tmp_path / 'out'}. "
+                    "Notes: question 2: no answer; photo.png: not a DICOM image, so a DICOM report cannot refer "
+                    "to it")

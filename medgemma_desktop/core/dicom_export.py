@@ -87,3 +87,16 @@ def write_conversation_reports(store: ConversationStore, conversation_id: int, o
         raise UserFacingError(f"nothing to write as a DICOM report ({reason.rstrip('.')})",
                               fix="Export it as Markdown, JSON or PDF instead.")
     return written, left_out
+
+
+def written_summary(folder: Path, written: list[WrittenReport], left_out: list[str]) -> str:
+    """One line for the status bar or the terminal: what was written where, and what was left out."""
+    states = sum(item.presentation_state is not None for item in written)
+    copies = sum(len(item.deidentified) for item in written)
+    parts = [f"{len(written)} DICOM report{'s' if len(written) != 1 else ''}"]
+    if states:
+        parts.append(f"{states} presentation state{'s' if states != 1 else ''}")
+    if copies:
+        parts.append(f"{copies} de-identified image{'s' if copies != 1 else ''}")
+    notes = left_out + [note for item in written for note in item.notes]  # questions and inputs left out, warnings
+    return f"Saved {', '.join(parts)} to {folder}" + (f". Notes: {'; '.join(notes)}" if notes else "")

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medgemma_desktop.core.dicom_export import write_conversation_reports
+from medgemma_desktop.core.dicom_export import write_conversation_reports, written_summary
 from medgemma_desktop.core.dicom_report import WrittenReport
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.store import ConversationStore
@@ -33,19 +33,6 @@ DEIDENTIFY_TEXT = "De-identify: copy the images without patient data (DICOM PS3.
 NOTE = ("One report per question about DICOM images, in the images' study, referring to every image asked about; "
         "boxes also as a presentation state PACS viewers draw. The question and answer are copied as written: "
         "keep names out of them before sharing a de-identified report.")
-
-
-def summary(folder: Path, written: list[WrittenReport], left_out: list[str]) -> str:
-    """One line for the status bar: what was written where, and what was left out."""
-    states = sum(item.presentation_state is not None for item in written)
-    copies = sum(len(item.deidentified) for item in written)
-    parts = [f"{len(written)} DICOM report{'s' if len(written) != 1 else ''}"]
-    if states:
-        parts.append(f"{states} presentation state{'s' if states != 1 else ''}")
-    if copies:
-        parts.append(f"{copies} de-identified image{'s' if copies != 1 else ''}")
-    notes = left_out + [note for item in written for note in item.notes]
-    return f"Saved {', '.join(parts)} to {folder}" + (f". Left out: {'; '.join(notes)}" if notes else "")
 
 
 class DicomReportDialog(QDialog):
@@ -95,7 +82,7 @@ class DicomReportDialog(QDialog):
                       lambda result: self._written(folder, *result), self._failed)
 
     def _written(self, folder: Path, written: list[WrittenReport], left_out: list[str]) -> None:
-        self.saved.emit(summary(folder, written, left_out))
+        self.saved.emit(written_summary(folder, written, left_out))
         self.accept()
 
     def _failed(self, exc: Exception) -> None:
