@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dicom_validation import dciodvfy_errors
 from dicomanonymizer.dicomfields_selector import ANONYMIZATION_CATEGORIES, dicom_anonymization_database_selector
 from dicomanonymizer.simpledicomanonymizer import keep
 from pydicom.data import get_testdata_file
@@ -86,3 +87,25 @@ def test_uids_are_replaced_the_same_way_across_instances() -> None:
         assert copies[0].FrameOfReferenceUID != originals[0].FrameOfReferenceUID
     again = deidentify(originals[0])
     assert again.SOPInstanceUID == copies[0].SOPInstanceUID  # consistent within a run
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "examples_overlay.dcm",
+                                  "liver_1frame.dcm", "SC_rgb_rle.dcm"])
+def test_the_copy_is_as_valid_as_the_original(tmp_path: Path, name: str) -> None:
+    """No new dciodvfy error: sequences holding references keep valid items with new UIDs, emptied sequences
+    have no items, an overlay whose data the profile removes goes whole."""
+    original = Path(get_testdata_file(name))  # type: ignore[arg-type]
+    copy_path = tmp_path / name
+    deidentify(pydicom.dcmread(original)).save_as(copy_path, enforce_file_format=True)
+    assert set(dciodvfy_errors(copy_path)) <= set(dciodvfy_errors(original))
+
+
+def test_references_inside_sequences_get_the_same_new_uids() -> None:
+    original = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))  # type: ignore[arg-type]
+    source = original.SourceImageSequence[0]
+    result = deidentify(original)
+    [kept] = result.SourceImageSequence
+    assert kept.ReferencedSOPClassUID == source.ReferencedSOPClassUID
+    assert kept.ReferencedSOPInstanceUID not in ("", source.ReferencedSOPInstanceUID)
+    again = deidentify(pydicom.dcmread(get_testdata_file("JPEG2000.dcm")))  # type: ignore[arg-type]
+    assert again.SourceImageSequence[0].ReferencedSOPInstanceUID == kept.ReferencedSOPInstanceUID

@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 
 from dicomanonymizer.dicomfields_selector import ANONYMIZATION_CATEGORIES, dicom_anonymization_database_selector
-from dicomanonymizer.simpledicomanonymizer import anonymize_dataset, initialize_actions
+from dicomanonymizer.simpledicomanonymizer import (
+    anonymize_dataset,
+    delete_or_empty,
+    delete_or_empty_or_replace_UID,
+    empty,
+    initialize_actions,
+    replace_UID,
+)
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
+Action = Callable[[Dataset, tuple[int, int]], None]  # what the library's table maps each tag to
 ANNEX_E_TABLE = "dicomfields_2026c"  # dicom-anonymizer's copy of PS3.15 Table E.1-1, 2026c edition
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 METHOD_TEXT = "PS3.15 Annex E Basic Profile, table 2026c"  # LO: at most 64 characters
@@ -30,9 +39,36 @@ _LIBRARY_DUMMIES = {"DA": ("00010101", "19000101"),
                     "DT": ("00010101010101.000000+0000", "19000101000000.000000+0000")}
 
 
+def _keep_items_replace_uids(dataset: Dataset, tag: tuple[int, int]) -> None:
+    """X/Z/U* on a sequence: keep its items, whose instance UIDs the walk into them replaces (the profile's U
+    choice, which keeps references valid); the library would empty every value in them, Type 1 ones included."""
+    element = dataset.get(tag)
+    if element is not None and element.VR != "SQ":
+        replace_UID(dataset, tag)
+
+
+def _empty_sequence_or(action: Action) -> Action:
+    """Z on a sequence: zero items (a zero-length value), not items whose Type 1 values are emptied."""
+
+    def apply(dataset: Dataset, tag: tuple[int, int]) -> None:
+        element = dataset.get(tag)
+        if element is not None and element.VR == "SQ":
+            element.value = []
+        else:
+            action(dataset, tag)
+
+    return apply
+
+
 @functools.cache
 def _table_actions() -> dict:
-    return initialize_actions(ANNEX_E_TABLE)
+    actions = initialize_actions(ANNEX_E_TABLE)
+    for tag, action in actions.items():
+        if action is delete_or_empty_or_replace_UID:
+            actions[tag] = _keep_items_replace_uids
+        elif action in (empty, delete_or_empty):
+            actions[tag] = _empty_sequence_or(action)
+    return actions
 
 
 def basic_profile_actions() -> dict:
@@ -78,10 +114,15 @@ def deidentify(dataset: Dataset) -> Dataset:
     return result
 
 
+def _is_overlay(tag: BaseTag) -> bool:
+    return 0x6000 <= tag.group <= 0x60FF and tag.group % 2 == 0
+
+
 def _finish(dataset: Dataset, element: DataElement, removed: list[tuple[int, int]]) -> None:
-    """Two corrections to the library's result: it replaces dates under the X (remove) action with its dummy date
-    instead of removing them, and its dummy date (year 1) is not a valid DA value."""
-    if (element.tag.group, element.tag.element) in removed:
+    """Corrections to the library's result: it replaces dates under the X (remove) action with its dummy date
+    instead of removing them; its dummy date (year 1) is not a valid DA value; and with Overlay Data removed (X)
+    the rest of an overlay plane is left incomplete, so the whole overlay goes."""
+    if (element.tag.group, element.tag.element) in removed or _is_overlay(element.tag):
         del dataset[element.tag]
     elif element.VR in _LIBRARY_DUMMIES and element.value == _LIBRARY_DUMMIES[element.VR][0]:
         element.value = _LIBRARY_DUMMIES[element.VR][1]
