@@ -270,3 +270,19 @@ def test_mr_offers_its_own_window_and_its_full_range(qtbot, viewer: ViewerPanel)
     assert viewer.view is not None and viewer.view.window == ((values.min() + values.max()) / 2,
                                                               values.max() - values.min())
     assert viewer.canvas.corners["top_left"].startswith("MR")
+
+
+def test_pan_by_dragging_or_with_the_arrow_keys(qtbot, viewer: ViewerPanel, tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1600, 1200), (90, 90, 90)).save(big)
+    open_and_wait(qtbot, viewer, [big])
+    canvas = viewer.canvas
+    viewer.actual_button.click()  # larger than the view: there is somewhere to pan to
+    assert canvas.dragMode() is canvas.DragMode.ScrollHandDrag
+    canvas.setFocus()
+    before = canvas.horizontalScrollBar().value()
+    qtbot.keyClick(canvas, Qt.Key.Key_Right)
+    assert canvas.horizontalScrollBar().value() > before
+    before = canvas.verticalScrollBar().value()
+    qtbot.keyClick(canvas, Qt.Key.Key_Down)
+    assert canvas.verticalScrollBar().value() > before
