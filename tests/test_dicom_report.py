@@ -178,6 +178,7 @@ def test_deidentified_export_refers_to_the_new_uids_and_leaves_the_originals_alo
         report = pydicom.dcmread(result.report)
         assert evidence_uids(report) == instance_uids(list(result.deidentified))
         assert report.PatientName == "" and report.PatientID != "CompressedSamples^CT1"
+        assert report.PatientIdentityRemoved == "YES"
     assert len(series.deidentified) == 4
     copy = pydicom.dcmread(written.deidentified[0])
     original = pydicom.dcmread(CT_SMALL)
@@ -190,6 +191,7 @@ def test_deidentified_export_refers_to_the_new_uids_and_leaves_the_originals_alo
     assert state.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == \
         copy.SOPInstanceUID
     assert state.PatientID == copy.PatientID and state.StudyInstanceUID == copy.StudyInstanceUID
+    assert state.PatientIdentityRemoved == "YES"
 
 
 def test_pictures_get_no_report_and_one_line_saying_why(tmp_path: Path) -> None:
