@@ -210,6 +210,10 @@ def test_paging_keys_and_slider_step_slices_without_clicking_the_image(qtbot, vi
     assert viewer.slice_label.text() == "slice 5 / 5"
     qtbot.keyClick(viewer.open_button, Qt.Key.Key_PageUp)
     assert viewer.slice_label.text() == "slice 4 / 5"
+    viewer.tags.toggle.click()
+    viewer.tags.table.setFocus()  # the tag list keeps its own paging
+    qtbot.keyClick(viewer.tags.table, Qt.Key.Key_PageDown)
+    assert viewer.slice_label.text() == "slice 4 / 5"
 
     slider = viewer.slider
     assert slider.isVisible() and (slider.minimum(), slider.maximum(), slider.value()) == (0, 4, 3)

@@ -127,8 +127,11 @@ class ViewerPanel(QWidget):
             Qt.Key.Key_V: self._flip_vertically, Qt.Key.Key_M: self.measure_button.click,
             Qt.Key.Key_O: self.overlay_button.click, Qt.Key.Key_F: self.canvas.fit_to_window,
         }
+        # The image, its tools and the slider; PageUp/PageDown step slices wherever the focus is in it (the tag
+        # list and the thumbnails below keep the keys for their own paging).
+        self.image_area = QWidget()
         for sequence, step in ((QKeySequence(Qt.Key.Key_PageUp), -1), (QKeySequence(Qt.Key.Key_PageDown), 1)):
-            shortcut = QShortcut(sequence, self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut = QShortcut(sequence, self.image_area, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(lambda step=step: self.step_slice(step))
 
         self.slice_label = QLabel()
@@ -176,12 +179,15 @@ class ViewerPanel(QWidget):
         self.model.modelReset.connect(self._found.clear)
         self.model.dataChanged.connect(self._update_buttons)
 
+        area = QVBoxLayout(self.image_area)
+        area.setContentsMargins(0, 0, 0, 0)
+        area.addLayout(rows)
+        area.addWidget(self.canvas, 1)
+        area.addLayout(slices)
+        area.addLayout(info)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(rows)
-        layout.addWidget(self.canvas, 1)
-        layout.addLayout(slices)
-        layout.addLayout(info)
+        layout.addWidget(self.image_area, 1)
         layout.addWidget(self.tags)
         layout.addWidget(self.error_label)
         layout.addWidget(self.strip)
