@@ -215,7 +215,7 @@ def test_images_of_two_patients_get_no_report(tmp_path: Path) -> None:
 
 def test_a_moved_source_is_named_with_what_to_do(tmp_path: Path) -> None:
     gone = InputRecord("CT_small.dcm", tmp_path / "moved.dcm", {"SeriesInstanceUID": "1.2.3"})
-    with pytest.raises(UserFacingError, match=r"moved\.dcm: this DICOM file is no longer there"):
+    with pytest.raises(UserFacingError, match=r"moved\.dcm: the DICOM files asked about are no longer there"):
         write_dicom_report(answer(), [gone], tmp_path / "out")
 
 
@@ -267,3 +267,25 @@ def test_the_summary_line_says_what_was_written_and_left_out(tmp_path: Path) -> 
     assert line == (f"Saved 1 DICOM report, 1 presentation state, 1 de-identified image to {tmp_path / 'out'}. "
                     "Notes: question 2: no answer; photo.png: not a DICOM image, so a DICOM report cannot refer "
                     "to it")
+
+
+def test_a_single_image_whose_file_is_gone_is_reported_from_what_the_store_kept(tmp_path: Path) -> None:
+    moved = tmp_path / "ct.dcm"
+    moved.write_bytes(CT_SMALL.read_bytes())
+    store = ConversationStore(tmp_path / "history.sqlite3")
+    conversation = store.create_conversation().id
+    message = store.add_question(conversation, "spine", [dicom_image_input(load_dicom(moved))], "localization")
+    text = 'Final Answer: [{"box_2d": [100, 100, 500, 500], "label": "spine"}]'
+    store.finish_answer(store.begin_answer(message.id, MODEL, ADAPTER, {}), text, {})
+    moved.unlink()
+
+    [written], _ = write_conversation_reports(store, conversation, tmp_path / "out")
+    original = pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
+    for path in (written.report, written.presentation_state):
+        assert path is not None and dciodvfy_errors(path) == [], path
+    report = pydicom.dcmread(written.report)
+    assert evidence_uids(report) == instance_uids([CT_SMALL])
+    assert report.PatientName == original.PatientName and report.StudyDate == original.StudyDate
+    with pytest.raises(UserFacingError, match="a de-identified copy needs the image itself"):
+        write_conversation_reports(store, conversation, tmp_path / "deid", deidentify=True)
+    store.close()

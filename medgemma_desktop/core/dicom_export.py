@@ -50,12 +50,12 @@ def reported_answer(message: Message) -> ReportedAnswer:
 
 
 def message_inputs(message: Message) -> list[InputRecord]:
-    return [InputRecord(image.label, Path(image.source), image.patient) for image in message.images]
+    return [InputRecord(image.label, Path(image.source), image.patient, image.metadata) for image in message.images]
 
 
 def image_inputs(images: Iterable[ImageInput]) -> list[InputRecord]:
     """What a report needs of the images a question was asked about (`ask --sr` and batch, without a store)."""
-    return [InputRecord(image.label, image.source, image.patient) for image in images]
+    return [InputRecord(image.label, image.source, image.patient, image.metadata) for image in images]
 
 
 def write_message_report(store: ConversationStore, message_id: int, out_dir: Path | str, *,

@@ -2,6 +2,8 @@
 
 The store keeps where each input came from (a file, or for a series the folder of its files) and, kept apart with
 the patient data, its Series Instance UID; a series' every instance is found again by that UID below the folder.
+A single image whose file is gone is still referred to, from the UIDs, size and patient/study fields the store
+kept (`stored_header`); only its de-identified copy then cannot be made.
 Only the headers are read (no pixels), except for de-identified copies, which need the whole file. Pictures that
 are not DICOM cannot be referred to by a DICOM report; they are named in `SourceSet.skipped`.
 """
@@ -28,6 +30,7 @@ class InputRecord:
     label: str
     source: Path
     patient: Mapping[str, str] = field(default_factory=dict, repr=False)
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class DicomSource:
 
     path: Path
     header: Dataset = field(repr=False)
+    on_disk: bool = True  # False: the file is gone and `header` was rebuilt from what the store kept
 
     @property
     def is_grayscale(self) -> bool:
@@ -55,6 +59,33 @@ def read_header(path: Path) -> Dataset | None:
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
     return header if "SOPInstanceUID" in header and "Rows" in header else None
+
+
+# What the store keeps of a single DICOM image is enough to refer to it once its file is gone.
+_STORED_REFERENCE = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Rows", "Columns")
+_STORED_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                         "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_COLOUR = ("RGB", "YBR")
+
+
+def stored_header(item: InputRecord) -> Dataset | None:
+    """The header a report needs, rebuilt from the store's fields of a single DICOM image (not a slice of a
+    series, whose other instances the store does not list); None when something is missing."""
+    known = {**item.metadata, **item.patient}
+    if "slice_index" in item.metadata or any(not known.get(key) for key in _STORED_REFERENCE):
+        return None
+    header = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+        setattr(header, keyword, known[keyword])
+    header.Rows, header.Columns = int(known["Rows"]), int(known["Columns"])
+    header.Modality = known.get("Modality", "OT")
+    for keyword in _STORED_PATIENT_STUDY:
+        setattr(header, keyword, known.get(keyword, ""))  # Type 2: empty when the file had none
+    if known.get("FrameOfReferenceUID"):
+        header.FrameOfReferenceUID = known["FrameOfReferenceUID"]
+    photometric = known.get("PhotometricInterpretation", "MONOCHROME2")
+    header.SamplesPerPixel = 3 if photometric.startswith(_COLOUR) else 1
+    return header
 
 
 def _series_files(folder: Path, series_uid: str) -> list[DicomSource]:
@@ -88,9 +119,11 @@ def find_sources(inputs: Iterable[InputRecord]) -> SourceSet:
                                      fix="Put them back, or open the series again and ask again.")
         elif item.source.is_file() and (header := read_header(item.source)) is not None:
             found = [DicomSource(item.source, header)]
+        elif (header := stored_header(item)) is not None:
+            found = [DicomSource(item.source, header, on_disk=False)]
         elif series_uid:
-            raise InputFileError("this DICOM file is no longer there", path=item.source,
-                                 fix="Put it back, or open it again and ask again.")
+            raise InputFileError("the DICOM files asked about are no longer there", path=item.source,
+                                 fix="Put them back, or open them again and ask again.")
         else:
             skipped.append(f"{item.label}: not a DICOM image, so a DICOM report cannot refer to it")
             continue
@@ -109,6 +142,9 @@ def find_sources(inputs: Iterable[InputRecord]) -> SourceSet:
 
 def full_dataset(source: DicomSource) -> Dataset:
     """The whole instance, pixel data included (for a de-identified copy)."""
+    if not source.on_disk:
+        raise InputFileError("this DICOM file is no longer there, and a de-identified copy needs the image itself",
+                             path=source.path, fix="Put it back, or save the report without de-identifying.")
     try:
         return pydicom.dcmread(source.path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
