@@ -91,11 +91,11 @@ def test_a_reopened_conversation_keeps_its_dicom_tools(qtbot, ask_and_wait, wind
     with qtbot.waitSignal(window.viewer.load_finished):
         window.viewer.open_paths([CT])
     ask_and_wait(window, "What organ is shown?", TIMEOUT_MS)
-    conversation = window.chat.conversation.id
+    conversation = window.controller.session.id
     window.new_conversation()
     assert window.viewer.model.rowCount() == 0
     with qtbot.waitSignal(window.conversation_opened, timeout=TIMEOUT_MS):
-        window.open_conversation(conversation)
+        window.controller.open_conversation(conversation)
     viewer = window.viewer
     assert viewer.model.rowCount() == 1 and viewer.view is not None
     assert viewer.window_box.isVisible() and viewer.tags.isVisible()  # presets and tags are back

@@ -40,7 +40,7 @@ from medgemma_desktop.ui.dicom_view import PictureView
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.image_canvas import ImageCanvas
 from medgemma_desktop.ui.image_list import ImageListModel
-from medgemma_desktop.ui.pictures import THUMBNAIL_SIZE, clipboard_input, render_picture
+from medgemma_desktop.ui.pictures import THUMBNAIL_SIZE, Picture, clipboard_input, render_picture
 from medgemma_desktop.ui.viewer_loading import OPEN_FILTER, ImageLoader, LoadResult, load_pictures
 from medgemma_desktop.ui.window_level import WindowPresetBox, dragged_window, window_text
 
@@ -202,6 +202,14 @@ class ViewerPanel(QWidget):
         names, _ = QFileDialog.getOpenFileNames(self, "Open images", "", OPEN_FILTER)
         if names:
             self.open_paths([Path(name) for name in names])
+
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images or a DICOM series")
+        if folder:
+            self.open_paths([Path(folder)])
+
+    def current_picture(self) -> Picture | None:
+        return self._view.picture if self._view is not None else None
 
     def open_paths(self, paths: list[Path]) -> None:
         loader = self._loader

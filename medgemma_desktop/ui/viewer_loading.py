@@ -1,5 +1,5 @@
-"""How files become the viewer's pictures, off the UI thread: picture files, folders of them, DICOM folders and
-DICOMDIRs (one item per series), and the pictures of a reopened conversation.
+"""How files become the viewer's pictures, off the UI thread: whatever `session.inputs` opens (pictures, DICOM
+files grouped by series, folders, DICOMDIRs), and the pictures of a reopened conversation.
 
 A reopened conversation's images come back as the PNGs the model saw; where their DICOM files are still on disk,
 the viewer shows the DICOM again (window/level presets, tags, values under the cursor, slices of a series) while
@@ -8,21 +8,21 @@ the conversation keeps sending exactly what it sent before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medgemma_desktop.core.dicom import DicomSeries, is_dicom_file, load_dicom, load_dicom_folder, load_dicomdir
+from medgemma_desktop.core.dicom import is_dicom_file, load_dicom, load_dicom_folder
 from medgemma_desktop.core.errors import UserFacingError
-from medgemma_desktop.core.imaging import ImageInput, dicom_image_input
-from medgemma_desktop.ui.pictures import Picture, render_picture, render_series
+from medgemma_desktop.core.imaging import ImageInput
+from medgemma_desktop.session.inputs import ImageLoader, read_inputs, series_item
+from medgemma_desktop.ui.pictures import Picture, render_item, render_picture
 
-ImageLoader = Callable[[Path], ImageInput]
-# Files taken from a dropped folder; anything else in the folder (notes, hidden files) is skipped. A folder with
-# none of these is read as DICOM (files there often have no suffix at all).
-PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-OPEN_FILTER = ("Images and DICOM (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp *.dcm *.dicom DICOMDIR);;"
-               "All files (*)")
+__all__ = ["OPEN_FILTER", "ImageLoader", "LoadResult", "load_pictures", "reopened_pictures"]
+
+# No suffix filter by default: DICOM files from CDs and PACS exports often have none.
+OPEN_FILTER = ("Images and DICOM, with or without a suffix (*);;"
+               "Pictures (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp);;DICOM (*.dcm *.dicom DICOMDIR)")
 
 
 @dataclass(frozen=True)
@@ -31,42 +31,10 @@ class LoadResult:
     errors: list[str]
 
 
-def picture_files(folder: Path) -> list[Path]:
-    """The folder's picture files, sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith("."))
-
-
-def series_pictures(series: Iterable[DicomSeries]) -> list[Picture]:
-    """One item per series; a one-slice series is just a DICOM picture."""
-    return [render_series(item) if item.slice_count > 1 else render_picture(dicom_image_input(item.images[0]))
-            for item in series]
-
-
 def load_pictures(paths: list[Path], loader: ImageLoader) -> LoadResult:
-    """Runs off the UI thread: decode each file, folder or DICOMDIR; keep going past bad ones and say which
-    failed. A folder of pictures opens its pictures; any other folder is read as DICOM series."""
-    pictures, errors = [], []
-
-    def attempt(load: Callable[[], list[Picture]]) -> None:
-        try:
-            pictures.extend(load())
-        except UserFacingError as exc:
-            errors.append(str(exc))
-
-    for path in paths:
-        if path.is_dir():
-            files = picture_files(path)
-            if files:
-                for file in files:
-                    attempt(lambda file=file: [render_picture(loader(file))])
-            else:
-                attempt(lambda path=path: series_pictures(load_dicom_folder(path)))
-        elif path.name.upper() == "DICOMDIR":
-            attempt(lambda path=path: series_pictures(load_dicomdir(path)))
-        else:
-            attempt(lambda path=path: [render_picture(loader(path))])
-    return LoadResult(pictures, errors)
+    """Runs off the UI thread: `session.inputs.read_inputs` (series grouped however the files came), rendered."""
+    opened = read_inputs(paths, loader)
+    return LoadResult([render_item(item) for item in opened.items], [str(error) for error in opened.errors])
 
 
 def _dicom_again(image: ImageInput) -> Picture | None:
@@ -77,7 +45,7 @@ def _dicom_again(image: ImageInput) -> Picture | None:
             return render_picture(replace(image, dicom=load_dicom(image.source)))
         if image.source.is_dir() and series_uid:
             series = next((item for item in load_dicom_folder(image.source) if item.uid == series_uid), None)
-            return render_series(series) if series is not None else None
+            return render_item(series_item(series)) if series is not None else None
     except UserFacingError:
         return None
     return None
