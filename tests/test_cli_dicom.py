@@ -1,70 +1,63 @@
-"""The command line's DICOM report options (`cli.dicom_options`), which `ask --sr`, batch `--sr` and `history
-export --format dicom` call: real files, a real store, every output checked by dciodvfy."""
+"""`ask --sr DIR [--deidentify]` and `history export ID --format dicom` as a user runs them, on the tiny
+checkpoint and pydicom's DICOMDIR: every file they write passes dciodvfy and the reports refer to them."""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
 import pydicom
-import pytest
 from dicom_validation import dciodvfy_errors
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medgemma_desktop.cli.dicom_options import add_dicom_report_arguments, write_answer_report, write_history_reports
-from medgemma_desktop.core.errors import UserFacingError
-from medgemma_desktop.core.fingerprint import WeightsIdentity
-from medgemma_desktop.core.imaging import load_any
-from medgemma_desktop.core.prompts import TaskMode
-from medgemma_desktop.core.store import ConversationStore
+from medgemma_desktop.cli import main
 
-CT_SMALL = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+DICOMDIR = Path(get_testdata_file("DICOMDIR"))  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class Identity:
-    model: WeightsIdentity
-    adapter: WeightsIdentity | None
+def referenced(report: Path) -> set[str]:
+    evidence = pydicom.dcmread(report).CurrentRequestedProcedureEvidenceSequence
+    return {instance.ReferencedSOPInstanceUID for study in evidence for series in study.ReferencedSeriesSequence
+            for instance in series.ReferencedSOPSequence}
 
 
-IDENTITY = Identity(WeightsIdentity("medgemma-1.5-4b-it", "c" * 64), WeightsIdentity("lora", "d" * 64))
+def test_ask_sr_then_history_export_dicom(capsys, tiny_checkpoint, tmp_path: Path) -> None:
+    history, out = tmp_path / "history.sqlite3", tmp_path / "sr"
+    # The DICOMDIR's largest CT series has 5 slices; the model sees 3 of them, the report refers to all 5.
+    assert main(["ask", "--model", str(tiny_checkpoint.model_dir), "--image", str(DICOMDIR), "--task", "ct-series",
+                 "--slices", "3", "--max-new-tokens", "2", "--history-file", str(history), "--sr", str(out),
+                 "--deidentify"]) == 0
+    err = capsys.readouterr().err
+    assert f"-- Saved 1 DICOM report, 5 de-identified images to {out}" in err and "Traceback" not in err
+    copies = sorted((out / "report_images").iterdir())
+    assert dciodvfy_errors(out / "report.dcm") == []
+    # This series' own files lack the Laterality dciodvfy asks for: the copies may carry that, and nothing new.
+    series = DICOMDIR.parent / "98892001" / "CT5N"
+    inherited = {error for path in series.iterdir() for error in dciodvfy_errors(path)}
+    for path in copies:
+        assert set(dciodvfy_errors(path)) <= inherited, path.name
+    assert referenced(out / "report.dcm") == {pydicom.dcmread(path).SOPInstanceUID for path in copies}
+
+    conversation = re.search(r"kept as conversation (\d+)", err).group(1)  # type: ignore[union-attr]
+    exported = tmp_path / "exported"
+    assert main(["history", "--history-file", str(history), "export", conversation, "--format", "dicom",
+                 "--out", str(exported)]) == 0
+    assert capsys.readouterr().out.strip() == f"Saved 1 DICOM report to {exported}"
+    assert dciodvfy_errors(exported / "question_1.dcm") == []
+    originals = referenced(exported / "question_1.dcm")
+    assert len(originals) == 5 and not originals & referenced(out / "report.dcm")  # the originals' own UIDs
 
 
-def test_the_options_parse() -> None:
-    parser = argparse.ArgumentParser()
-    add_dicom_report_arguments(parser)
-    args = parser.parse_args(["--sr", "out", "--deidentify"])
-    assert args.sr == Path("out") and args.deidentify
-    assert parser.parse_args([]).sr is None
-
-
-def test_ask_sr_writes_a_valid_report_of_the_answer(tmp_path: Path) -> None:
-    text = 'Final Answer: [{"box_2d": [100, 100, 500, 500], "label": "spine"}]'
-    line = write_answer_report(tmp_path, "spine", text, TaskMode.LOCALIZATION.value, IDENTITY,
-                               [load_any(CT_SMALL)], deidentify=True)
-    assert line.startswith(f"Saved 1 DICOM report, 1 presentation state, 1 de-identified image to {tmp_path}")
-    for path in tmp_path.rglob("*.dcm"):
-        assert dciodvfy_errors(path) == [], path.name
-    assert pydicom.dcmread(tmp_path / "report.dcm").PatientIdentityRemoved == "YES"
-
-
-def test_ask_sr_about_a_picture_says_why_in_one_line(tmp_path: Path) -> None:
+def test_a_report_of_pictures_or_a_lone_deidentify_is_one_line(capsys, tiny_checkpoint, tmp_path: Path) -> None:
     picture = tmp_path / "photo.png"
-    Image.new("RGB", (16, 16)).save(picture)
-    with pytest.raises(UserFacingError, match=r"photo\.png: no DICOM image was asked about"):
-        write_answer_report(tmp_path / "out", "What?", "A photo.", "", IDENTITY, [load_any(picture)])
-
-
-def test_history_export_writes_every_dicom_question(tmp_path: Path) -> None:
-    store = ConversationStore(tmp_path / "history.sqlite3")
-    conversation = store.create_conversation().id
-    message = store.add_question(conversation, "What organ?", [load_any(CT_SMALL)], TaskMode.DESCRIBE.value)
-    store.finish_answer(store.begin_answer(message.id, IDENTITY.model, None, {}), "The liver.", {})
-    store.close()
-    line = write_history_reports(tmp_path / "history.sqlite3", conversation, tmp_path / "out")
-    assert line == f"Saved 1 DICOM report to {tmp_path / 'out'}"
-    assert dciodvfy_errors(tmp_path / "out" / "question_1.dcm") == []
-    with pytest.raises(UserFacingError, match="there is no conversation 99"):
-        write_history_reports(tmp_path / "history.sqlite3", 99, tmp_path / "out")
+    Image.new("RGB", (32, 32), (80, 80, 80)).save(picture)
+    base = ["ask", "--model", str(tiny_checkpoint.model_dir), "--image", str(picture), "--max-new-tokens", "2",
+            "--no-history", "What is this?"]
+    assert main([*base, "--deidentify"]) == 2
+    assert "--deidentify goes with --sr DIR" in capsys.readouterr().err
+    assert main([*base, "--sr", str(tmp_path / "sr")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("medgemma-desktop: photo.png: no DICOM image was asked about") and "Markdown" in err
+    assert main(["history", "--history-file", str(tmp_path / "h.sqlite3"), "export", "1", "--format", "md",
+                 "--deidentify"]) == 2

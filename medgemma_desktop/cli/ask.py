@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from medgemma_desktop.cli.dicom_options import add_dicom_report_arguments, write_answer_report
 from medgemma_desktop.core.errors import UserFacingError
 
 # Command-line names of the task modes, as a user would say them.
@@ -45,6 +46,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--show-thinking", action="store_true", help="also print the model's thinking trace")
     ask.add_argument("--no-history", action="store_true", help="do not keep the question and answer in the history")
     ask.add_argument("--history-file", type=Path, help="the history database (default: the window's)")
+    add_dicom_report_arguments(ask)
     ask.set_defaults(run=run)
 
 
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserFacingError("--max-new-tokens must be at least 1")
     if not 1 <= args.slices <= 85:
         raise UserFacingError("--slices must be between 1 and 85")
+    if args.deidentify and args.sr is None:
+        raise UserFacingError("--deidentify goes with --sr DIR", fix="Add --sr and the folder for the report.")
     items = open_inputs(args.image)  # bad files fail before the slow model load
     prior = open_inputs([args.prior])[0] if args.prior else None
     first_series = next((item.series for item in items if item.series is not None), None)
@@ -111,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"-- box {box.label!r}: box_2d [{box.y0:g}, {box.x0:g}, {box.y1:g}, {box.x1:g}]", file=sys.stderr)
     if session.id is not None:
         print(f"-- kept as conversation {session.id} (medgemma-desktop history show {session.id})", file=sys.stderr)
+    if args.sr is not None:
+        exchange = session.exchanges[-1]
+        line = write_answer_report(args.sr, exchange.question or task.default_question, answer.text, task.value,
+                                   engine.identity, exchange.images, deidentify=args.deidentify)
+        print(f"-- {line}", file=sys.stderr)
     return 0
 
 

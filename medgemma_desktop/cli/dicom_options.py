@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.fingerprint import WeightsIdentity
 from medgemma_desktop.core.imaging import ImageInput
 
@@ -46,23 +45,3 @@ def write_answer_report(out_dir: Path, question: str, text: str, task_mode: str,
     report = answer_to_report(question, text, task_mode, answered_by.model, answered_by.adapter)
     written = write_dicom_report(report, image_inputs(images), out_dir, deidentify=deidentify, stem=stem)
     return written_summary(out_dir, [written], [])
-
-
-def write_history_reports(store_path: Path | None, conversation_id: int, out_dir: Path, *,
-                          deidentify: bool = False) -> str:
-    """`history export ID --format dicom --out DIR`: every answered question about DICOM images of a stored
-    conversation; returns the summary line."""
-    from medgemma_desktop.core.dicom_export import write_conversation_reports, written_summary
-    from medgemma_desktop.core.store import ConversationStore
-
-    store = ConversationStore(store_path)
-    try:
-        try:
-            store.conversation(conversation_id)
-        except KeyError:
-            raise UserFacingError(f"there is no conversation {conversation_id} in the history",
-                                  fix="List them with `medgemma-desktop history list`.") from None
-        written, left_out = write_conversation_reports(store, conversation_id, out_dir, deidentify=deidentify)
-    finally:
-        store.close()
-    return written_summary(out_dir, written, left_out)
