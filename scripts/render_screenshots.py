@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication(sys.argv[:1])
     apply_theme(app, "light")
     work = Path(tempfile.mkdtemp(prefix="medgemma-screens-"))
+    for path in viewer_screenshots(args.out, work, app):  # the viewer alone: no model needed
+        print(path)
 
     first = MainWindow(work / "empty-settings.json")
     first.resize(1180, 760)
@@ -195,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     window.close()
     for name in ("first_run.png", "window.png", "window_dark.png", "window_ct.png", "window_boxes.png"):
         print(args.out / name)
-    for path in viewer_screenshots(args.out, work, app):
-        print(path)
     return 0
 
 
