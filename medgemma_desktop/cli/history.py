@@ -90,10 +90,12 @@ def _export(store, conversation_id: int, out: Path, kind: str, include_patient_d
         return export_markdown(store, conversation_id, out, include_patient_data=include_patient_data)
     if kind == "json":
         return export_json(store, conversation_id, out, include_patient_data=include_patient_data)
-    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
 
-    if QGuiApplication.instance() is None:
-        _app = QGuiApplication(["medgemma-desktop", "-platform", "offscreen"])  # kept alive while printing
+    if QApplication.instance() is None:
+        # A QApplication, not a QGuiApplication: called in-process (tests, a script) before any window, a
+        # QGuiApplication would stay the application and every later widget would abort the process.
+        _app = QApplication(["medgemma-desktop", "-platform", "offscreen"])  # kept alive while printing
     from medgemma_desktop.ui.export_dialog import write_pdf
 
     return write_pdf(store, conversation_id, out, include_patient_data)
