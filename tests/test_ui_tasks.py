@@ -105,6 +105,8 @@ def test_picture_modes_send_googles_turns(qtbot, window: MainWindow, requests: l
         open_files(qtbot, window, [first])
         send(qtbot, window, "")  # empty: the mode's default question
         assert_same_turns(requests[-1].turns, build_task_prompt(mode, [a]))
+        qtbot.wait(400)  # the recount after the answer: a follow-up needs no image, so no "0 were given"
+        assert "given" not in task.budget.text() and task.budget.text().startswith("Input")
         assert mode.title in window.chat.transcript.toPlainText()
 
     window.new_conversation()

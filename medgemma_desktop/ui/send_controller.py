@@ -198,7 +198,7 @@ class SendController(QObject):
         text = self._chat.question.toPlainText() or mode.default_question or "?"
         try:
             plan, _ = self._plan(mode)
-            check = self._refresh_session().budget(mode, count_model_images(plan, task.slice_count), text,
+            check = self._refresh_session().budget(mode, count_model_images(mode, plan, task.slice_count), text,
                                                    self._series(mode, plan))
         except UserFacingError as exc:
             task.show_message(str(exc), error=True)
@@ -210,7 +210,7 @@ class SendController(QObject):
 
     @staticmethod
     def _series(mode: TaskMode, plan: list[InputItem]) -> str | None:
-        return SERIES_MODES.get(mode) if any(item.series is not None for item in plan) else None
+        return SERIES_MODES.get(mode) if plan else None
 
     @Slot(str)
     def ask(self, text: str) -> None:
@@ -222,7 +222,7 @@ class SendController(QObject):
         mode, slices = task.mode, task.slice_count
         try:
             plan, pictures = self._plan(mode)
-            check = self._refresh_session().budget(mode, count_model_images(plan, slices), text,
+            check = self._refresh_session().budget(mode, count_model_images(mode, plan, slices), text,
                                                    self._series(mode, plan))
         except UserFacingError as exc:
             task.show_message(str(exc), error=True)
