@@ -69,6 +69,8 @@ class ImageCanvas(QGraphicsView):
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAccessibleName("Image viewer")
         self.setAccessibleDescription("Drop image files or folders here")
+        self.viewport().setAccessibleName("Image")  # what screen readers land on inside the viewer
+        self.viewport().setAccessibleDescription("The picture or slice shown; drop image files or folders here")
         self.viewport().setMouseTracking(True)
         self.boxes = BoxOverlay(self._item)
         self.measurement = MeasurementOverlay(self._item)
