@@ -23,12 +23,13 @@ class ExportFlow(QObject):
         super().__init__(parent)
         self._jobs, self._status, self._parent = jobs, status, parent
 
-    def open(self, store: ConversationStore, conversation_id: int | None) -> ExportDialog | None:
+    def open(self, store: ConversationStore, conversation_id: int | None, demo: bool = False) -> ExportDialog | None:
+        """`demo`: the conversation is the demo model's (every export says so)."""
         if conversation_id is None:
             self._status.showMessage("Ask a question or open a conversation first: there is nothing to export.",
                                      10_000)
             return None
-        dialog = ExportDialog(store.conversation(conversation_id).title, Path.home(), self._parent)
+        dialog = ExportDialog(store.conversation(conversation_id).title, Path.home(), self._parent, demo=demo)
         dialog.accepted.connect(lambda: self._export(store, conversation_id, dialog))
         dialog.finished.connect(dialog.deleteLater)
         dialog.open()

@@ -19,14 +19,15 @@ from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
 from medgemma_desktop.core.app_dirs import data_dir
-from medgemma_desktop.core.demo import demo_checkpoint, sample_study
+from medgemma_desktop.core.demo import DEMO_MAX_NEW_TOKENS, demo_checkpoint, demo_series, sample_study
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import LoadOptions, ModelIdentity
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.gpu import GpuMonitor
 from medgemma_desktop.core.imaging import load_any
+from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.settings import Settings, load_settings, save_settings
-from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
+from medgemma_desktop.core.store import DB_FILENAME
 from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.session.inputs import ImageLoader
 from medgemma_desktop.ui.about import AboutDialog
@@ -38,6 +39,7 @@ from medgemma_desktop.ui.export_flow import ExportFlow
 from medgemma_desktop.ui.first_run import FirstRunPage
 from medgemma_desktop.ui.folder_field import folders_problem
 from medgemma_desktop.ui.history import HistoryPanel
+from medgemma_desktop.ui.history_files import HistoryFiles
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.menus import build_menus
 from medgemma_desktop.ui.model_manager import ModelManagerDialog
@@ -46,6 +48,7 @@ from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.status import GpuStatusLabel, LoadingProgress, ModelStatusLabel
 from medgemma_desktop.ui.theme import app_icon, apply_theme
 from medgemma_desktop.ui.viewer import ViewerPanel
+from medgemma_desktop.ui.window_size import first_window_size
 from medgemma_desktop.ui.worker import AdapterRequest, ModelHost, ModelState
 
 log = logging.getLogger(__name__)
@@ -58,8 +61,7 @@ TITLE = "MedGemma Desktop"
 class MainWindow(QMainWindow):
     def __init__(self, settings_path: Path | None = None, loader: ImageLoader = load_any,
                  monitor: GpuMonitor | None = None, data_folder: Path | None = None, demo: bool = False) -> None:
-        """`data_folder` holds the conversation histories (the platform data folder by default); `demo` starts in
-        demo mode."""
+        """`data_folder` holds the histories (default: the platform data folder); `demo` starts in demo mode."""
         super().__init__()
         self.setWindowTitle(TITLE)
         self.setWindowIcon(app_icon())
@@ -69,10 +71,8 @@ class MainWindow(QMainWindow):
         self._monitor = monitor or GpuMonitor()
         self._load_when_idle = False  # a load asked for while the model thread was busy
         self._switching_adapter = self._closed = False
-        self._data_folder = data_folder or data_dir()
-        # Kept open until the window closes: an answer still streaming into one may finish after a switch.
-        self._stores: dict[Path, ConversationStore] = {}
-        self.store = self._open_store(DB_FILENAME)
+        self._histories = HistoryFiles(data_folder or data_dir())
+        self.store = self._histories.open(DB_FILENAME)
         self.jobs = BackgroundJobs(self)
         self.demo = False
         self._demo_checkpoint: TinyCheckpoint | None = None
@@ -82,7 +82,7 @@ class MainWindow(QMainWindow):
         self.viewer = ViewerPanel(loader)
         self.chat = ChatPane()
         self.controller = SendController(self.host, self.chat, self.viewer, self.jobs, self.store,
-                                         lambda: self.settings)
+                                         self.question_settings)
         self.answer_finished = self.controller.answer_finished  # Answer, after the chat pane shows it
         self.conversation_opened = self.controller.conversation_opened  # a stored conversation is shown
         self.first_run = FirstRunPage()
@@ -133,7 +133,7 @@ class MainWindow(QMainWindow):
         self.first_run.folders_chosen.connect(self._use_folders)
         self.first_run.demo_requested.connect(self.start_demo)
         self.demo_banner.leave_requested.connect(self._leave_demo_requested)
-        self.resize(1280, 780)
+        self.resize(first_window_size(self))
         if loaded.notice:
             self.statusBar().showMessage(loaded.notice, 20_000)
         self._sync_first_run()
@@ -198,7 +198,11 @@ class MainWindow(QMainWindow):
         self._switch_history(DEMO_DB_FILENAME)
         self.pages.setCurrentWidget(self.workspace)
         self.viewer.open_inputs(sample_study)
+        self.jobs.run(demo_series, lambda folder: self.viewer.open_paths([folder]) if self.demo else None,
+                      self._demo_failed)  # written once, in the cache
         if self._demo_checkpoint is None:
+            self.model_status.setText("Model: preparing the demo model…")
+            self.loading.start_busy("Writing the tiny demo model into the cache folder (the first time only)")
             self.jobs.run(demo_checkpoint, self._demo_ready, self._demo_failed)  # written once, in the cache
         else:
             self.request_load()
@@ -209,6 +213,8 @@ class MainWindow(QMainWindow):
             self.request_load()
 
     def _demo_failed(self, exc: Exception) -> None:
+        self.loading.hide()
+        self.model_status.show_state(self.host.state, "", self.host.identity)
         report_unexpected(type(exc), exc, exc.__traceback__)
         self.chat.show_notice(f"The demo model could not be made: {type(exc).__name__}: {exc}")
 
@@ -231,16 +237,16 @@ class MainWindow(QMainWindow):
     def _switch_history(self, filename: str) -> None:
         if self.host.state is ModelState.GENERATING:
             self.host.stop()  # the answer still lands in the history it was asked in
-        self.store = self._open_store(filename)
+        self.store = self._histories.open(filename)
         self.controller.new_conversation(self.store)
+        self.chat.task.set_mode(TaskMode.FREE_CHAT)  # not the demo series' mode, with no series left
         self.history.set_store(self.store)
         self._update_export()
 
-    def _open_store(self, filename: str) -> ConversationStore:
-        path = self._data_folder / filename
-        if path not in self._stores:
-            self._stores[path] = ConversationStore(path)
-        return self._stores[path]
+    def question_settings(self) -> Settings:
+        """The settings questions are asked with: demo answers stop early (the tiny model writes noise)."""
+        limit = min(self.settings.max_new_tokens, DEMO_MAX_NEW_TOKENS) if self.demo else self.settings.max_new_tokens
+        return replace(self.settings, max_new_tokens=limit)
 
     def _sync_first_run(self) -> None:
         self.first_run.context_limit = self.settings.context_limit
@@ -267,10 +273,8 @@ class MainWindow(QMainWindow):
     def _update_export(self) -> None:
         self.export_action.setEnabled(self.controller.session.id is not None)
 
-    # Export --------------------------------------------------------------------------------------------------
-
     def open_export(self) -> ExportDialog | None:
-        return self.exports.open(self.store, self.controller.session.id)
+        return self.exports.open(self.store, self.controller.session.id, demo=self.demo)
 
     # Adapters ------------------------------------------------------------------------------------------------
 
@@ -365,7 +369,7 @@ class MainWindow(QMainWindow):
         self._save_settings(settings)
         app = QApplication.instance()
         if isinstance(app, QApplication):
-            apply_theme(app, settings.theme)
+            apply_theme(app, settings.theme, settings.text_size)
         self.gpu_status.set_plan(choose_device(settings.force_cpu))
         self.controller.update_budget()
         self._sync_first_run()
@@ -391,7 +395,5 @@ class MainWindow(QMainWindow):
         self._monitor.close()
         if not self._closed:
             self._closed = True
-            for store in self._stores.values():
-                store.purge_deleted()  # deleting is final once the window (and its Undo) is gone
-                store.close()
+            self._histories.close()
         super().closeEvent(event)

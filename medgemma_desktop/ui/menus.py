@@ -39,7 +39,7 @@ def build_menus(window: MainWindow) -> QAction:
     file_menu.addSeparator()
     _action(window, file_menu, "&Load model", window.request_load, "Ctrl+L")
     _action(window, file_menu, "&Model manager…", window.open_model_manager, "Ctrl+M")
-    _action(window, file_menu, "&Settings…", window.open_settings, QKeySequence.StandardKey.Preferences)
+    _action(window, file_menu, "&Settings…", window.open_settings, "Ctrl+,")  # Cmd+, on macOS
     file_menu.addSeparator()
     _action(window, file_menu, "&Quit", window.close, QKeySequence.StandardKey.Quit)
     chat_menu = bar.addMenu("&Chat")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QItemSelectionModel, QMimeData, QModelIndex, QPointF, QSize, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, QMimeData, QModelIndex, QPointF, Qt, Signal
 from PySide6.QtGui import QGuiApplication, QImage, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListView,
     QPlainTextEdit,
     QSlider,
     QTextEdit,
@@ -39,8 +38,8 @@ from medgemma_desktop.ui.dicom_tags import DicomTagsPanel
 from medgemma_desktop.ui.dicom_view import PictureView
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.image_canvas import ImageCanvas
-from medgemma_desktop.ui.image_list import ImageListModel
-from medgemma_desktop.ui.pictures import THUMBNAIL_SIZE, Picture, clipboard_input, render_picture
+from medgemma_desktop.ui.image_list import ImageListModel, ThumbnailStrip
+from medgemma_desktop.ui.pictures import Picture, clipboard_input, render_picture
 from medgemma_desktop.ui.viewer_loading import OPEN_FILTER, ImageLoader, LoadResult, load_pictures
 from medgemma_desktop.ui.window_level import WindowPresetBox, dragged_window, window_text
 
@@ -163,15 +162,7 @@ class ViewerPanel(QWidget):
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.hide()
 
-        self.strip = QListView()
-        self.strip.setAccessibleName("Image thumbnails")
-        self.strip.setModel(self.model)
-        self.strip.setViewMode(QListView.ViewMode.IconMode)
-        self.strip.setFlow(QListView.Flow.LeftToRight)
-        self.strip.setWrapping(False)
-        self.strip.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        self.strip.setFixedHeight(THUMBNAIL_SIZE + 44)
-        self.strip.setMovement(QListView.Movement.Static)
+        self.strip = ThumbnailStrip(self.model)
         self.strip.selectionModel().currentChanged.connect(self._show_current)
         self.model.rowsInserted.connect(self._after_rows_changed)
         self.model.rowsRemoved.connect(self._after_rows_changed)
