@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if selected is not None:
         print(f"-- {task.title}: {selected.label}", file=sys.stderr)
 
-    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit)
+    # One answer, then exit: a compiled step would only be ready for a next answer (fast_decode.choose_decoder).
+    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit,
+                          compile_step=False)
     engine = Engine.load(args.model, args.adapter, options,
                          progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
                          cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
