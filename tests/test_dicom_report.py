@@ -289,3 +289,13 @@ def test_a_single_image_whose_file_is_gone_is_reported_from_what_the_store_kept(
     with pytest.raises(UserFacingError, match="a de-identified copy needs the image itself"):
         write_conversation_reports(store, conversation, tmp_path / "deid", deidentify=True)
     store.close()
+
+
+def test_weights_from_a_remote_server_without_a_hash_still_validate(tmp_path: Path) -> None:
+    remote = ReportedAnswer(question="q", answer="a", task="Describe the image",
+                            model=WeightsIdentity("medgemma-1.5-4b-it", ""), adapter=None)
+    written = write_dicom_report(remote, [record(CT_SMALL)], tmp_path)
+    assert dciodvfy_errors(written.report) == []
+    report = pydicom.dcmread(written.report)
+    assert texts(report, "Algorithm Version") == ["unknown"]
+    assert "medgemma-1.5-4b-it (sha256 unknown)" in " ".join(texts(report, "Algorithm Parameters"))

@@ -74,7 +74,10 @@ def box_pixels(box: Box, image: Dataset) -> PixelBox:
 
 
 def _weights_text(identity: WeightsIdentity | None) -> str:
-    return "none" if identity is None else f"{Path(identity.folder).name} (sha256 {identity.sha256})"
+    """"name (sha256 …)"; a remote server's weights may have no hash to give."""
+    if identity is None:
+        return "none"
+    return f"{Path(identity.folder).name} (sha256 {identity.sha256 or 'unknown'})"
 
 
 def _observation_context(answer: ReportedAnswer) -> hd.sr.ObservationContext:
@@ -88,7 +91,7 @@ def _observation_context(answer: ReportedAnswer) -> hd.sr.ObservationContext:
 
 def _algorithm(answer: ReportedAnswer) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
-        name=f"MedGemma {Path(answer.model.folder).name}", version=answer.model.sha256,
+        name=f"MedGemma {Path(answer.model.folder).name}", version=answer.model.sha256 or "unknown",
         parameters=[f"model: {_weights_text(answer.model)}", f"adapter: {_weights_text(answer.adapter)}",
                     f"task: {answer.task}", f"app: {MANUFACTURER} {__version__}"])
 
