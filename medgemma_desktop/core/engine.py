@@ -334,6 +334,11 @@ class Engine:
         return {key: (value.to(device, self.plan.dtype) if value.is_floating_point() else value.to(device))
                 for key, value in inputs.items()}
 
+    @property
+    def context_limit(self) -> int:
+        """The most tokens (prompt + answer) one generation may hold."""
+        return self.options.context_limit
+
     def count_tokens(self, turns: Sequence[ChatTurn]) -> int:
         inputs = self.processor.apply_chat_template(
             to_processor_messages(turns), add_generation_prompt=True, tokenize=True, return_dict=True)
