@@ -195,10 +195,9 @@ def _clamp(value: float, upper: int) -> float:
     return min(max(float(value), 0.0), float(upper))
 
 
-def boxes_to_json(boxes: Sequence[Box], image_size: tuple[int, int], padding: PaddingMap | None = None, *,
-                  disclaimer: str) -> str:
-    """The boxes for other programs: the model's normalised `box_2d` and the original image's pixels side by side,
-    with the research-use disclaimer every export carries."""
+def boxes_record(boxes: Sequence[Box], image_size: tuple[int, int], padding: PaddingMap | None = None) -> dict:
+    """The boxes as plain data (kept with the answer in the store, read by exports): the model's normalised
+    `box_2d` and the original image's pixels side by side."""
     width, height = image_size
     records = []
     for box in boxes:
@@ -209,13 +208,23 @@ def boxes_to_json(boxes: Sequence[Box], image_size: tuple[int, int], padding: Pa
             "pixels": {"left": _plain(pixels.left), "top": _plain(pixels.top),
                        "right": _plain(pixels.right), "bottom": _plain(pixels.bottom)},
         })
-    document = {
-        "disclaimer": disclaimer,
+    return {
         "box_2d": f"[y0, x0, y1, x1], 0..{SCALE} over the square image the model saw (padded where needed)",
         "pixels": "left, top, right, bottom in pixels of the original image; origin at its top-left corner",
         "image": {"width": width, "height": height},
         "boxes": records,
     }
+
+
+def boxes_from_record(record: Any) -> list[Box]:
+    """The boxes of a `boxes_record` read back (from the store); [] for anything else."""
+    return _boxes_from(record.get("boxes")) if isinstance(record, dict) else []
+
+
+def boxes_to_json(boxes: Sequence[Box], image_size: tuple[int, int], padding: PaddingMap | None = None, *,
+                  disclaimer: str) -> str:
+    """The boxes for other programs (`boxes_record`), with the research-use disclaimer every export carries."""
+    document = {"disclaimer": disclaimer, **boxes_record(boxes, image_size, padding)}
     return json.dumps(document, indent=2, ensure_ascii=False)
 
 

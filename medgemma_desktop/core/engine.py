@@ -35,7 +35,7 @@ from medgemma_desktop.core.errors import (
 )
 from medgemma_desktop.core.fingerprint import FingerprintCache, WeightsIdentity
 from medgemma_desktop.core.model_folder import AdapterFolder, ModelFolder, check_adapter_folder, check_model_folder
-from medgemma_desktop.core.prompts import ChatTurn, to_processor_messages
+from medgemma_desktop.core.prompts import ChatTurn, estimate_prompt_tokens, text_token_counter, to_processor_messages
 from medgemma_desktop.core.quant_cache import QuantizedModelCache, cache_key
 from medgemma_desktop.core.text_stream import IncrementalDetokenizer, TextChunk
 from medgemma_desktop.core.thinking import split_thinking
@@ -340,9 +340,10 @@ class Engine:
         return self.options.context_limit
 
     def count_tokens(self, turns: Sequence[ChatTurn]) -> int:
-        inputs = self.processor.apply_chat_template(
-            to_processor_messages(turns), add_generation_prompt=True, tokenize=True, return_dict=True)
-        return len(inputs["input_ids"][0])
+        """The prompt's length as `prepare` makes it, counted without preprocessing any image (an 85-slice series
+        is counted before anything is resized): exact, see `estimate_prompt_tokens`."""
+        return estimate_prompt_tokens(turns, self.tokens_per_image,
+                                      text_token_counter(self.processor.tokenizer)).total
 
     def generate(self, turns: Sequence[ChatTurn], settings: GenerationSettings | None = None,
                  cancel: threading.Event | None = None) -> Generation:
