@@ -205,6 +205,8 @@ def _bad_requests() -> list[tuple[str, dict, bytes | None, int, str, str]]:
         ("roles out of order", {}, body(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]),
          400, None, "alternate"),
         ("negative max_tokens", {}, body(max_tokens=-1), 400, None, "max_tokens"),
+        ("an answer longer than the context", {}, body(max_tokens=100_000), 400, "context_length_exceeded",
+         "context limit"),
     ]
 
 

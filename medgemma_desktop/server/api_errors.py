@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from medgemma_desktop.core.errors import ContextTooLongError, InputFileError, UserFacingError
+from medgemma_desktop.core.errors import InputFileError, UserFacingError
 
 
 class ApiError(Exception):
@@ -53,8 +53,10 @@ def from_user_error(error: UserFacingError, where: str | None = None) -> ApiErro
     text = f"{where}: {error.problem}." if where else f"{error.problem}."
     if error.fix:
         text += f" {error.fix}"
-    if isinstance(error, ContextTooLongError):
+    if error.kind == "context":
         return ApiError(400, text, code="context_length_exceeded")
     if isinstance(error, InputFileError):
         return ApiError(400, text, param=where, code="invalid_image")
+    if error.kind == "error":  # a plain refusal of the request's content (a mode's image count, bad text, ...)
+        return ApiError(400, text, param=where)
     return ApiError(500, text, type="server_error", code=error.kind)

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -31,9 +31,7 @@ from medgemma_desktop.server.api_errors import ApiError, from_user_error, too_la
 from medgemma_desktop.server.chat_request import ChatRequest, parse_chat_request, parse_json_body
 from medgemma_desktop.server.model_queue import Failed, Finished, Job, JobEvent, ModelQueue, Piece
 from medgemma_desktop.server.request_images import DEFAULT_MAX_IMAGE_PIXELS
-
-if TYPE_CHECKING:
-    from medgemma_desktop.session.backend import Backend
+from medgemma_desktop.session.backend import Backend
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20  # an 85-slice CT series as PNG data URLs fits with room
 _DISCONNECT_POLL_S = 1.0
@@ -90,7 +88,7 @@ class _Api:
         self._decoding = anyio.CapacityLimiter(1)  # one request's images in memory at a time
 
     def start(self) -> None:
-        self._queue = ModelQueue(self._backend.generate, self._options.queue_capacity)
+        self._queue = ModelQueue(self._backend, self._options.queue_capacity)
 
     def stop(self) -> None:
         if self._queue is not None:
@@ -132,7 +130,7 @@ class _Api:
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         job = Job(chat.turns, chat.settings, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                  stop=chat.stop)
+                  stop=chat.stop, fill_context=chat.fill_context)
         self.queue.submit(job)
         try:
             first = await self._next_event(request, events, job.cancel)
@@ -197,8 +195,11 @@ class _Api:
         payload = parse_json_body(b"".join(chunks))
         del chunks
         self._check_model(payload.get("model"))
-        return await anyio.to_thread.run_sync(parse_chat_request, payload, self._options.max_image_pixels,
-                                              limiter=self._decoding)
+        try:
+            return await anyio.to_thread.run_sync(parse_chat_request, payload, self._options.max_image_pixels,
+                                                  limiter=self._decoding)
+        except UserFacingError as exc:
+            raise from_user_error(exc) from None
 
     async def _next_event(self, request: Request, events: asyncio.Queue[JobEvent],
                           cancel: threading.Event) -> JobEvent | None:

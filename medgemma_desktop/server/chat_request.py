@@ -14,11 +14,11 @@ from typing import Any
 
 from medgemma_desktop.core.decoding import SamplingSettings
 from medgemma_desktop.core.engine import GenerationSettings
+from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.prompts import ChatTurn, Part
 from medgemma_desktop.server.api_errors import bad_request
 from medgemma_desktop.server.request_images import DEFAULT_MAX_IMAGE_PIXELS, decode_data_url
 
-DEFAULT_MAX_TOKENS = 1024
 MAX_STOP_STRINGS = 16
 
 
@@ -30,6 +30,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    fill_context: bool = False  # no max_tokens given: answer as long as the context allows
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def parse_chat_request(payload: dict[str, Any], max_image_pixels: int = DEFAULT_
         model=model,
         turns=tuple(_turns(payload.get("messages"), max_image_pixels)),
         settings=_settings(payload),
+        fill_context=payload.get("max_completion_tokens", payload.get("max_tokens")) is None,
         stop=_stop_strings(payload.get("stop")),
         stream=stream,
         include_usage=bool(stream and options.get("include_usage", False)),
@@ -84,17 +86,22 @@ def _settings(payload: dict[str, Any]) -> GenerationSettings:
     """Greedy unless a temperature above 0 is given: the app decodes MedGemma as Google's notebooks do."""
     limit = payload.get("max_completion_tokens", payload.get("max_tokens"))
     if limit is None:
-        limit = DEFAULT_MAX_TOKENS
+        limit = 1  # replaced by what the context leaves, once the prompt is counted
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise bad_request("max_tokens must be a whole number of at least 1", param="max_tokens")
     temperature = _number(payload, "temperature", 0.0, 2.0)
     top_p = _number(payload, "top_p", 0.0, 1.0)
+    top_k = payload.get("top_k")  # vLLM's extension
     seed = payload.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad_request("seed must be a whole number", param="seed")
     defaults = SamplingSettings()
-    sampling = SamplingSettings(greedy=not temperature, temperature=temperature or defaults.temperature,
-                                top_p=defaults.top_p if top_p is None or top_p == 0 else top_p, seed=seed)
+    try:
+        sampling = SamplingSettings(greedy=not temperature, temperature=temperature or defaults.temperature,
+                                    top_k=defaults.top_k if top_k is None else top_k,
+                                    top_p=defaults.top_p if top_p is None or top_p == 0 else top_p, seed=seed)
+    except UserFacingError as exc:  # the app's own checks of sampling values
+        raise bad_request(str(exc)) from None
     return GenerationSettings(max_new_tokens=limit, sampling=sampling)
 
 

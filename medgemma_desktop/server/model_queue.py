@@ -15,17 +15,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from medgemma_desktop.core.engine import Generation, GenerationSettings, GenerationStats
+from medgemma_desktop.core.engine import GenerationSettings, GenerationStats
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.prompts import ChatTurn
 from medgemma_desktop.server.api_errors import ApiError, busy, from_user_error
 from medgemma_desktop.server.stop_sequences import StopMatcher
+from medgemma_desktop.session.backend import Backend
+from medgemma_desktop.session.question import BudgetCheck
 
 log = logging.getLogger(__name__)
-GenerateFunction = Callable[[Sequence[ChatTurn], GenerationSettings, threading.Event], Generation]
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,15 @@ JobEvent = Piece | Finished | Failed
 
 @dataclass
 class Job:
+    """One request's answer. `settings.max_new_tokens` None: as long as the context allows (as vLLM does when
+    a request gives no max_tokens); given, prompt and answer must fit together (the session's budget rule)."""
+
     turns: Sequence[ChatTurn]
     settings: GenerationSettings
     emit: Callable[[JobEvent], None]
     stop: Sequence[str] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
+    fill_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,8 @@ class _Call:
 class ModelQueue:
     """Runs jobs one at a time on its own thread; at most `capacity` wait."""
 
-    def __init__(self, generate: GenerateFunction, capacity: int = 4) -> None:
-        self._generate = generate
+    def __init__(self, backend: Backend, capacity: int = 4) -> None:
+        self._backend = backend
         self._jobs: queue.Queue[Job | _Call | None] = queue.Queue(maxsize=max(capacity, 1))
         self._average_s = 2.0  # a first guess for Retry-After, replaced by measured answers
         self._running: Job | None = None
@@ -142,7 +147,7 @@ class ModelQueue:
     def _run(self, job: Job) -> None:
         matcher = StopMatcher(job.stop)
         try:
-            generation = self._generate(job.turns, job.settings, job.cancel)
+            generation = self._backend.generate(job.turns, self._budgeted(job), job.cancel)
             for chunk in generation:
                 if chunk.thinking:
                     _send(job, Piece(chunk.text, thinking=True))
@@ -163,6 +168,16 @@ class ModelQueue:
             log.exception("generation failed")
             _send(job, Failed(ApiError(500, "the model failed on this request; the server log has the details",
                                        type="server_error", code="internal_error")))
+
+    def _budgeted(self, job: Job) -> GenerationSettings:
+        """The settings with the answer's length decided, or the session's one-line refusal when it cannot fit."""
+        prompt = self._backend.count_tokens(job.turns)
+        limit = self._backend.context_limit
+        settings = job.settings
+        if job.fill_context:
+            settings = replace(settings, max_new_tokens=max(limit - prompt, 1))
+        BudgetCheck(prompt, settings.max_new_tokens, limit, sum(len(turn.images) for turn in job.turns)).refuse()
+        return settings
 
 
 def _send(job: Job, event: JobEvent) -> None:
