@@ -1,4 +1,5 @@
-"""`medgemma-desktop ask`: one question, the answer streamed to the terminal."""
+"""`medgemma-desktop ask`: one question, the answer streamed to the terminal (from the local model, or from a
+server with --server)."""
 
 from __future__ import annotations
 
@@ -7,59 +8,37 @@ import sys
 import threading
 from pathlib import Path
 
-from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.cli.backend_options import (
+    add_generation_arguments,
+    add_model_arguments,
+    generation_settings,
+    load_backend,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     ask = commands.add_parser("ask", help="ask one question and stream the answer to the terminal")
     ask.add_argument("question")
-    ask.add_argument("--model", required=True, type=Path, help="the google/medgemma-1.5-4b-it folder")
-    ask.add_argument("--adapter", type=Path, help="a LoRA adapter folder (omit to run the base model)")
+    add_model_arguments(ask, remote=True)
     ask.add_argument("--image", action="append", default=[], type=Path,
                      help="an image or DICOM file; repeat for several, in order")
     ask.add_argument("--system", help="a system text, prepended to the question (Gemma has no system role)")
-    ask.add_argument("--max-new-tokens", type=int, default=1024)
-    mode = ask.add_mutually_exclusive_group()
-    # Both write `sample`; argparse takes the default from the first, so it is set here, not left to store_false.
-    mode.add_argument("--greedy", dest="sample", action="store_false", default=False,
-                      help="greedy decoding (default)")
-    mode.add_argument("--sample", dest="sample", action="store_true", help="sample with --temperature")
-    ask.add_argument("--temperature", type=float, default=0.7)
-    ask.add_argument("--seed", type=int, help="random seed for --sample")
-    ask.add_argument("--context-limit", type=int, default=8192)
-    ask.add_argument("--no-double-quant", dest="double_quant", action="store_false")
-    ask.add_argument("--no-cache", dest="use_cache", action="store_false",
-                     help="quantize from the original weights instead of reading the saved 4-bit model")
-    ask.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    add_generation_arguments(ask)
     ask.add_argument("--show-thinking", action="store_true", help="also print the model's thinking trace")
 
     ask.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgemma_desktop.core.app_dirs import cache_dir
-    from medgemma_desktop.core.decoding import SamplingSettings
-    from medgemma_desktop.core.engine import Engine, GenerationSettings, LoadOptions
-    from medgemma_desktop.core.fingerprint import FingerprintCache
     from medgemma_desktop.core.imaging import load_any
     from medgemma_desktop.core.prompts import build_chat
-    from medgemma_desktop.core.quant_cache import QuantizedModelCache
 
-    if args.max_new_tokens < 1:
-        raise UserFacingError("--max-new-tokens must be at least 1")
+    settings = generation_settings(args)
     images = [load_any(path) for path in args.image]  # bad files fail before the slow model load
-    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit)
-    engine = Engine.load(args.model, args.adapter, options,
-                         progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
-                         cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
-                         fingerprints=FingerprintCache(cache_dir() / "digests.json"))
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        sampling=SamplingSettings(greedy=not args.sample, temperature=args.temperature, seed=args.seed),
-    )
+    backend = load_backend(args)
     stop = threading.Event()
-    generation = engine.generate(build_chat(args.question, [image.image for image in images], system=args.system),
-                                 settings, stop)
+    generation = backend.generate(build_chat(args.question, [image.image for image in images], system=args.system),
+                                  settings, stop)
     try:
         for chunk in generation:
             if chunk.thinking and not args.show_thinking:
@@ -72,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     print()
     peak = f", peak GPU memory {stats.peak_memory_bytes / 2**30:.2f} GiB" if stats.peak_memory_bytes else ""
     print(f"-- {stats.prompt_tokens} prompt + {stats.new_tokens} new tokens; time to first token "
-          f"{stats.time_to_first_token_s:.2f} s; {stats.decode_tokens_per_s:.1f} tokens/s ({stats.decoder}){peak}",
-          file=sys.stderr)
+          f"{stats.time_to_first_token_s:.2f} s; {stats.decode_tokens_per_s:.1f} tokens/s ({stats.decoder}){peak}; "
+          f"answered by {backend.identity.device}", file=sys.stderr)
     return 0
