@@ -95,7 +95,8 @@ def read_results(path: Path | str) -> list[Row]:
 def _read(path: Path, kind: str, fields: tuple[str, ...]) -> tuple[list[Row], bool]:
     """The complete rows, and whether the file holds nothing else (no cut-off last row)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8", newline="") as handle:  # as written: CSV rows end in "\r\n"
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserFacingError(f"the results file cannot be read ({type(exc).__name__})", path=path,
                               fix="Choose another --out, or move this file away.") from exc
