@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     options = ServerOptions(model_id=name, api_key=args.api_key, queue_capacity=max(args.queue, 1),
                             max_body_bytes=args.max_body_mb << 20)
     print(f"serving {name} at http://{host}:{args.port}/v1 (OpenAI-compatible); Ctrl+C stops", file=sys.stderr)
-    uvicorn.run(create_app(engine, options), host=host, port=args.port, log_level="info", timeout_keep_alive=5,
-                limit_concurrency=64 + options.queue_capacity)
-    engine.close()
+    try:
+        uvicorn.run(create_app(engine, options), host=host, port=args.port, log_level="info", timeout_keep_alive=5,
+                    limit_concurrency=64 + options.queue_capacity)
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl+C, then passes the signal on
+        pass
+    finally:
+        engine.close()
     return 0
