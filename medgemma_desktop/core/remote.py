@@ -25,7 +25,12 @@ from PIL import Image
 from medgemma_desktop.core.engine import Generation, GenerationSettings, ModelIdentity
 from medgemma_desktop.core.errors import ContextTooLongError, UserFacingError
 from medgemma_desktop.core.fingerprint import WeightsIdentity
-from medgemma_desktop.core.prompts import MEDGEMMA_TOKENS_PER_IMAGE, ChatTurn, estimate_prompt_tokens
+from medgemma_desktop.core.prompts import (
+    MEDGEMMA_TOKENS_PER_IMAGE,
+    ChatTurn,
+    estimate_prompt_tokens,
+    to_processor_messages,
+)
 from medgemma_desktop.core.text_stream import TextChunk
 
 log = logging.getLogger(__name__)
@@ -209,14 +214,18 @@ class RemoteBackend:
                 stats.decode_tokens_per_s = (stats.new_tokens - 1) / max(end - first_token_at, 1e-9)
 
     def _messages(self, turns: Sequence[ChatTurn]) -> list[dict[str, Any]]:
+        """The turns as OpenAI messages, through the same conversion as the local model's (its text escaping
+        included: a server such as vLLM applies the chat template to the text as it arrives)."""
         messages: list[dict[str, Any]] = []
-        for turn in turns:
-            if turn.role != "user":  # system and assistant turns are text only
-                messages.append({"role": turn.role, "content": "".join(p for p in turn.parts if isinstance(p, str))})
+        for message in to_processor_messages(turns):
+            content = message["content"]
+            if message["role"] != "user":  # system and assistant turns are text only
+                messages.append({"role": message["role"],
+                                 "content": "".join(part["text"] for part in content if part["type"] == "text")})
                 continue
-            content = [{"type": "image_url", "image_url": {"url": self._png_data_url(part)}}
-                       if isinstance(part, Image.Image) else {"type": "text", "text": part} for part in turn.parts]
-            messages.append({"role": "user", "content": content})
+            messages.append({"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": self._png_data_url(part["image"])}}
+                if part["type"] == "image" else {"type": "text", "text": part["text"]} for part in content]})
         return messages
 
     def _png_data_url(self, image: Image.Image) -> str:
