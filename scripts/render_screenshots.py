@@ -5,7 +5,11 @@ and a synthetic chest-X-ray-like picture is opened through the viewer. The answe
 illustrative sample, because the tiny model writes random characters; it is not MedGemma output. The DICOM view
 shows a small CT series made of pydicom's test file CT_small.dcm; the localization view draws the boxes of a
 fixed sample answer, handed to the window the way the worker hands over a finished answer. Token counts are
-the tiny checkpoint's (16 tokens per image, not MedGemma's 256).
+the tiny checkpoint's (16 tokens per image, not MedGemma's 256). The demo view is the app's own demo mode (its
+synthetic CT phantom series in the lung window); the large-text view is the window at 150 % text size on a screen
+of 1067 x 667 logical pixels (a 1600 x 1000 screen at 150 % scaling), the size the window now opens at there.
+The model manager shows an adapter check refused under its field. Caches and demo files go to a temporary folder,
+not the user's.
 
     PYTHONPATH=. python scripts/render_screenshots.py [--out docs]
 """
@@ -34,6 +38,7 @@ from medgemma_desktop.core.settings import Settings, save_settings
 from medgemma_desktop.core.tiny_checkpoint import write_tiny_checkpoint
 from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS
 from medgemma_desktop.ui.main_window import MainWindow
+from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.theme import apply_theme
 from medgemma_desktop.ui.worker import Answer, ModelState
 
@@ -49,7 +54,11 @@ SAMPLE_ANSWER = """**Findings** (illustrative sample text)
 - Trachea midline
 - No acute bony abnormality
 
-**Impression:** no acute cardiopulmonary process."""
+**Impression:** no acute cardiopulmonary process.
+
+```json
+{"effusion": false}
+```"""
 SAMPLE_STATS = GenerationStats(prompt_tokens=273, new_tokens=64, time_to_first_token_s=0.42,
                                decode_tokens_per_s=38.5, total_s=2.1, stop_reason="end", decoder="eager")
 
@@ -105,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="medgemma-screens-"))
+    for variable in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        os.environ[variable] = str(work / variable.lower())  # the demo model and history stay in `work`
     app = QApplication(sys.argv[:1])
     apply_theme(app, "light")
-    work = Path(tempfile.mkdtemp(prefix="medgemma-screens-"))
 
     first = MainWindow(work / "empty-settings.json")
     first.resize(1180, 760)
@@ -158,8 +169,50 @@ def main(argv: list[str] | None = None) -> int:
     window.update_budget()
     app.processEvents()
     window.grab().save(str(args.out / "window_boxes.png"))
+    manager = window.open_model_manager()  # a refused adapter folder: the reason shows under its field
+    manager.adapter_field.set_path(str(checkpoint.model_dir))
+    manager.check_adapter()
+    spin_until(lambda: not manager.checking)
+    app.processEvents()
+    manager.grab().save(str(args.out / "model_manager.png"))
+    manager.reject()
+
+    window.resize(1067 - 16, 667 - 48)
+    window.new_conversation()
+    window.chat.task.set_mode(TaskMode.FREE_CHAT)
+    apply_theme(app, "light", 150)
+    window.viewer.open_paths([synthetic_chest_film(work / "synthetic_chest.png")])
+    spin_until(lambda: window.viewer.model.rowCount() == 1)
+    window.chat.begin(QUESTION, window.viewer.model.pending())
+    window.viewer.model.mark_sent()
+    window.chat.finish(Answer(SAMPLE_ANSWER, "", SAMPLE_STATS))
+    window._update_controls()
+    app.processEvents()
+    window.grab().save(str(args.out / "window_large_text.png"))
+    apply_theme(app, "light", 100)
     window.close()
-    for name in ("first_run.png", "window.png", "window_dark.png", "window_ct.png", "window_boxes.png"):
+
+    demo = MainWindow(work / "demo-settings.json", data_folder=work / "data", demo=True)
+    demo.resize(1180, 760)
+    demo.show()
+    spin_until(lambda: demo.host.state is ModelState.READY and demo.viewer.model.rowCount() == 3, 120)
+    for row in reversed(range(3)):  # the CT-series task reads one series: the single images are removed
+        if demo.viewer.model.picture(row).series is None:
+            demo.viewer.model.remove(row)
+    demo.viewer.strip.setCurrentIndex(demo.viewer.model.index(0))
+    demo.viewer.set_window(CT_WINDOW_PRESETS["lung"])
+    demo.chat.question.setPlainText("Any nodules?")
+    demo.update_budget()
+    app.processEvents()
+    demo.grab().save(str(args.out / "window_demo.png"))
+    settings = SettingsDialog(demo.settings, demo)
+    settings.show()
+    app.processEvents()
+    settings.grab().save(str(args.out / "settings.png"))
+    settings.close()
+    demo.close()
+    for name in ("first_run.png", "window.png", "window_dark.png", "window_ct.png", "window_boxes.png",
+                 "window_large_text.png", "window_demo.png", "settings.png", "model_manager.png"):
         print(args.out / name)
     return 0
 

@@ -12,22 +12,27 @@ from pathlib import Path
 import pytest
 import torch
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QApplication, QDialogButtonBox
 
 from medgemma_desktop.cli import main
-from medgemma_desktop.core.demo import BANNER
+from medgemma_desktop.core.demo import BANNER, DEMO_MAX_NEW_TOKENS, SERIES_DESCRIPTION
 from medgemma_desktop.core.device import DevicePlan
+from medgemma_desktop.core.export import DEMO_NOTICE
 from medgemma_desktop.core.model_folder import check_model_folder
+from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.store import DB_FILENAME, ConversationStore
 from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.ui.machine_check import judge_machine
 from medgemma_desktop.ui.main_window import DEMO_DB_FILENAME, MainWindow
+from medgemma_desktop.ui.theme import apply_theme
 from medgemma_desktop.ui.worker import ModelState
 
 TIMEOUT_MS = 60_000
 
 
 def wait_demo_ready(qtbot, window: MainWindow) -> None:
-    qtbot.waitUntil(lambda: window.host.state is ModelState.READY and window.viewer.model.rowCount() == 2,
+    qtbot.waitUntil(lambda: window.host.state is ModelState.READY and window.viewer.model.rowCount() == 3,
                     timeout=TIMEOUT_MS)
 
 
@@ -42,18 +47,93 @@ def demo(qtbot, tmp_path: Path) -> Iterator[MainWindow]:
     window.close()
 
 
+def rows(window: MainWindow) -> dict[str, int]:
+    return {window.viewer.model.picture(row).input.label: row for row in range(window.viewer.model.rowCount())}
+
+
+def keep_only(window: MainWindow, label: str) -> None:
+    """Remove every other waiting picture from the next question, as a user does with Remove."""
+    for name, row in sorted(rows(window).items(), key=lambda item: -item[1]):
+        if name != label:
+            window.viewer.model.remove(row)
+    assert list(rows(window)) == [label]
+
+
 def test_demo_starts_with_the_banner_the_model_and_the_sample_study(demo: MainWindow) -> None:
     assert demo.demo_banner.isVisible() and demo.demo_banner.label.text() == BANNER
     assert "DEMO" in demo.windowTitle()
     assert demo.pages.currentWidget() is demo.workspace
-    labels = [demo.viewer.model.picture(row).input.label for row in range(2)]
-    assert labels == ["CT_small.dcm", "MR_small.dcm"]
-    assert [demo.viewer.model.picture(row).input.dicom.modality for row in range(2)] == ["CT", "MR"]
+    assert set(rows(demo)) == {"CT_small.dcm", "MR_small.dcm", f"{SERIES_DESCRIPTION} (20 slices)"}
+    pictures = [demo.viewer.model.picture(row) for row in rows(demo).values()]
+    assert sorted(picture.input.dicom.modality for picture in pictures) == ["CT", "CT", "MR"]
+    (series,) = [picture.series for picture in pictures if picture.series is not None]
+    assert series.slice_count == 20 and "SYNTHETIC" in series.images[0].metadata["SeriesDescription"]
     assert demo.host.identity.model.folder == "medgemma-tiny"
+
+
+def test_the_demo_series_scrolls_and_answers_the_ct_series_task(qtbot, ask_and_wait, demo: MainWindow,
+                                                                 tmp_path: Path) -> None:
+    row = rows(demo)[f"{SERIES_DESCRIPTION} (20 slices)"]
+    demo.viewer.strip.setCurrentIndex(demo.viewer.model.index(row))
+    assert demo.viewer.view.slice_count == 20
+    start = demo.viewer.view.slice
+    demo.viewer.canvas.setFocus()
+    qtbot.keyClick(demo.viewer.canvas, Qt.Key.Key_PageDown)
+    assert demo.viewer.view.slice == start + 1
+    keep_only(demo, f"{SERIES_DESCRIPTION} (20 slices)")
+    demo.chat.task.set_mode(TaskMode.CT_SERIES)
+    demo.chat.task.slices.setValue(4)
+    requests = []
+    demo.host.generate_requested.connect(requests.append)
+    ask_and_wait(demo, "", TIMEOUT_MS)  # the mode's own question
+    assert sum(not isinstance(part, str) for part in requests[0].turns[-1].parts) == 4
+    assert demo.chat.conversation.last.stats.new_tokens <= DEMO_MAX_NEW_TOKENS
+    dialog = demo.open_export()  # a demo export says where it came from
+    dialog.path_edit.setText(str(tmp_path / "demo case.md"))
+    with qtbot.waitSignal(demo.export_finished, timeout=TIMEOUT_MS) as exported:
+        qtbot.mouseClick(dialog.export_button, Qt.MouseButton.LeftButton)
+    assert DEMO_NOTICE in exported.args[0].read_text(encoding="utf-8")
+
+
+def test_demo_answers_stop_early_and_settings_save_without_a_model_folder(qtbot, demo: MainWindow,
+                                                                           tmp_path: Path) -> None:
+    demo.settings = replace(demo.settings, max_new_tokens=1024)
+    assert demo.generation_settings().max_new_tokens == DEMO_MAX_NEW_TOKENS
+    app = QApplication.instance()
+    apply_theme(app, "light", 100)
+    base_size = app.font().pointSizeF()
+    dialog = demo.open_settings()
+    dialog.theme.setCurrentIndex(dialog.theme.findData("dark"))
+    dialog.decoding.setCurrentIndex(dialog.decoding.findData(False))
+    dialog.max_new_tokens.setValue(32)
+    dialog.text_size.setCurrentIndex(dialog.text_size.findData(115))
+    qtbot.mouseClick(dialog.buttons.button(QDialogButtonBox.StandardButton.Ok), Qt.MouseButton.LeftButton)
+    assert not dialog.error_label.isVisible()
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    assert (saved["theme"], saved["greedy"], saved["max_new_tokens"], saved["text_size"]) == ("dark", False, 32, 115)
+    assert saved["model_dir"] is None and demo.demo and demo.demo_banner.isVisible()
+    assert demo.generation_settings().max_new_tokens == 32
+    assert app.font().pointSizeF() == pytest.approx(base_size * 1.15)  # the text size applies at once
+    assert app.palette().color(QPalette.ColorRole.Window).lightness() < 128  # and the theme
+    apply_theme(QApplication.instance(), "light")
+
+
+def test_preparing_the_demo_model_shows_progress(qtbot, tmp_path: Path) -> None:
+    window = MainWindow(tmp_path / "settings.json", data_folder=tmp_path / "data", demo=True)
+    qtbot.addWidget(window)
+    window.show()
+    assert window.model_status.text() == "Model: preparing the demo model…"
+    assert window.loading.isVisible() and window.loading.bar.maximum() == 0  # a busy bar, moving
+    assert "demo model" in window.loading.bar.toolTip()
+    wait_demo_ready(qtbot, window)
+    assert window.model_status.text().startswith("Model: ready") and not window.loading.isVisible()
+    window.close()
 
 
 def test_a_demo_question_is_answered_and_kept_apart_from_real_history(qtbot, ask_and_wait, demo: MainWindow,
                                                                       tmp_path: Path) -> None:
+    demo.viewer.model.remove(rows(demo)[f"{SERIES_DESCRIPTION} (20 slices)"])  # free chat takes no series
+    demo.chat.task.set_mode(TaskMode.FREE_CHAT)
     requests = []
     demo.host.generate_requested.connect(requests.append)
     ask_and_wait(demo, "Compare the CT and the MR", TIMEOUT_MS)

@@ -69,8 +69,13 @@ def test_checks_good_and_bad_folders(qtbot, window: MainWindow, tmp_path: Path,
     assert dialog.model_field.path() == str(tiny_checkpoint.model_dir)
     dialog.model_field.set_path(str(tmp_path))
     check(qtbot, dialog, dialog.check_model_button)
-    assert dialog.error_label.isVisible() and "no config.json" in dialog.error_label.text()
-    assert "\n" not in dialog.error_label.text()  # the core's one line
+    assert dialog.model_error.isVisible() and "no config.json" in dialog.model_error.text()
+    assert "\n" not in dialog.model_error.text()  # the core's one line
+    base_box = dialog.model_field.parentWidget()
+    assert base_box.isAncestorOf(dialog.model_error)  # shown beside its field, not at the dialog's bottom
+    below_field = dialog.model_error.mapTo(dialog, dialog.model_error.rect().topLeft()).y() - \
+        dialog.model_field.mapTo(dialog, dialog.model_field.rect().bottomLeft()).y()
+    assert 0 <= below_field < 3 * dialog.fontMetrics().lineSpacing()
 
     fresh_digests = FingerprintCache(tmp_path / "digests.json")  # nothing remembered: the hash is computed
     dialog._host.fingerprints = fresh_digests
@@ -78,18 +83,22 @@ def test_checks_good_and_bad_folders(qtbot, window: MainWindow, tmp_path: Path,
     dialog.progress_bar.valueChanged.connect(progress.append)
     dialog.model_field.set_path(str(tiny_checkpoint.model_dir))
     check(qtbot, dialog, dialog.check_model_button)
-    assert not dialog.error_label.isVisible()
+    assert not dialog.model_error.isVisible()
     report = dialog.model_report.text()
     assert "architecture" in report and "Gemma3ForConditionalGeneration" in report
     assert window.host.identity.model.sha256 in report  # the same hash the engine records with answers
     assert progress and progress[-1] == 100 and (tmp_path / "digests.json").is_file()
+    assert base_box.isAncestorOf(dialog.progress_bar)
     memory = dialog.memory_label.text()
     assert "KV cache" in memory or memory.startswith("CPU only")
     assert dialog.load_model_button.isEnabled()
 
     dialog.adapter_field.set_path(str(tiny_checkpoint.model_dir))  # a model folder is not an adapter
     check(qtbot, dialog, dialog.add_adapter_button)
-    assert "adapter_config.json" in dialog.error_label.text()
+    assert "adapter_config.json" in dialog.adapter_error.text() and dialog.adapter_error.isVisible()
+    assert dialog.adapter_field.parentWidget().isAncestorOf(dialog.adapter_error)
+    assert dialog.adapter_field.parentWidget().isAncestorOf(dialog.progress_bar)  # moved to the running check
+    assert not dialog.model_error.isVisible()
     dialog.reject()
 
 

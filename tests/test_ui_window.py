@@ -199,8 +199,9 @@ def test_answer_failure_is_shown_in_the_window(qtbot, window: MainWindow) -> Non
 
 def test_status_bar_in_cpu_mode_polls_only_while_visible(qtbot, window: MainWindow) -> None:
     assert window.gpu_status.text().startswith("CPU mode")
-    assert "float32" in window.model_status.text() and "NF4" in window.model_status.text()
-    assert window.model_status.text().startswith("Model: ready")
+    assert window.model_status.text() == "Model: ready · medgemma-tiny + lora-r8-tiny"  # short: messages fit
+    assert "float32" in window.model_status.toolTip() and "NF4" in window.model_status.toolTip()
+    assert "vision active" in window.model_status.toolTip()
     assert window.gpu_status.timer.isActive()
     window.hide()
     assert not window.gpu_status.timer.isActive()

@@ -22,6 +22,8 @@ from medgemma_desktop.core.store import AnswerVariant, ConversationStore, Messag
 from medgemma_desktop.core.thinking import split_thinking
 
 DISCLAIMER = "Research use only. Not for clinical diagnosis or treatment. Outputs need independent verification."
+DEMO_NOTICE = ("DEMO: these answers come from a tiny model with random weights (the app's demo mode); they mean "
+               "nothing.")
 EXPORT_FORMAT = "medgemma-desktop-conversation"
 EXPORT_SCHEMA_VERSION = 1
 
@@ -84,8 +86,9 @@ def _message_record(message: Message, include_patient_data: bool, image_folder: 
 
 
 def conversation_record(store: ConversationStore, conversation_id: int, *, include_patient_data: bool = False,
-                        image_folder: str = "images") -> dict[str, Any]:
-    """Everything about one conversation as JSON-ready data; images are referred to under `image_folder`."""
+                        image_folder: str = "images", demo: bool = False) -> dict[str, Any]:
+    """Everything about one conversation as JSON-ready data; images are referred to under `image_folder`;
+    `demo`: it was held in demo mode, and every format says so at the top."""
     conversation = store.conversation(conversation_id)
     messages = store.messages(conversation_id)
     models: list[dict[str, Any]] = []
@@ -97,6 +100,8 @@ def conversation_record(store: ConversationStore, conversation_id: int, *, inclu
         "format": EXPORT_FORMAT,
         "schema_version": EXPORT_SCHEMA_VERSION,
         "disclaimer": DISCLAIMER,
+        "demo": demo,
+        **({"demo_notice": DEMO_NOTICE} if demo else {}),
         "exported_at": _when(datetime.now(timezone.utc).timestamp()),
         "includes_patient_data": include_patient_data,
         "conversation": {"id": conversation.id, "title": conversation.title,
@@ -104,6 +109,72 @@ def conversation_record(store: ConversationStore, conversation_id: int, *, inclu
         "models": models,
         "messages": [_message_record(m, include_patient_data, image_folder) for m in messages],
     }
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key.replace('_', ' ')} {_plain(item)}" for key, item in value.items())
+    return str(value)
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """The generation settings an answer was made with, in words ("greedy · up to 1,024 new tokens · …")."""
+    rest = dict(settings)
+    parts = []
+    sampling = rest.pop("sampling", None)
+    if isinstance(sampling, dict):
+        sampling = dict(sampling)
+        if sampling.pop("greedy", False):
+            parts.append("greedy decoding")
+            sampling = {key: value for key, value in sampling.items() if key == "seed" and value is not None}
+        else:
+            sampling = {key: value for key, value in sampling.items() if value is not None}
+            parts.append("sampling" + (f" ({_plain(sampling)})" if sampling else ""))
+            sampling = {}
+        if sampling:
+            parts.append(_plain(sampling))
+    if "max_new_tokens" in rest:
+        parts.append(f"up to {_plain(rest.pop('max_new_tokens'))} new tokens")
+    if "context_limit" in rest:
+        parts.append(f"context limit {_plain(rest.pop('context_limit'))} tokens")
+    device = " ".join(str(rest.pop(key)) for key in ("device", "dtype", "quantization") if key in rest)
+    if device:
+        parts.append(device)
+    parts += [f"{key.replace('_', ' ')}: {_plain(value)}" for key, value in rest.items()]
+    return " · ".join(parts) or "not recorded"
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    """An answer's figures in words ("first token 0.42 s · 38.5 tokens/s · 273 prompt + 64 new tokens · …")."""
+    rest = dict(stats)
+    parts = []
+    if "time_to_first_token_s" in rest:
+        parts.append(f"first token {rest.pop('time_to_first_token_s'):.2f} s")
+    if rest.get("decode_tokens_per_s"):
+        parts.append(f"{rest.pop('decode_tokens_per_s'):.1f} tokens/s")
+    rest.pop("decode_tokens_per_s", None)
+    if "prompt_tokens" in rest and "new_tokens" in rest:
+        parts.append(f"{rest.pop('prompt_tokens'):,} prompt + {rest.pop('new_tokens'):,} new tokens")
+    if "total_s" in rest:
+        parts.append(f"{rest.pop('total_s'):.1f} s in all")
+    peak = rest.pop("peak_memory_bytes", None)
+    if peak:
+        parts.append(f"peak memory {peak / 2**30:.1f} GiB")
+    reason = rest.pop("stop_reason", None)
+    if reason:
+        parts.append({"end": "ended by the model", "length": "hit the token limit",
+                      "stopped": "stopped by the user"}.get(reason, f"ended: {reason}"))
+    if rest.get("decoder"):
+        parts.append(f"decoder: {rest.pop('decoder')}")
+    rest.pop("decoder", None)
+    parts += [f"{key.replace('_', ' ')}: {_plain(value)}" for key, value in rest.items()]
+    return " · ".join(parts) or "not recorded"
 
 
 def _identity_text(identity: dict[str, str] | None) -> str:
@@ -116,8 +187,7 @@ def _active_answer(message: dict[str, Any]) -> dict[str, Any] | None:
 
 def _answer_facts(answer: dict[str, Any]) -> list[tuple[str, str]]:
     facts = [("Model", _identity_text(answer["model"])), ("Adapter", _identity_text(answer["adapter"])),
-             ("Settings", json.dumps(answer["settings"], sort_keys=True)),
-             ("Stats", json.dumps(answer["stats"], sort_keys=True)),
+             ("Settings", settings_text(answer["settings"])), ("Stats", stats_text(answer["stats"])),
              ("Started", answer["started_at"]), ("Finished", answer["finished_at"] or "not finished")]
     return [(name, str(value)) for name, value in facts]
 
@@ -125,7 +195,10 @@ def _answer_facts(answer: dict[str, Any]) -> list[tuple[str, str]]:
 def markdown_text(record: dict[str, Any]) -> str:
     """The record as a readable Markdown document (the active answer of each question; the JSON has them all)."""
     conversation = record["conversation"]
-    lines = [f"# {conversation['title'] or 'Conversation'}", "", f"> **{record['disclaimer']}**", "",
+    lines = [f"# {conversation['title'] or 'Conversation'}", "", f"> **{record['disclaimer']}**", ""]
+    if record.get("demo"):
+        lines += [f"> **{record['demo_notice']}**", ""]
+    lines += [
              f"- Exported: {record['exported_at']}",
              f"- Started: {conversation['created_at']}; last active: {conversation['updated_at']}",
              f"- Patient data: {'included' if record['includes_patient_data'] else 'not included'}"]
@@ -179,8 +252,10 @@ def html_text(record: dict[str, Any]) -> str:
     header += [("Model", f"{_identity_text(p['model'])}; adapter: {_identity_text(p['adapter'])}")
                for p in record["models"]]
     parts = [f"<h1>{escape(conversation['title'] or 'Conversation')}</h1>",
-             f'<p style="border: 1px solid black; padding: 4px;"><b>{escape(record["disclaimer"])}</b></p>',
-             facts(header)]
+             f'<p style="border: 1px solid black; padding: 4px;"><b>{escape(record["disclaimer"])}</b></p>']
+    if record.get("demo"):
+        parts.append(f'<p style="border: 2px solid black; padding: 4px;"><b>{escape(record["demo_notice"])}</b></p>')
+    parts.append(facts(header))
     for number, message in enumerate(record["messages"], start=1):
         edited = f", edited {message['edited_at']}" if message["edited_at"] else ""
         parts += [f"<h2>Question {number}</h2>",
@@ -210,11 +285,11 @@ def html_text(record: dict[str, Any]) -> str:
 
 
 def _export(store: ConversationStore, conversation_id: int, path: Path | str, include_patient_data: bool,
-            render: Callable[[dict[str, Any]], str]) -> Path:
+            demo: bool, render: Callable[[dict[str, Any]], str]) -> Path:
     path = Path(path)
     image_folder = f"{path.stem}_images"
     record = conversation_record(store, conversation_id, include_patient_data=include_patient_data,
-                                 image_folder=image_folder)
+                                 image_folder=image_folder, demo=demo)
     try:
         for sha256 in {image["sha256"] for message in record["messages"] for image in message["images"]}:
             target = path.parent / image_folder / f"{sha256}.png"
@@ -228,18 +303,18 @@ def _export(store: ConversationStore, conversation_id: int, path: Path | str, in
 
 
 def export_json(store: ConversationStore, conversation_id: int, path: Path | str, *,
-                include_patient_data: bool = False) -> Path:
+                include_patient_data: bool = False, demo: bool = False) -> Path:
     """Everything, machine-readable (`format`, `schema_version`), images beside it."""
-    return _export(store, conversation_id, path, include_patient_data,
+    return _export(store, conversation_id, path, include_patient_data, demo,
                    lambda record: json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
 def export_markdown(store: ConversationStore, conversation_id: int, path: Path | str, *,
-                    include_patient_data: bool = False) -> Path:
-    return _export(store, conversation_id, path, include_patient_data, markdown_text)
+                    include_patient_data: bool = False, demo: bool = False) -> Path:
+    return _export(store, conversation_id, path, include_patient_data, demo, markdown_text)
 
 
 def export_html(store: ConversationStore, conversation_id: int, path: Path | str, *,
-                include_patient_data: bool = False) -> Path:
-    """HTML with images beside it: open it as a QTextDocument (base URL: its folder) and print that to PDF."""
-    return _export(store, conversation_id, path, include_patient_data, html_text)
+                include_patient_data: bool = False, demo: bool = False) -> Path:
+    """HTML with images beside it (`<name>_images/`), for Qt's QTextDocument to print to PDF."""
+    return _export(store, conversation_id, path, include_patient_data, demo, html_text)

@@ -31,6 +31,7 @@ class Settings:
     temperature: float = 0.7
     context_limit: int = 8192
     theme: Theme = "system"
+    text_size: int = 100  # percent of the platform's text size
     force_cpu: bool = False
 
     @property

@@ -36,7 +36,8 @@ def run_app(argv: Sequence[str] | None = None, settings_path: Path | None = None
     app.setOrganizationName("MedGemma Desktop")
     app.setDesktopFileName("medgemma-desktop")  # lets Wayland desktops match the window to its menu entry
     app.setWindowIcon(app_icon())
-    apply_theme(app, load_settings(settings_path).settings.theme)
+    settings = load_settings(settings_path).settings
+    apply_theme(app, settings.theme, settings.text_size)
     window = MainWindow(settings_path, data_folder=data_folder, demo=demo)
     reporter = ErrorReporter(lambda: window)
     uninstall = install_hooks(reporter)

@@ -5,11 +5,15 @@ model cannot flood the event loop with repaints of a growing Markdown document.
 
 Stored questions carry an "Edit" link and answers with several variants a "‹ 2/3 ›" switcher, as links in the
 transcript (keyboard users reach them with Tab, or use the Chat menu); the main window acts on what they ask.
+Every finished answer and each code block in it has a Copy link (`copy_links`). While an answer streams, the
+speed so far is shown beside the buttons; the engine's own figures replace it when the answer ends.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QMimeData, Qt, QTimer, QUrl, Signal
+from itertools import pairwise
+
+from PySide6.QtCore import QElapsedTimer, QEvent, QMimeData, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -25,6 +29,7 @@ from medgemma_desktop.core.imaging import ImageInput, PaddingInfo
 from medgemma_desktop.core.prompts import ChatTurn, TaskMode
 from medgemma_desktop.ui.buttons import labelled_button
 from medgemma_desktop.ui.conversation import Conversation, Exchange
+from medgemma_desktop.ui.copy_links import code_blocks, parse_link, with_copy_links
 from medgemma_desktop.ui.task_bar import TaskBar
 from medgemma_desktop.ui.task_inputs import SERIES_MODES
 from medgemma_desktop.ui.worker import Answer
@@ -47,8 +52,9 @@ def stats_line(stats: GenerationStats) -> str:
     return " · ".join(parts)
 
 
-def exchange_markdown(exchange: Exchange, index: int | None = None) -> str:
-    """The exchange as Markdown; with its `index`, a stored one also gets its Edit link and variant switcher."""
+def exchange_markdown(exchange: Exchange, index: int | None = None, streaming: bool = False) -> str:
+    """The exchange as Markdown; with its `index`, a stored one also gets its Edit link and variant switcher, and
+    an answer no longer `streaming` its Copy links."""
     images = len(exchange.images)
     noun = "slice" if exchange.mode in SERIES_MODES else "image"
     attached = f"\n\n*{images} {noun}{'s' if images != 1 else ''} attached*" if images else ""
@@ -68,7 +74,7 @@ def exchange_markdown(exchange: Exchange, index: int | None = None) -> str:
         else:
             lines.append(f"[Show the model's thinking](thinking:{index})")
     if answer:
-        lines.append(answer)
+        lines.append(with_copy_links(answer, index) if index is not None and not streaming else answer)
     elif not exchange.error and exchange.stats is None:
         lines.append("*…*")
     if exchange.error:
@@ -79,7 +85,12 @@ def exchange_markdown(exchange: Exchange, index: int | None = None) -> str:
 
 
 class QuestionEdit(QPlainTextEdit):
-    """Enter sends, Shift+Enter starts a new line; a pasted picture goes to the viewer, not into the text."""
+    """Enter sends, Shift+Enter starts a new line, Tab moves on to the buttons; a pasted picture goes to the
+    viewer, not into the text."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setTabChangesFocus(True)
 
     submitted = Signal()
     image_pasted = Signal(QMimeData)
@@ -155,10 +166,16 @@ class ChatPane(QWidget):
         self.stop_button.clicked.connect(self.stop_clicked)
         self.regenerate_button.clicked.connect(self.regenerate_clicked)
         self.copy_button.clicked.connect(self.copy_answer)
+        self.speed = QLabel()
+        self.speed.setAccessibleName("Answer speed")
+        self.speed.setToolTip("Tokens so far and their speed; the final figures appear under the answer")
+        self._streamed = 0  # text pieces (about one per token) of the answer streaming now
+        self._since_first = QElapsedTimer()
         buttons = QHBoxLayout()
         for button in (self.send_button, self.stop_button, self.regenerate_button, self.copy_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
+        buttons.addWidget(self.speed)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -168,6 +185,10 @@ class ChatPane(QWidget):
         layout.addWidget(self.edit_bar)
         layout.addWidget(self.question)
         layout.addLayout(buttons)
+        # Tab from the question goes to the buttons (the first enabled one), not into the text.
+        chain = (self.question, self.send_button, self.stop_button, self.regenerate_button, self.copy_button)
+        for first, second in pairwise(chain):
+            QWidget.setTabOrder(first, second)
 
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(FLUSH_INTERVAL_MS)
@@ -240,11 +261,15 @@ class ChatPane(QWidget):
         self._render()
 
     def append_token(self, text: str) -> None:
+        if self._streamed == 0:
+            self._since_first.start()
+        self._streamed += 1
         self._buffer.append(text)
         if not self._flush_timer.isActive():
             self._flush_timer.start()
 
     def finish(self, answer: Answer) -> None:
+        self._reset_speed()
         self._flush_timer.stop()
         self._buffer.clear()
         exchange = self._target()
@@ -257,6 +282,7 @@ class ChatPane(QWidget):
         """The answer in progress failed: keep what streamed, say why."""
         self._flush()
         self._flush_timer.stop()
+        self._reset_speed()
         exchange = self._target()
         if exchange is not None and exchange.stats is None:
             exchange.error = message
@@ -270,6 +296,7 @@ class ChatPane(QWidget):
 
     def clear(self) -> None:
         self._flush_timer.stop()
+        self._reset_speed()
         self._buffer.clear()
         self._answering = None
         self.cancel_edit()
@@ -295,7 +322,22 @@ class ChatPane(QWidget):
             self.question.clear()
             self.edit_submitted.emit(editing, text)
 
+    def copy_link(self, link: tuple[str, int, int]) -> None:
+        """Copy an answer, or one code block of it, from its Copy link."""
+        action, index, block = link
+        if not 0 <= index < len(self.conversation.exchanges):
+            return
+        answer = self.conversation.exchanges[index].answer
+        if action == "copy":
+            QGuiApplication.clipboard().setText(answer)
+        elif block < len(blocks := code_blocks(answer)):
+            QGuiApplication.clipboard().setText(blocks[block])
+
     def _on_link(self, url: QUrl) -> None:
+        copy = parse_link(url.toString())
+        if copy is not None:
+            self.copy_link(copy)
+            return
         action, _, index = url.toString().partition(":")
         if not index.isdigit():
             return
@@ -306,6 +348,12 @@ class ChatPane(QWidget):
         elif action == "thinking":
             exchange = self.conversation.exchanges[int(index)]
             exchange.show_thinking = not exchange.show_thinking
+            self._render()
+
+    def changeEvent(self, event: QEvent) -> None:
+        """Qt's Markdown reader colours links with the palette of the moment: draw again in the new theme's."""
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange:
             self._render()
 
     def _show_mode(self, mode: TaskMode) -> None:
@@ -321,7 +369,18 @@ class ChatPane(QWidget):
         if exchange is not None:
             exchange.answer += "".join(self._buffer)
         self._buffer.clear()
+        self._show_speed()
         self._render()
+
+    def _show_speed(self) -> None:
+        seconds = self._since_first.elapsed() / 1000 if self._since_first.isValid() else 0.0
+        rate = f" · {(self._streamed - 1) / seconds:.1f} tokens/s" if self._streamed > 1 and seconds > 0 else ""
+        self.speed.setText(f"{self._streamed:,} tokens{rate}")
+
+    def _reset_speed(self) -> None:
+        self._streamed = 0
+        self._since_first.invalidate()
+        self.speed.clear()
 
     def _target(self) -> Exchange | None:
         if self._answering is not None and self._answering < len(self.conversation.exchanges):
@@ -331,7 +390,8 @@ class ChatPane(QWidget):
     def _render(self) -> None:
         bar = self.transcript.verticalScrollBar()
         at_bottom = bar.value() >= bar.maximum() - 4
-        blocks = [exchange_markdown(exchange, index) for index, exchange in enumerate(self.conversation.exchanges)]
+        blocks = [exchange_markdown(exchange, index, streaming=index == self._answering)
+                  for index, exchange in enumerate(self.conversation.exchanges)]
         self.transcript.setMarkdown("\n\n---\n\n".join(blocks))
         if at_bottom:
             bar.setValue(bar.maximum())

@@ -10,7 +10,7 @@ from medgemma_desktop.core.demo import BANNER
 
 STYLE = """
 QFrame#demoBanner { background: #ffd600; border: 2px solid #000000; }
-QFrame#demoBanner QLabel { color: #000000; font-weight: bold; font-size: 15px; }
+QFrame#demoBanner QLabel { color: #000000; font-weight: bold; }
 """
 
 

@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QUrl
-from PySide6.QtGui import QPageSize, QPdfWriter, QTextDocument
+from PySide6.QtCore import QMarginsF, QUrl
+from PySide6.QtGui import QImage, QPageLayout, QPageSize, QPdfWriter, QTextDocument
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,6 +34,7 @@ from medgemma_desktop.core.store import ConversationStore
 
 FORMATS = {"markdown": ("Markdown (.md)", ".md"), "json": ("JSON, everything (.json)", ".json"),
            "pdf": ("PDF (.pdf)", ".pdf")}
+PAGE_MARGIN_MM = 15
 PATIENT_DATA_TEXT = "Include patient data (DICOM identifying tags)"
 
 
@@ -42,20 +43,35 @@ class ExportChoice:
     path: Path
     format: str  # a key of FORMATS
     include_patient_data: bool
+    demo: bool = False  # asked in demo mode: every format says so
 
 
-def write_pdf(store: ConversationStore, conversation_id: int, path: Path, include_patient_data: bool) -> Path:
+def pdf_document(html: Path, writer: QPdfWriter) -> QTextDocument:
+    """The HTML export laid out on the writer's pages. Each image is handed to the document under the name the
+    HTML uses (QTextDocument read none of the relative files and drew a 16x16 broken-image icon for each). It is
+    laid out here on the printer's page width: left to `print_`, tables with long words (hashes) ran off the
+    right edge."""
+    document = QTextDocument()
+    for image in (html.parent / f"{html.stem}_images").glob("*.png"):
+        document.addResource(QTextDocument.ResourceType.ImageResource, QUrl(f"{image.parent.name}/{image.name}"),
+                             QImage(str(image)))
+    document.documentLayout().setPaintDevice(writer)
+    document.setPageSize(writer.pageLayout().paintRectPixels(writer.resolution()).size().toSizeF())
+    document.setHtml(html.read_text(encoding="utf-8"))
+    return document
+
+
+def write_pdf(store: ConversationStore, conversation_id: int, path: Path, include_patient_data: bool,
+              demo: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix="medgemma-export-") as scratch:
         html = export_html(store, conversation_id, Path(scratch) / "conversation.html",
-                           include_patient_data=include_patient_data)
-        document = QTextDocument()
-        document.setBaseUrl(QUrl.fromLocalFile(f"{html.parent}/"))  # the images are beside the HTML
-        document.setHtml(html.read_text(encoding="utf-8"))
+                           include_patient_data=include_patient_data, demo=demo)
         writer = QPdfWriter(str(path))
         writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+        writer.setPageMargins(QMarginsF(*(PAGE_MARGIN_MM,) * 4), QPageLayout.Unit.Millimeter)
         writer.setTitle(store.conversation(conversation_id).title or "Conversation")
         writer.setCreator("MedGemma Desktop")
-        document.print_(writer)
+        pdf_document(html, writer).print_(writer)
         del writer  # the file is complete once the writer is gone
     if not path.is_file() or path.stat().st_size == 0:
         raise ExportError("the PDF could not be written", path=path, fix="Choose another folder.")
@@ -65,10 +81,12 @@ def write_pdf(store: ConversationStore, conversation_id: int, path: Path, includ
 def write_export(store: ConversationStore, conversation_id: int, choice: ExportChoice) -> Path:
     """Write the export the user chose; raises `ExportError` with a one-line reason."""
     if choice.format == "markdown":
-        return export_markdown(store, conversation_id, choice.path, include_patient_data=choice.include_patient_data)
+        return export_markdown(store, conversation_id, choice.path, include_patient_data=choice.include_patient_data,
+                               demo=choice.demo)
     if choice.format == "json":
-        return export_json(store, conversation_id, choice.path, include_patient_data=choice.include_patient_data)
-    return write_pdf(store, conversation_id, choice.path, choice.include_patient_data)
+        return export_json(store, conversation_id, choice.path, include_patient_data=choice.include_patient_data,
+                           demo=choice.demo)
+    return write_pdf(store, conversation_id, choice.path, choice.include_patient_data, choice.demo)
 
 
 def suggested_name(title: str) -> str:
@@ -76,8 +94,9 @@ def suggested_name(title: str) -> str:
 
 
 class ExportDialog(QDialog):
-    def __init__(self, title: str, folder: Path, parent: QWidget | None = None) -> None:
+    def __init__(self, title: str, folder: Path, parent: QWidget | None = None, demo: bool = False) -> None:
         super().__init__(parent)
+        self.demo = demo
         self.setWindowTitle("Export conversation")
         self.setAccessibleName("Export conversation")
         self.format = QComboBox()
@@ -93,7 +112,8 @@ class ExportDialog(QDialog):
         self.patient_data.setAccessibleName(PATIENT_DATA_TEXT)
         self.patient_data.setChecked(False)
         self.patient_data.setToolTip("Off: names, IDs, dates of birth and original file paths are left out.")
-        note = QLabel("Images are written beside Markdown and JSON exports, in a folder named after the file.")
+        note = QLabel("Images are written beside Markdown and JSON exports, in a folder named after the file."
+                      + ("\nDemo mode: the export is marked as the demo's." if demo else ""))
         note.setWordWrap(True)
         self.format.currentIndexChanged.connect(self._match_suffix)
 
@@ -116,7 +136,7 @@ class ExportDialog(QDialog):
 
     def choice(self) -> ExportChoice:
         return ExportChoice(Path(self.path_edit.text().strip()).expanduser(), self.format.currentData(),
-                            self.patient_data.isChecked())
+                            self.patient_data.isChecked(), self.demo)
 
     def browse(self) -> None:
         label, suffix = FORMATS[self.format.currentData()]

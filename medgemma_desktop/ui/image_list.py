@@ -1,4 +1,5 @@
-"""The conversation's images as a Qt list model: the thumbnail strip shows it, the next question reads it.
+"""The conversation's images as a Qt list model, which the next question reads, and the thumbnail strip that
+shows it.
 
 Images already sent with an earlier question stay listed (marked "sent") because the conversation's history
 still holds them; only images not yet sent can be removed from the next question. One image can be marked
@@ -10,14 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractListModel, QEvent, QModelIndex, QPersistentModelIndex, QSize, Qt
 from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import QListView, QWidget
 
 from medgemma_desktop.core.imaging import ImageInput
-from medgemma_desktop.ui.pictures import Picture
+from medgemma_desktop.ui.pictures import THUMBNAIL_SIZE, Picture
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 PICTURE_ROLE = Qt.ItemDataRole.UserRole + 1
+LABEL_LINES = 2  # a thumbnail's label wraps onto two lines, then is cut short in the middle (tooltip: all of it)
+CELL_MARGIN = 8
 
 
 @dataclass
@@ -104,3 +108,34 @@ class ImageListModel(QAbstractListModel):
         self.beginResetModel()
         self._entries.clear()
         self.endResetModel()
+
+
+class ThumbnailStrip(QListView):
+    """One row of thumbnails, each in a cell of its own: labels wrap onto two lines and are elided past that,
+    never drawn over their neighbours (the full label is in the tooltip). The cells follow the text size."""
+
+    def __init__(self, model: ImageListModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName("Image thumbnails")
+        self.setModel(model)
+        self.setViewMode(QListView.ViewMode.IconMode)
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(False)
+        self.setMovement(QListView.Movement.Static)
+        self.setWordWrap(True)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.setUniformItemSizes(True)
+        self.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        self._fit_cells()
+
+    def _fit_cells(self) -> None:
+        line = self.fontMetrics().lineSpacing()
+        cell = QSize(THUMBNAIL_SIZE + 4 * line, THUMBNAIL_SIZE + LABEL_LINES * line + CELL_MARGIN)
+        self.setGridSize(cell)
+        scroll = self.horizontalScrollBar().sizeHint().height()
+        self.setFixedHeight(cell.height() + scroll + 2 * self.frameWidth() + CELL_MARGIN)
+
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.FontChange:
+            self._fit_cells()

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QSta
 from medgemma_desktop.core.app_dirs import data_dir
 from medgemma_desktop.core.boxes import parse_boxes
 from medgemma_desktop.core.decoding import SamplingSettings
-from medgemma_desktop.core.demo import demo_checkpoint, sample_study
+from medgemma_desktop.core.demo import DEMO_MAX_NEW_TOKENS, demo_checkpoint, demo_series, sample_study
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import GenerationSettings, LoadOptions, ModelIdentity
 from medgemma_desktop.core.errors import UserFacingError
@@ -61,6 +61,7 @@ from medgemma_desktop.ui.task_inputs import (
 from medgemma_desktop.ui.theme import app_icon, apply_theme
 from medgemma_desktop.ui.token_budget import BudgetCheck, TokenCounter, check_budget
 from medgemma_desktop.ui.viewer import ImageLoader, ViewerPanel
+from medgemma_desktop.ui.window_size import first_window_size
 from medgemma_desktop.ui.worker import AdapterRequest, Answer, ModelHost, ModelState, Recording
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class MainWindow(QMainWindow):
             signal.connect(self._budget_timer.start)
         self.first_run.demo_requested.connect(self.start_demo)
         self.demo_banner.leave_requested.connect(self._leave_demo_requested)
-        self.resize(1280, 780)
+        self.resize(first_window_size(self))
         if loaded.notice:
             self.statusBar().showMessage(loaded.notice, 20_000)
         self._sync_first_run()
@@ -209,7 +210,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         self._action(file_menu, "&Load model", self._request_load, "Ctrl+L")
         self._action(file_menu, "&Model manager…", self.open_model_manager, "Ctrl+M")
-        self._action(file_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
+        self._action(file_menu, "&Settings…", self.open_settings, "Ctrl+,")  # Cmd+, on macOS
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         chat_menu = bar.addMenu("&Chat")
@@ -279,7 +280,10 @@ class MainWindow(QMainWindow):
         self._switch_history(DEMO_DB_FILENAME)
         self.pages.setCurrentWidget(self.workspace)
         self.viewer.open_inputs(sample_study)
+        self.jobs.run(demo_series, self._open_demo_series, self._demo_failed)  # written once, in the cache
         if self._demo_checkpoint is None:
+            self.model_status.setText("Model: preparing the demo model…")
+            self.loading.start_busy("Writing the tiny demo model into the cache folder (the first time only)")
             self.jobs.run(demo_checkpoint, self._demo_ready, self._demo_failed)  # written once, in the cache
         else:
             self._request_load()
@@ -289,7 +293,13 @@ class MainWindow(QMainWindow):
         if self.demo:
             self._request_load()
 
+    def _open_demo_series(self, folder: Path) -> None:
+        if self.demo:
+            self.viewer.open_paths([folder])
+
     def _demo_failed(self, exc: Exception) -> None:
+        self.loading.hide()
+        self.model_status.show_state(self.host.state, "", self.host.identity)
         report_unexpected(type(exc), exc, exc.__traceback__)
         self.chat.show_notice(f"The demo model could not be made: {type(exc).__name__}: {exc}")
 
@@ -314,6 +324,7 @@ class MainWindow(QMainWindow):
             self.host.stop()  # the answer still lands in the history it was asked in
         self._answering = False
         self.chat.clear()
+        self.chat.task.set_mode(TaskMode.FREE_CHAT)  # not the demo series' mode, with no series left
         self.viewer.model.clear()
         self.store = self._open_store(filename)
         self.history.set_store(self.store)
@@ -330,7 +341,8 @@ class MainWindow(QMainWindow):
         self.first_run.force_cpu = self.settings.force_cpu
 
     def generation_settings(self) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=self.settings.max_new_tokens,
+        limit = self.settings.max_new_tokens
+        return GenerationSettings(max_new_tokens=min(limit, DEMO_MAX_NEW_TOKENS) if self.demo else limit,
                                   sampling=SamplingSettings(greedy=self.settings.greedy,
                                                             temperature=self.settings.temperature))
 
@@ -398,7 +410,7 @@ class MainWindow(QMainWindow):
             return None
         has_series = any(picture.series is not None for picture in plan)
         return check_budget(turns, self.token_counter, context_limit=self.settings.context_limit,
-                            reserve_tokens=self.settings.max_new_tokens,
+                            reserve_tokens=self.generation_settings().max_new_tokens,
                             series=SERIES_MODES.get(mode) if has_series else None,
                             question=question.strip() or mode.default_question)
 
@@ -557,7 +569,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Ask a question or open a conversation first: there is nothing to export.",
                                          10_000)
             return None
-        dialog = ExportDialog(self.store.conversation(conversation_id).title, Path.home(), self)
+        dialog = ExportDialog(self.store.conversation(conversation_id).title, Path.home(), self, demo=self.demo)
         store = self.store
         dialog.accepted.connect(lambda: self._export(store, conversation_id, dialog))
         dialog.finished.connect(dialog.deleteLater)
@@ -684,7 +696,7 @@ class MainWindow(QMainWindow):
         self._save_settings(settings)
         app = QApplication.instance()
         if isinstance(app, QApplication):
-            apply_theme(app, settings.theme)
+            apply_theme(app, settings.theme, settings.text_size)
         self.gpu_status.set_plan(choose_device(settings.force_cpu))
         self._budget_timer.start()
         self._sync_first_run()

@@ -3,7 +3,8 @@ progress bar, remembered), see the memory plan for the current context limit, li
 models, and switch the active adapter (or run the base alone) without reloading the base.
 
 Checks and hashes run on a background job; the engine is never touched here: attaching or switching an adapter
-is a request the main window sends to the model thread.
+is a request the main window sends to the model thread. A check's progress and its failure show right under the
+field (or list) it concerns, not at the bottom of the dialog.
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ class ModelManagerDialog(QDialog):
         self.adapters.itemDoubleClicked.connect(lambda _item: self.use_selected())
         self.use_adapter_button = labelled_button("Use selected", "Answer with the selected adapter (no reload)")
         self.use_adapter_button.clicked.connect(self.use_selected)
-        self.error_label = _label("Model manager error", error=True)
+        self.model_error = _label("Base model error", error=True)
+        self.adapter_error = _label("Adapter error", error=True)
+        self.cache_error = _label("Saved 4-bit models error", error=True)
+        self._error_label = self.model_error  # where the running job's failure goes
         self.progress_bar = QProgressBar()
         self.progress_bar.setAccessibleName("Hashing progress")
         self.progress_bar.setFormat("computing the hash: %p%")
@@ -157,6 +161,8 @@ class ModelManagerDialog(QDialog):
         row.addWidget(self.check_model_button)
         row.addWidget(self.load_model_button)
         base.addLayout(row)
+        base.addWidget(self.progress_bar)
+        base.addWidget(self.model_error)
         base.addWidget(self.model_report)
         base.addWidget(QLabel(f"<b>Memory plan</b> (context limit {settings.context_limit:,} tokens, one image):"))
         base.addWidget(self.memory_label)
@@ -166,12 +172,14 @@ class ModelManagerDialog(QDialog):
         row.addWidget(self.adapter_field, 1)
         row.addWidget(self.add_adapter_button)
         adapter.addLayout(row)
+        adapter.addWidget(self.adapter_error)
         adapter.addWidget(self.adapter_report)
         adapter.addWidget(self.adapters)
         adapter.addWidget(self.use_adapter_button, 0, Qt.AlignmentFlag.AlignRight)
         cache_box = QGroupBox(f"Saved 4-bit models ({host.cache.root})")
         cache = QVBoxLayout(cache_box)
         cache.addWidget(self.cache_list)
+        cache.addWidget(self.cache_error)
         cache.addWidget(self.clear_cache_button, 0, Qt.AlignmentFlag.AlignRight)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
@@ -179,8 +187,6 @@ class ModelManagerDialog(QDialog):
         layout.addWidget(base_box)
         layout.addWidget(adapter_box, 1)
         layout.addWidget(cache_box)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.error_label)
         layout.addWidget(buttons)
 
         host.state_changed.connect(self._on_model_state)
@@ -194,20 +200,25 @@ class ModelManagerDialog(QDialog):
         path, fingerprints = self.model_field.path(), self._host.fingerprints
         context_limit, force_cpu = self._settings.context_limit, self._settings.force_cpu
         self._run(lambda: inspect_model(path, fingerprints, context_limit, force_cpu, self._progress.changed.emit),
-                  self._model_checked)
+                  self._model_checked, self.model_error)
 
     def check_adapter(self) -> None:
         """Check the adapter against the loaded base model's folder, then ask the model thread to attach it."""
         model = self._loaded_model_dir()
+        self._error_label = self.adapter_error
         if model is None:
             self._show_error("Load a base model first: an adapter is checked against it.")
             return
         path, fingerprints = self.adapter_field.path(), self._host.fingerprints
         self._run(lambda: inspect_adapter(path, model, fingerprints, self._progress.changed.emit),
-                  self._adapter_checked)
+                  self._adapter_checked, self.adapter_error)
 
-    def _run(self, job: Callable[[], FolderReport], on_success: Callable[[FolderReport], None]) -> None:
+    def _run(self, job: Callable[[], FolderReport], on_success: Callable[[FolderReport], None],
+             error_label: QLabel) -> None:
+        self._error_label = error_label
         self._show_error("")
+        section = error_label.parentWidget().layout()  # the hash's progress shows above the error, by the field
+        section.insertWidget(section.indexOf(error_label), self.progress_bar)
         self.progress_bar.setValue(0)
         self.progress_bar.show()
         self._set_checking(True)
@@ -247,8 +258,10 @@ class ModelManagerDialog(QDialog):
         self._update_buttons()
 
     def _show_error(self, message: str) -> None:
-        self.error_label.setText(message)
-        self.error_label.setVisible(bool(message))
+        """Show (or, with "", clear) the error of the check that ran last, under its own field."""
+        for label in (self.model_error, self.adapter_error, self.cache_error):
+            label.setText(message if label is self._error_label else "")
+            label.setVisible(bool(message) and label is self._error_label)
 
     # Model and adapters --------------------------------------------------------------------------------------
 
@@ -316,6 +329,8 @@ class ModelManagerDialog(QDialog):
 
     def clear_cache(self) -> None:
         cache = self._host.cache
+        self._error_label = self.cache_error
+        self._show_error("")
         self.clear_cache_button.setEnabled(False)
         self.jobs.run(cache.clear, self._cache_cleared, self._check_failed)
 

@@ -1,4 +1,7 @@
-"""The Settings dialog: edits a copy of `Settings` and refuses folders the core's checks reject."""
+"""The Settings dialog: edits a copy of `Settings` and refuses folders the core's checks reject.
+
+With no folders chosen there is nothing to check: the demo (or a user still waiting for the weights) can change
+the theme, text size, decoding and limits without naming a model folder."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from medgemma_desktop.core.settings import THEMES, Settings
 from medgemma_desktop.ui.folder_field import FolderField, folders_problem
+from medgemma_desktop.ui.theme import TEXT_SIZES
 
 
 class SettingsDialog(QDialog):
@@ -57,6 +61,12 @@ class SettingsDialog(QDialog):
         for theme in THEMES:
             self.theme.addItem(theme.capitalize(), theme)
         self.theme.setCurrentIndex(THEMES.index(settings.theme))
+        self.text_size = QComboBox()
+        self.text_size.setAccessibleName("Text size")
+        for percent in TEXT_SIZES:
+            self.text_size.addItem(f"{percent} %", percent)
+        closest = min(TEXT_SIZES, key=lambda percent: abs(percent - settings.text_size))
+        self.text_size.setCurrentIndex(TEXT_SIZES.index(closest))
         self.force_cpu = QCheckBox("Run on the CPU even when a GPU is available (slow)")
         self.force_cpu.setAccessibleName("Force CPU")
         self.force_cpu.setChecked(settings.force_cpu)
@@ -75,6 +85,7 @@ class SettingsDialog(QDialog):
         form.addRow("Temperature:", self.temperature)
         form.addRow("Context limit (tokens):", self.context_limit)
         form.addRow("Theme:", self.theme)
+        form.addRow("Text size:", self.text_size)
         form.addRow("", self.force_cpu)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.accepted.connect(self.accept)
@@ -94,11 +105,13 @@ class SettingsDialog(QDialog):
             model_dir=self.model_field.path() or None, adapter_dir=self.adapter_field.path() or None,
             max_new_tokens=self.max_new_tokens.value(), greedy=bool(self.decoding.currentData()),
             temperature=round(self.temperature.value(), 2), context_limit=self.context_limit.value(),
-            theme=self.theme.currentData(), force_cpu=self.force_cpu.isChecked(),
+            theme=self.theme.currentData(), text_size=self.text_size.currentData(),
+            force_cpu=self.force_cpu.isChecked(),
         )
 
     def accept(self) -> None:
-        problem = folders_problem(self.model_field.path(), self.adapter_field.path())
+        model_dir, adapter_dir = self.model_field.path(), self.adapter_field.path()
+        problem = folders_problem(model_dir, adapter_dir) if model_dir or adapter_dir else None
         if problem:
             self.error_label.setText(problem)
             self.error_label.show()

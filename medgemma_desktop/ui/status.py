@@ -1,6 +1,9 @@
 """Status bar widgets: GPU memory (polled once a second, and only while visible), the model's state, and the
 loading progress with its Cancel button.
 
+The model label stays short (state, model and adapter names, and any warning) and puts the rest in its tooltip:
+the status bar's messages ("Exported to …") get only the room its permanent widgets leave.
+
 The GPU label follows qutebrowser's clock: its timer starts in `showEvent` and stops in `hideEvent`, so a
 minimised window costs no NVML calls.
 """
@@ -17,6 +20,7 @@ from medgemma_desktop.core.gpu import GpuMemory, GpuMonitor
 from medgemma_desktop.ui.worker import ModelState
 
 REFRESH_MS = 1000
+SHORT_LIMIT = 36  # characters of a name or message in the status bar; the tooltip has all of it
 GIB = 2**30
 
 
@@ -43,7 +47,8 @@ class GpuStatusLabel(QLabel):
     def refresh(self) -> None:
         reading = self._monitor.read() if self._plan.is_cuda else None
         if reading is None:
-            self.setText(self._plan.reason if self._plan.device == "cpu" else f"{self._plan.gpu_name} · no reading")
+            gpu = f"{shortened(self._plan.gpu_name or 'GPU')} · no reading"
+            self.setText(f"CPU mode · {self._plan.dtype_name}" if self._plan.device == "cpu" else gpu)
         else:
             self.setText(gpu_text(reading))
         self.setToolTip(self._plan.reason)
@@ -58,6 +63,10 @@ class GpuStatusLabel(QLabel):
         super().hideEvent(event)
 
 
+def shortened(text: str, limit: int = SHORT_LIMIT) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
+
+
 class ModelStatusLabel(QLabel):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -65,19 +74,21 @@ class ModelStatusLabel(QLabel):
         self.show_state(ModelState.NO_MODEL, "", None)
 
     def show_state(self, state: ModelState, detail: str, identity: ModelIdentity | None) -> None:
-        text = f"Model: {state.value}"
-        if state is ModelState.LOADING:
-            text += f" {detail}"
-        elif state is ModelState.ERROR:
-            text += f": {detail[:80]}…" if len(detail) > 80 else f": {detail}"
+        text, details = f"Model: {state.value}", [detail] if detail else []
+        if state in (ModelState.LOADING, ModelState.ERROR) and detail:
+            text += f": {shortened(detail)}"
         if identity is not None and state in (ModelState.READY, ModelState.GENERATING):
             adapter = f" + {identity.adapter_name}" if identity.adapter_name else ""
-            text += f" · {identity.model_name}{adapter} · {identity.device} {identity.dtype} · {identity.quantization}"
-            text += " · vision active" if identity.vision_active else " · VISION NOT WORKING"
-            text += " · fast decoding" if identity.decoder.startswith("fast") else " · plain decoding"
-            detail = detail or identity.decoder
+            text += f" · {shortened(identity.model_name + adapter)}"
+            if not identity.vision_active:
+                text += " · VISION NOT WORKING"
+            details += [f"{identity.model_name}{adapter}",
+                        f"{identity.device} {identity.dtype} · {identity.quantization}",
+                        "vision active" if identity.vision_active else "VISION NOT WORKING: images do not reach "
+                                                                       "the model",
+                        f"{'fast' if identity.decoder.startswith('fast') else 'plain'} decoding: {identity.decoder}"]
         self.setText(text)
-        self.setToolTip(detail)
+        self.setToolTip("\n".join(details))
 
 
 class LoadingProgress(QWidget):
@@ -104,10 +115,21 @@ class LoadingProgress(QWidget):
         self.hide()
 
     def start(self) -> None:
+        self.bar.setRange(0, 100)
         self.bar.setValue(0)
         self.bar.setToolTip("")
+        self.cancel_button.show()
+        self.show()
+
+    def start_busy(self, step: str) -> None:
+        """Work with no measurable progress (the demo model being written): a moving bar, no Cancel."""
+        self.bar.setRange(0, 0)
+        self.bar.setToolTip(step)
+        self.cancel_button.hide()
         self.show()
 
     def show_progress(self, percent: int, step: str) -> None:
+        self.bar.setRange(0, 100)
+        self.cancel_button.show()
         self.bar.setValue(percent)
         self.bar.setToolTip(step)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QItemSelectionModel, QMimeData, QModelIndex, QPoint, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QMimeData, QModelIndex, QPoint, Qt, Signal
 from PySide6.QtGui import (
     QDragEnterEvent,
     QDragMoveEvent,
@@ -35,7 +35,6 @@ from PySide6.QtWidgets import (
     QGraphicsView,
     QHBoxLayout,
     QLabel,
-    QListView,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -50,8 +49,8 @@ from medgemma_desktop.ui.box_overlay import BoxOverlay, FoundBoxes
 from medgemma_desktop.ui.dicom_tags import DicomTagsPanel
 from medgemma_desktop.ui.dicom_view import PictureView
 from medgemma_desktop.ui.hooks import report_unexpected
-from medgemma_desktop.ui.image_list import ImageListModel
-from medgemma_desktop.ui.pictures import THUMBNAIL_SIZE, Picture, clipboard_input, render_picture, render_series
+from medgemma_desktop.ui.image_list import ImageListModel, ThumbnailStrip
+from medgemma_desktop.ui.pictures import Picture, clipboard_input, render_picture, render_series
 from medgemma_desktop.ui.window_level import WindowPresetBox, dragged_window, window_text
 
 ImageLoader = Callable[[Path], ImageInput]
@@ -136,6 +135,8 @@ class ImageCanvas(QGraphicsView):
         self.setAcceptDrops(True)
         self.setAccessibleName("Image viewer")
         self.setAccessibleDescription("Drop image files or folders here")
+        self.viewport().setAccessibleName("Image")  # what screen readers land on inside the viewer
+        self.viewport().setAccessibleDescription("The picture or slice shown; drop image files or folders here")
         self.viewport().setMouseTracking(True)
         self.boxes = BoxOverlay(self._item)
         self.scrolls_slices = False
@@ -318,15 +319,7 @@ class ViewerPanel(QWidget):
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.hide()
 
-        self.strip = QListView()
-        self.strip.setAccessibleName("Image thumbnails")
-        self.strip.setModel(self.model)
-        self.strip.setViewMode(QListView.ViewMode.IconMode)
-        self.strip.setFlow(QListView.Flow.LeftToRight)
-        self.strip.setWrapping(False)
-        self.strip.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        self.strip.setFixedHeight(THUMBNAIL_SIZE + 44)
-        self.strip.setMovement(QListView.Movement.Static)
+        self.strip = ThumbnailStrip(self.model)
         self.strip.selectionModel().currentChanged.connect(self._show_current)
         self.model.rowsInserted.connect(self._after_rows_changed)
         self.model.rowsRemoved.connect(self._after_rows_changed)
