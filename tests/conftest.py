@@ -168,3 +168,39 @@ def live_server() -> Iterator[Callable[..., str]]:
     for server, thread in running:
         server.should_exit = True
         thread.join(60)
+
+
+LOCALIZATION_ANSWER = ('The lung is on the right of the image.\nFinal Answer: ```json[{"box_2d": [100, 200, 500, '
+                       '600], "label": "left lung"}]```')
+
+
+class ScriptedBackend:
+    """A session backend whose answer text is given (the tiny model writes noise): the real engine counts and
+    names the weights; `failure`, if set, is raised after the text streamed (as a GPU out of memory would)."""
+
+    def __init__(self, engine, text: str, failure: Exception | None = None) -> None:
+        self.engine, self.text, self.failure = engine, text, failure
+        self.context_limit, self.tokens_per_image = engine.context_limit, engine.tokens_per_image
+        self.identity = engine.identity
+
+    def count_tokens(self, turns) -> int:
+        return self.engine.count_tokens(turns)
+
+    def generate(self, turns, settings, cancel=None):
+        from medgemma_desktop.core.engine import Generation
+        from medgemma_desktop.core.text_stream import TextChunk
+
+        def chunks(generation: Generation):
+            generation.stats.prompt_tokens = self.count_tokens(turns)
+            generation.stats.stop_reason = "end"
+            yield TextChunk(self.text)
+            if self.failure is not None:
+                raise self.failure
+
+        return Generation(chunks)
+
+
+@pytest.fixture
+def scripted_backend(tiny_engine) -> Callable[..., ScriptedBackend]:
+    """`scripted_backend(text, failure=None)`: a backend answering `text` (default: a localization answer)."""
+    return lambda text=LOCALIZATION_ANSWER, failure=None: ScriptedBackend(tiny_engine, text, failure)

@@ -81,7 +81,7 @@ def test_adapter_without_weights(capsys, tiny_checkpoint, tmp_path: Path) -> Non
 
 def test_prompt_over_the_context_limit(capsys, tiny_checkpoint) -> None:
     _assert_user_error(capsys, ["ask", "--model", str(tiny_checkpoint.model_dir), "--context-limit", "8",
-                                "a question far longer than eight tokens"], "context limit is 8")
+                                "a question far longer than eight tokens"], "context limit of 8")
 
 
 def test_doctor_runs_the_whole_pipeline() -> None:
@@ -122,3 +122,57 @@ def test_ask_saves_then_reuses_the_4bit_model(tiny_checkpoint) -> None:
     assert "reading the saved 4-bit model" in second.stderr
     listing = _run("models", "cache")
     assert "medgemma-tiny" in listing.stdout
+
+
+def _ask_series(capsys, tiny_checkpoint, history: Path, image: Path, *task: str) -> int:
+    """`ask` about a series; returns the id of the conversation it kept."""
+    assert main(["ask", "--model", str(tiny_checkpoint.model_dir), "--image", str(image), "--slices", "3",
+                 "--max-new-tokens", "2", "--history-file", str(history), *task]) == 0
+    err = capsys.readouterr().err
+    assert "-- CT series:" in err and "Traceback" not in err
+    return int(re.search(r"kept as conversation (\d+)", err).group(1))
+
+
+def test_ask_reads_a_ct_folder_and_a_dicomdir_as_ct_series_then_history_lists_and_exports_them(
+        capsys, tiny_checkpoint, tmp_path: Path, ct_slices) -> None:
+    from pydicom.data import get_testdata_file
+
+    from medgemma_desktop.core.prompts import CT_QUESTION
+    from medgemma_desktop.core.store import ConversationStore
+
+    history = tmp_path / "history.sqlite3"
+    ct_slices(tmp_path / "ct", [2.5 * i for i in range(6)])
+    folder_id = _ask_series(capsys, tiny_checkpoint, history, tmp_path / "ct")  # a CT series: its mode by default
+    # The DICOMDIR's largest series is an MR angiogram; --task picks its largest CT series (5 slices).
+    dicomdir_id = _ask_series(capsys, tiny_checkpoint, history, Path(get_testdata_file("DICOMDIR")),
+                              "--task", "ct-series")
+    with ConversationStore(history) as store:
+        for conversation_id in (folder_id, dicomdir_id):
+            (message,) = store.messages(conversation_id)
+            assert message.task_mode == "ct_series" and message.question == CT_QUESTION
+            assert len(message.images) == 3 and message.answer.status.value == "done"
+
+    assert main(["history", "--history-file", str(history), "list"]) == 0
+    listed = capsys.readouterr().out
+    assert str(folder_id) in listed and str(dicomdir_id) in listed and "Based on the visual evidence" in listed
+    assert main(["history", "--history-file", str(history), "show", str(folder_id)]) == 0
+    assert "CT" in capsys.readouterr().out
+    pdf = tmp_path / "out.pdf"
+    assert main(["history", "--history-file", str(history), "export", str(dicomdir_id), "--format", "pdf",
+                 "--out", str(pdf)]) == 0
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 1000
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Research use only" in text or "research" in text.lower()
+    assert main(["history", "--history-file", str(history), "export", "9999"]) == 2
+    assert "no conversation 9999" in capsys.readouterr().err
+
+
+def test_ask_no_history_keeps_nothing_and_prior_needs_compare(capsys, tiny_checkpoint, tmp_path: Path) -> None:
+    history = tmp_path / "history.sqlite3"
+    picture = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), "gray").save(picture)
+    assert main(["ask", "--model", str(tiny_checkpoint.model_dir), "--image", str(picture), "--no-history",
+                 "--history-file", str(history), "--max-new-tokens", "2", "hi"]) == 0
+    assert "kept as conversation" not in capsys.readouterr().err and not history.exists()
+    _assert_user_error(capsys, ["ask", "--model", str(tiny_checkpoint.model_dir), "--prior", str(picture),
+                                "--image", str(picture), "hi"], "--task compare")

@@ -24,7 +24,6 @@ from medgemma_desktop.core.prompts import (
     build_task_prompt,
     estimate_prompt_tokens,
     localization_query,
-    max_slices_that_fit,
     series_instruction,
     text_token_counter,
     to_processor_messages,
@@ -291,35 +290,8 @@ def test_estimate_equals_the_processors_token_count(processor, case: str):
 
 def test_85_slices_cost_21760_image_tokens_at_256_per_image():
     turns = build_series([picture()] * 85, CT_QUESTION)
-    budget = estimate_prompt_tokens(turns, 256, len, context_limit=32_768)
+    budget = estimate_prompt_tokens(turns, 256, len)
     assert budget.image_tokens == 21_760
     # Each slice also costs its wrapper (<start_of_image>, <end_of_image>) and its label.
     assert budget.text_tokens > 85 * 2
     assert budget.total == budget.image_tokens + budget.text_tokens
-    assert budget.fits and budget.spare == 32_768 - budget.total
-
-
-def test_reserve_for_the_answer_counts_against_the_limit():
-    turns = build_describe(picture(), "Q?")
-    exact = estimate_prompt_tokens(turns, 256, len).total
-    assert estimate_prompt_tokens(turns, 256, len, context_limit=exact, reserve_tokens=0).fits
-    assert not estimate_prompt_tokens(turns, 256, len, context_limit=exact, reserve_tokens=1).fits
-    assert estimate_prompt_tokens(turns, 256, len, context_limit=exact + 1000, reserve_tokens=1000).spare == 0
-
-
-def test_max_slices_that_fit_is_the_boundary(processor):
-    count = text_token_counter(processor.tokenizer)
-    limit, reserve = 2_000, 300
-    best = max_slices_that_fit(CT_QUESTION, TOKENS_PER_IMAGE, count, context_limit=limit, reserve_tokens=reserve)
-    assert 0 < best < MAX_SERIES_SLICES
-
-    def total(slices: int) -> int:
-        return len(render(processor, build_series([picture()] * slices, CT_QUESTION))["input_ids"][0])
-
-    assert total(best) + reserve <= limit < total(best + 1) + reserve
-
-
-def test_max_slices_that_fit_stays_within_zero_and_the_series_maximum():
-    assert max_slices_that_fit("Q?", 256, len) == MAX_SERIES_SLICES
-    assert max_slices_that_fit("Q?", 256, len, context_limit=300) == 0
-    assert max_slices_that_fit("Q?", 256, len, context_limit=10_000, most=20) == 20

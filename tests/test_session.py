@@ -13,41 +13,18 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medgemma_desktop.core.engine import Engine, Generation, GenerationSettings
+from medgemma_desktop.core.engine import Engine, GenerationSettings
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.export import export_json, export_markdown
 from medgemma_desktop.core.imaging import pad_to_square
 from medgemma_desktop.core.prompts import CT_QUESTION, ChatTurn, TaskMode, build_series, series_instruction
 from medgemma_desktop.core.store import ConversationStore
-from medgemma_desktop.core.text_stream import TextChunk
 from medgemma_desktop.session.backend import Backend, PromptCounter
 from medgemma_desktop.session.conversation import Session
 from medgemma_desktop.session.inputs import InputItem, open_inputs, read_inputs
 from medgemma_desktop.session.question import check_fits, prepare_question, slices_that_fit
 
 SETTINGS = GenerationSettings(max_new_tokens=3)
-LOCALIZATION_ANSWER = ('The lung is on the right of the image.\nFinal Answer: ```json[{"box_2d": [100, 200, 500, '
-                       '600], "label": "left lung"}]```')
-
-
-class ScriptedBackend:
-    """The real engine counts and names the weights; the answer text is given (the tiny model writes noise)."""
-
-    def __init__(self, engine: Engine, text: str) -> None:
-        self.engine, self.text = engine, text
-        self.context_limit, self.tokens_per_image = engine.context_limit, engine.tokens_per_image
-        self.identity = engine.identity
-
-    def count_tokens(self, turns: Sequence[ChatTurn]) -> int:
-        return self.engine.count_tokens(turns)
-
-    def generate(self, turns, settings, cancel=None) -> Generation:
-        def chunks(generation: Generation):
-            generation.stats.prompt_tokens = self.count_tokens(turns)
-            generation.stats.stop_reason = "end"
-            yield TextChunk(self.text)
-
-        return Generation(chunks)
 
 
 def _picture(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> Path:
@@ -204,9 +181,9 @@ def test_reopen_continue_and_regenerate_send_the_turns_of_the_original(mode: Tas
 
 
 def test_localization_boxes_are_stored_exported_and_reopened(tiny_engine: Engine, store: ConversationStore,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, scripted_backend) -> None:
     path = _picture(tmp_path / "cxr.png", (240, 320), (60, 60, 60))
-    session = Session(ScriptedBackend(tiny_engine, LOCALIZATION_ANSWER), store, settings=SETTINGS)
+    session = Session(scripted_backend(), store, settings=SETTINGS)
     session.ask(TaskMode.LOCALIZATION, open_inputs([path]), "left lung")
     exchange = session.last
     assert exchange.padding is not None and exchange.padding.left == 40 and len(exchange.boxes) == 1
@@ -243,22 +220,33 @@ def test_edit_rewords_and_answers_again_from_the_history_before(tiny_engine: Eng
     assert session.show_variant(0, -1) and session.exchanges[0].answer_id == first.variants[0].id
 
 
-class FailingBackend(ScriptedBackend):
-    """Streams a little, then fails the way a GPU out of memory does."""
-
-    def generate(self, turns, settings, cancel=None) -> Generation:
-        def chunks(generation: Generation):
-            yield TextChunk("A partial")
-            raise UserFacingError("the GPU ran out of memory", fix="Use fewer images.")
-
-        return Generation(chunks)
-
-
-def test_a_failed_generation_is_stored_as_failed_and_shown_in_the_exchange(tiny_engine: Engine,
+def test_a_failed_generation_is_stored_as_failed_and_shown_in_the_exchange(scripted_backend,
                                                                           store: ConversationStore) -> None:
-    session = Session(FailingBackend(tiny_engine, ""), store, settings=SETTINGS)
+    failure = UserFacingError("the GPU ran out of memory", fix="Use fewer images.")
+    session = Session(scripted_backend("A partial", failure), store, settings=SETTINGS)
     with pytest.raises(UserFacingError, match="out of memory"):
         session.ask(TaskMode.FREE_CHAT, [], "Hello")
     (message,) = store.messages(session.id)
     assert message.answer.status.value == "failed" and message.answer.text == "A partial"
     assert "out of memory" in session.last.error and not session.last.complete
+
+
+def test_a_series_mode_reads_the_selected_volume_and_leaves_pictures_waiting(tmp_path: Path, ct_slices) -> None:
+    from medgemma_desktop.core.windowing import ct_rgb_slice
+    from medgemma_desktop.session.question import plan_items
+
+    photo = open_inputs([_picture(tmp_path / "photo.png", (20, 10), (1, 2, 3))])
+    ct_slices(tmp_path / "ct", [0.0, 2.5, 5.0, 7.5])
+    (series,) = open_inputs([tmp_path / "ct"])
+    (lone_ct,) = open_inputs([Path(get_testdata_file("CT_small.dcm"))])  # as the demo's sample study gives it
+    waiting = [*photo, lone_ct, series]
+    assert plan_items(TaskMode.CT_SERIES, waiting) == [series]  # the newest series
+    assert plan_items(TaskMode.CT_SERIES, waiting, selected=lone_ct) == [lone_ct]  # the one the user looks at
+    prepared = prepare_question(TaskMode.CT_SERIES, [*photo, lone_ct])
+    (slice_,) = prepared.images  # a lone CT image goes as a one-slice volume, through the CT windows
+    assert prepared.series == "CT"
+    assert slice_.image.tobytes() == Image.fromarray(ct_rgb_slice(lone_ct.input.dicom.values[0])).tobytes()
+    with pytest.raises(UserFacingError, match="reads DICOM slices"):
+        plan_items(TaskMode.CT_SERIES, photo)
+    with pytest.raises(UserFacingError, match="is a series of slices"):
+        plan_items(TaskMode.DESCRIBE, waiting)

@@ -98,7 +98,7 @@ def test_the_demo_series_scrolls_and_answers_the_ct_series_task(qtbot, ask_and_w
 def test_demo_answers_stop_early_and_settings_save_without_a_model_folder(qtbot, demo: MainWindow,
                                                                            tmp_path: Path) -> None:
     demo.settings = replace(demo.settings, max_new_tokens=1024)
-    assert demo.generation_settings().max_new_tokens == DEMO_MAX_NEW_TOKENS
+    assert demo.question_settings().max_new_tokens == DEMO_MAX_NEW_TOKENS
     app = QApplication.instance()
     apply_theme(app, "light", 100)
     base_size = app.font().pointSizeF()
@@ -112,7 +112,7 @@ def test_demo_answers_stop_early_and_settings_save_without_a_model_folder(qtbot,
     saved = json.loads((tmp_path / "settings.json").read_text())
     assert (saved["theme"], saved["greedy"], saved["max_new_tokens"], saved["text_size"]) == ("dark", False, 32, 115)
     assert saved["model_dir"] is None and demo.demo and demo.demo_banner.isVisible()
-    assert demo.generation_settings().max_new_tokens == 32
+    assert demo.question_settings().max_new_tokens == 32
     assert app.font().pointSizeF() == pytest.approx(base_size * 1.15)  # the text size applies at once
     assert app.palette().color(QPalette.ColorRole.Window).lightness() < 128  # and the theme
     apply_theme(QApplication.instance(), "light")

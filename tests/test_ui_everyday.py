@@ -15,11 +15,14 @@ from PySide6.QtGui import QGuiApplication, QKeySequence
 
 from medgemma_desktop.core.engine import GenerationStats
 from medgemma_desktop.core.imaging import load_image
+from medgemma_desktop.core.prompts import TaskMode
+from medgemma_desktop.session.question import prepare_question
+from medgemma_desktop.session.recording import Answer
 from medgemma_desktop.ui.copy_links import code_blocks, parse_link, with_copy_links
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.pictures import render_picture
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
-from medgemma_desktop.ui.worker import Answer, ModelState
+from medgemma_desktop.ui.worker import ModelState
 
 TIMEOUT_MS = 60_000
 CODE_ANSWER = """Two snippets.
@@ -85,9 +88,12 @@ def test_speed_shows_while_the_answer_streams(qtbot, window: MainWindow) -> None
 
 
 def test_every_answer_and_code_block_has_a_copy_link(qtbot, window: MainWindow) -> None:
-    window.chat.begin("Give me code", [])
+    session = window.controller.session
+    job = session.begin(prepare_question(TaskMode.FREE_CHAT, [], "Give me code"))
+    window.chat.begin_answer(job.index, new_question=True)
     assert "Copy answer" not in window.chat.transcript.toPlainText()  # not while it streams
-    window.chat.finish(Answer(CODE_ANSWER, "", GenerationStats(new_tokens=30, decode_tokens_per_s=9.0)))
+    session.finish(job, Answer(CODE_ANSWER, "", GenerationStats(new_tokens=30, decode_tokens_per_s=9.0)))
+    window.chat.finish()
     shown = window.chat.transcript.toPlainText()
     assert shown.count("Copy code") == 2 and shown.count("Copy answer") == 1
     window.chat.transcript.anchorClicked.emit(QUrl("code:0.1"))

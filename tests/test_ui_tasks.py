@@ -27,12 +27,13 @@ from medgemma_desktop.core.prompts import (
     TaskMode,
     build_chat,
     build_task_prompt,
-    max_slices_that_fit,
     series_instruction,
 )
 from medgemma_desktop.core.windowing import ct_rgb_slice, sample_slice_indices
+from medgemma_desktop.session.question import slices_that_fit
+from medgemma_desktop.session.recording import Answer
 from medgemma_desktop.ui.main_window import MainWindow
-from medgemma_desktop.ui.worker import Answer, GenerateRequest, ModelState
+from medgemma_desktop.ui.worker import GenerateRequest, ModelState
 
 TIMEOUT_MS = 30_000
 
@@ -104,6 +105,8 @@ def test_picture_modes_send_googles_turns(qtbot, window: MainWindow, requests: l
         open_files(qtbot, window, [first])
         send(qtbot, window, "")  # empty: the mode's default question
         assert_same_turns(requests[-1].turns, build_task_prompt(mode, [a]))
+        qtbot.wait(400)  # the recount after the answer: a follow-up needs no image, so no "0 were given"
+        assert "given" not in task.budget.text() and task.budget.text().startswith("Input")
         assert mode.title in window.chat.transcript.toPlainText()
 
     window.new_conversation()
@@ -133,10 +136,11 @@ def test_a_mode_refuses_the_wrong_number_of_images_with_the_cores_line(qtbot, wi
     qtbot.mouseClick(window.chat.send_button, Qt.MouseButton.LeftButton)
     with pytest.raises(Exception) as expected:
         TaskMode.LONGITUDINAL_CXR.check_image_count(1)
-    assert window.chat.notice.isVisible() and window.chat.notice.text() == str(expected.value)
+    # Said once, in the task bar above the question (not again in the chat's notice)
+    assert window.chat.task.budget.text() == str(expected.value) and not window.chat.notice.isVisible()
     assert requests == [] and window.chat.conversation.exchanges == []
     assert window.chat.question.toPlainText() == "Compare"  # kept, to fix and send again
-    window.update_budget()
+    window.controller.update_budget()
     assert window.chat.task.budget.text() == str(expected.value)  # said before sending too
 
 
@@ -146,7 +150,7 @@ def test_ct_series_sends_three_window_slices_then_the_question_and_follow_ups_ke
     open_files(qtbot, window, [tmp_path / "ct"])
     task = window.chat.task
     assert task.mode is TaskMode.CT_SERIES and task.slices.isVisible()  # switched on opening a CT series
-    assert task.slice_count == 85
+    assert task.slice_count == 5 and task.slices.maximum() == 5  # the series' own count, not 85
     task.slices.setValue(3)
     send(qtbot, window, "")
 
@@ -203,6 +207,7 @@ def test_a_localization_answer_draws_its_boxes_through_the_padding(qtbot, window
     window.host.worker.finished.emit(Answer(text, "", GenerationStats(stop_reason="end")))
 
     overlay = window.viewer.canvas.boxes
+    qtbot.waitUntil(lambda: bool(overlay.rects))  # the window hears the worker through a queued connection
     [rect] = overlay.rects
     # side 320, so 0..1000 is 0..320 px; the picture sits 40 px in from the left of the padded square
     assert rect.mapRectToScene(rect.rect()) == QRectF(200 * 0.32 - 40, 100 * 0.32, 400 * 0.32, 400 * 0.32)
@@ -224,21 +229,20 @@ def test_the_token_budget_refuses_a_series_that_does_not_fit_and_offers_what_doe
     window.settings = replace(window.settings, context_limit=900, max_new_tokens=100)
     ct_series(tmp_path / "ct", [0] * 40)
     open_files(qtbot, window, [tmp_path / "ct"])
-    counter = window.token_counter
+    counter = window.controller.counter
     assert counter is not None and counter.tokens_per_image == 16  # the tiny checkpoint's, from the worker
-    fit = max_slices_that_fit(CT_QUESTION, counter.tokens_per_image, counter.count_text, context_limit=900,
-                              reserve_tokens=100)
+    fit = slices_that_fit(replace(counter, context_limit=900), CT_QUESTION, "CT", max_new_tokens=100)
     assert 0 < fit < 40
     task = window.chat.task
     qtbot.waitUntil(lambda: task.fit_button.isVisible(), timeout=TIMEOUT_MS)  # recounted after a short pause
     assert "limit of 900" in task.budget.text() and task.fit_button.text() == f"Use {fit} slices"
 
     qtbot.mouseClick(window.chat.send_button, Qt.MouseButton.LeftButton)
-    assert requests == [] and "A CT series of" in window.chat.notice.text()
+    assert requests == [] and "A CT series of" in task.budget.text()
 
     qtbot.mouseClick(task.fit_button, Qt.MouseButton.LeftButton)
     assert task.slice_count == fit
-    window.update_budget()
+    window.controller.update_budget()
     assert not task.fit_button.isVisible() and "limit 900" in task.budget.text()
     send(qtbot, window, "")
     assert len(requests[-1].turns[-1].images) == fit

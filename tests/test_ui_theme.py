@@ -91,15 +91,19 @@ def test_transcript_links_follow_the_theme(qtbot, qapp: QApplication) -> None:
     from PySide6.QtGui import QTextCursor
 
     from medgemma_desktop.core.engine import GenerationStats
+    from medgemma_desktop.core.prompts import TaskMode
+    from medgemma_desktop.session.question import prepare_question
+    from medgemma_desktop.session.recording import Answer
     from medgemma_desktop.ui.chat import ChatPane
-    from medgemma_desktop.ui.worker import Answer
 
     apply_theme(qapp, "light")
     chat = ChatPane()
     qtbot.addWidget(chat)
     chat.show()
-    chat.begin("Question", [])
-    chat.finish(Answer("An answer.", "", GenerationStats(new_tokens=3)))
+    job = chat.conversation.begin(prepare_question(TaskMode.FREE_CHAT, [], "Question"))
+    chat.begin_answer(job.index, new_question=True)
+    chat.conversation.finish(job, Answer("An answer.", "", GenerationStats(new_tokens=3)))
+    chat.finish()
     for theme in ("dark", "light"):
         apply_theme(qapp, theme)
         qapp.processEvents()

@@ -67,7 +67,7 @@ def test_one_image_hides_the_strip_and_remove_takes_it_off_the_next_question(qtb
 
 def test_sent_images_stay_listed_but_cannot_be_removed(qtbot, viewer: ViewerPanel, tmp_path: Path) -> None:
     open_and_wait(qtbot, viewer, [write_picture(tmp_path / "a.png")])
-    viewer.model.mark_sent()
+    viewer.model.mark_sent(viewer.model.pending_pictures())
     assert viewer.model.pending() == [] and viewer.model.rowCount() == 1
     assert not viewer.remove_button.isEnabled()
     assert "(sent)" in viewer.model.data(viewer.model.index(0))

@@ -29,9 +29,10 @@ from medgemma_desktop.core.engine import LoadOptions
 from medgemma_desktop.core.errors import InputFileError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.imaging import load_image
+from medgemma_desktop.session.recording import Answer
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.viewer import ImageCanvas
-from medgemma_desktop.ui.worker import Answer, ModelState
+from medgemma_desktop.ui.worker import ModelState
 
 LOAD_TIMEOUT_MS = 30_000
 ANSWER_TIMEOUT_MS = 30_000
@@ -156,7 +157,7 @@ def test_stop_mid_answer_keeps_the_partial_answer(qtbot, window: MainWindow) -> 
     assert window.chat.send_button.isEnabled() and not window.chat.stop_button.isEnabled()
 
 
-def test_regenerate_asks_the_same_turns_again(qtbot, window: MainWindow) -> None:
+def test_regenerate_asks_the_same_turns_again_sampled_with_a_recorded_seed(qtbot, window: MainWindow) -> None:
     window.settings = replace(window.settings, max_new_tokens=30)
     requests = []
     window.host.generate_requested.connect(requests.append)
@@ -166,7 +167,13 @@ def test_regenerate_asks_the_same_turns_again(qtbot, window: MainWindow) -> None
         qtbot.mouseClick(window.chat.regenerate_button, Qt.MouseButton.LeftButton)
     assert requests[0].turns == requests[1].turns
     assert len(window.chat.conversation.exchanges) == 1
-    assert second.args[0].text == first.args[0].text  # greedy decoding: the same answer again
+    # Greedy decoding would repeat the answer: regenerate samples, with its seed said and kept
+    assert requests[0].job.settings.sampling.greedy and not requests[1].job.settings.sampling.greedy
+    seed = requests[1].job.settings.sampling.seed
+    assert second.args[0].settings.sampling.seed == seed and f"seed {seed}" in window.statusBar().currentMessage()
+    (message,) = window.store.messages(window.chat.conversation.id)
+    assert [v.settings["sampling"]["seed"] for v in message.variants] == [None, seed]
+    assert second.args[0].text != first.args[0].text
     assert window.chat.transcript.toPlainText().count("What do you see?") == 1
 
 
@@ -225,7 +232,7 @@ def test_ui_thread_stays_responsive_while_loading_and_generating(qtbot, tiny_set
     main.host.worker.token.connect(tokens.append)
     meter.max_gap = 0.0
     with qtbot.waitSignal(main.answer_finished, timeout=ANSWER_TIMEOUT_MS):
-        main.ask("Stream for a while")
+        main.controller.ask("Stream for a while")
         qtbot.waitUntil(lambda: len(tokens) >= 200, timeout=ANSWER_TIMEOUT_MS)
         main.host.stop()
     meter.stop()
@@ -286,10 +293,14 @@ def test_the_thinking_trace_is_folded_until_asked_for(window: MainWindow) -> Non
     from PySide6.QtCore import QUrl
 
     from medgemma_desktop.core.engine import GenerationStats
-    from medgemma_desktop.ui.worker import Answer
+    from medgemma_desktop.core.prompts import TaskMode
+    from medgemma_desktop.session.question import prepare_question
 
-    window.chat.begin("Is there an effusion?", [])
-    window.chat.finish(Answer("No effusion.", "look at the costophrenic angles", GenerationStats(new_tokens=3)))
+    session = window.controller.session
+    job = session.begin(prepare_question(TaskMode.FREE_CHAT, [], "Is there an effusion?"))
+    window.chat.begin_answer(job.index, new_question=True)
+    session.finish(job, Answer("No effusion.", "look at the costophrenic angles", GenerationStats(new_tokens=3)))
+    window.chat.finish()
     transcript = window.chat.transcript
     assert "No effusion." in transcript.toPlainText()
     assert "costophrenic" not in transcript.toPlainText()

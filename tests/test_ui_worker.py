@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from medgemma_desktop.core.engine import GenerationSettings, LoadOptions
 from medgemma_desktop.core.prompts import build_chat
 from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
+from medgemma_desktop.session.recording import AnswerJob
 from medgemma_desktop.ui.worker import ModelHost, ModelState
 
 TIMEOUT_MS = 30_000
@@ -56,7 +57,7 @@ def test_stop_takes_effect_within_one_token(qtbot, host: ModelHost, tiny_checkpo
 
     host.worker.token.connect(stop_at_first_token, Qt.ConnectionType.DirectConnection)
     with qtbot.waitSignal(host.worker.finished, timeout=TIMEOUT_MS) as finished:
-        host.generate(build_chat("Say a lot"), GenerationSettings(max_new_tokens=500))
+        host.generate(AnswerJob(tuple(build_chat("Say a lot")), GenerationSettings(max_new_tokens=500)))
     assert len(emitted) == 1
     assert finished.args[0].stats.stop_reason == "stopped"
     qtbot.waitUntil(lambda: host.state is ModelState.READY)
@@ -84,7 +85,8 @@ def test_wrong_folder_fails_with_the_core_message(qtbot, host: ModelHost, tmp_pa
 
 def test_generate_without_a_model_fails_readably(qtbot, host: ModelHost) -> None:
     with qtbot.waitSignal(host.worker.failed, timeout=TIMEOUT_MS) as failed:
-        host.generate(build_chat("Hello", [Image.new("RGB", (32, 32))]), GenerationSettings(max_new_tokens=4))
+        host.generate(AnswerJob(tuple(build_chat("Hello", [Image.new("RGB", (32, 32))])),
+                                GenerationSettings(max_new_tokens=4)))
     assert failed.args[0] == "model" and "No model is loaded" in failed.args[1]
 
 
@@ -100,7 +102,7 @@ def test_unexpected_error_in_the_worker_is_reported_and_the_model_stays(qtbot, h
 
     monkeypatch.setattr(host.worker._engine, "prepare", broken_prepare)
     with qtbot.waitSignal(host.worker.failed, timeout=TIMEOUT_MS) as failed:
-        host.generate(build_chat("Hello"), GenerationSettings(max_new_tokens=4))
+        host.generate(AnswerJob(tuple(build_chat("Hello")), GenerationSettings(max_new_tokens=4)))
     assert failed.args[0] == "internal" and "RuntimeError: boom" in failed.args[1]
     assert [str(exc) for exc in reported] == ["boom"]
     qtbot.waitUntil(lambda: host.state is ModelState.READY)

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medgemma_desktop import __version__
-from medgemma_desktop.cli import ask, batch, bench, doctor, models, serve
+from medgemma_desktop.cli import ask, batch, bench, doctor, history, models, serve
 from medgemma_desktop.core.errors import UserFacingError
 
 EXIT_USER_ERROR = 2
-COMMANDS = (ask, batch, doctor, models, bench, serve)
+COMMANDS = (ask, history, batch, doctor, models, bench, serve)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ and the original file paths are left out unless the user ticks "include patient 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from html import escape
@@ -282,6 +283,11 @@ def html_text(record: dict[str, Any]) -> str:
         parts.append(facts(rows))
     body = "\n".join(parts)
     return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n{body}\n</body></html>\n'
+
+
+def export_file_name(title: str) -> str:
+    """A file name (without suffix) for a conversation's export, from its title."""
+    return re.sub(r"[^\w\- ]+", "", title).strip()[:60] or "conversation"
 
 
 def _export(store: ConversationStore, conversation_id: int, path: Path | str, include_patient_data: bool,

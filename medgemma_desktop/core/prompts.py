@@ -21,7 +21,6 @@ Role = Literal["system", "user", "assistant"]
 Part = str | Image.Image
 
 MEDGEMMA_TOKENS_PER_IMAGE = 256
-MEDGEMMA_CONTEXT_TOKENS = 131_072  # max_position_embeddings of Gemma 3 4B
 MAX_SERIES_SLICES = 85  # the CT notebook's MAX_SLICE: slices sampled evenly through a volume
 
 # high_dimensional_ct_hugging_face.ipynb. Its example adds " from the center of the abdomen" after "slices",
@@ -272,35 +271,26 @@ def to_processor_messages(turns: Sequence[ChatTurn]) -> list[dict]:
     return messages
 
 
-# --- Token budget -------------------------------------------------------------------------------------------------
+# --- Token count ----------------------------------------------------------------------------------------------------
 
 TextTokenCounter = Callable[[str], int]
 
 
 @dataclass(frozen=True)
-class TokenBudget:
-    """How much of the context a prompt takes, counted before any image is preprocessed.
+class PromptCount:
+    """How many tokens a prompt takes, counted before any image is preprocessed.
 
     `image_tokens` counts only the soft tokens (256 per image for MedGemma: 85 slices cost 21,760);
-    `text_tokens` counts everything else, chat-template markers and each image's wrapper included.
+    `text_tokens` counts everything else, chat-template markers and each image's wrapper included. Whether a
+    prompt fits is the session's one rule (`session.question.check_fits`), not decided here.
     """
 
     image_tokens: int
     text_tokens: int
-    context_limit: int
-    reserve_tokens: int = 0  # kept free for the answer (max_new_tokens)
 
     @property
     def total(self) -> int:
         return self.image_tokens + self.text_tokens
-
-    @property
-    def spare(self) -> int:
-        return self.context_limit - self.reserve_tokens - self.total
-
-    @property
-    def fits(self) -> bool:
-        return self.spare >= 0
 
 
 def text_token_counter(tokenizer: Any) -> TextTokenCounter:
@@ -333,8 +323,8 @@ def _rendered_pieces(turns: Sequence[ChatTurn], tokens_per_image: int) -> list[s
     return pieces
 
 
-def estimate_prompt_tokens(turns: Sequence[ChatTurn], tokens_per_image: int, count_text_tokens: TextTokenCounter,
-                           *, context_limit: int = MEDGEMMA_CONTEXT_TOKENS, reserve_tokens: int = 0) -> TokenBudget:
+def estimate_prompt_tokens(turns: Sequence[ChatTurn], tokens_per_image: int,
+                           count_text_tokens: TextTokenCounter) -> PromptCount:
     """Count a prompt without the processor, so that an 85-slice series is checked before anything is resized.
 
     Exact (equal to the processor's `input_ids` length) when `count_text_tokens` is `text_token_counter` of the
@@ -353,32 +343,4 @@ def estimate_prompt_tokens(turns: Sequence[ChatTurn], tokens_per_image: int, cou
         run.clear()
         fixed += piece
     image_tokens = images * tokens_per_image
-    return TokenBudget(image_tokens=image_tokens, text_tokens=text + fixed - image_tokens,
-                       context_limit=context_limit, reserve_tokens=reserve_tokens)
-
-
-def max_slices_that_fit(question: str, tokens_per_image: int, count_text_tokens: TextTokenCounter, *,
-                        modality: Literal["CT", "MRI"] = "CT", instruction: str | None = None,
-                        context_limit: int = MEDGEMMA_CONTEXT_TOKENS, reserve_tokens: int = 0,
-                        system: str | None = None, history: Sequence[ChatTurn] = (),
-                        most: int = MAX_SERIES_SLICES) -> int:
-    """The largest slice count (0..`most`) whose series prompt, with this question, fits the context: sample
-    that many slices when a whole series does not fit."""
-    placeholder = Image.new("RGB", (1, 1))
-
-    def fits(count: int) -> bool:
-        turns = build_series([placeholder] * count, question, modality=modality, instruction=instruction,
-                             system=system, history=history)
-        return estimate_prompt_tokens(turns, tokens_per_image, count_text_tokens, context_limit=context_limit,
-                                      reserve_tokens=reserve_tokens).fits
-
-    low, high = 0, most  # the answer lies in [low, high]; cost grows with the count
-    if not fits(low):
-        return 0
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    return PromptCount(image_tokens=image_tokens, text_tokens=text + fixed - image_tokens)

@@ -24,7 +24,7 @@ from medgemma_desktop.core.boxes import Box, boxes_from_record
 from medgemma_desktop.core.engine import GenerationSettings, GenerationStats
 from medgemma_desktop.core.fingerprint import WeightsIdentity
 from medgemma_desktop.core.imaging import ImageInput, PaddingInfo
-from medgemma_desktop.core.prompts import ChatTurn, TaskMode, build_chat, build_task_prompt
+from medgemma_desktop.core.prompts import MAX_SERIES_SLICES, ChatTurn, TaskMode, build_chat, build_task_prompt
 from medgemma_desktop.core.store import AnswerStatus, AnswerVariant, ConversationStore, Message, MessageImage
 from medgemma_desktop.core.thinking import split_thinking
 from medgemma_desktop.session.backend import Backend, PromptCounting
@@ -302,10 +302,10 @@ class Session:
     # One call each, for front ends that generate on their own thread (`ask`, batch, the API) -----------------
 
     def ask(self, mode: TaskMode, items: Sequence[InputItem], text: str = "", *, prior: InputItem | None = None,
-            max_slices: int | None = None, on_chunk: ChunkCallback | None = None) -> Answer:
+            selected: InputItem | None = None, max_slices: int = MAX_SERIES_SLICES,
+            on_chunk: ChunkCallback | None = None) -> Answer:
         """Prepare, check, record and answer one question with this session's backend."""
-        prepared = prepare_question(mode, items, text, prior,
-                                    **({"max_slices": max_slices} if max_slices is not None else {}))
+        prepared = prepare_question(mode, items, text, prior, selected=selected, max_slices=max_slices)
         return self.run(self.begin(prepared), on_chunk)
 
     def regenerate(self, index: int = -1, on_chunk: ChunkCallback | None = None) -> Answer:

@@ -17,6 +17,7 @@ from typing import Literal
 
 from PIL import Image
 
+from medgemma_desktop.core.dicom import DicomSeries
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.imaging import ImageInput, PaddingInfo, pad_to_square, pixels_sha256, volume_image_inputs
 from medgemma_desktop.core.prompts import MAX_SERIES_SLICES, ChatTurn, TaskMode, build_series
@@ -119,13 +120,19 @@ def plan_items(mode: TaskMode, items: Sequence[InputItem], prior: InputItem | No
                selected: InputItem | None = None) -> list[InputItem]:
     """The items in the order the mode sends them; a one-line `UserFacingError` when they cannot go.
 
-    A series mode reads one series: the `selected` one if it is a series, else the newest; pictures waiting beside
-    it are left for a later question. Other modes refuse a series (it belongs to a series mode)."""
+    A series mode reads one DICOM volume: the `selected` item if it is one, else the newest series (else the
+    newest DICOM image, as a one-image volume); pictures waiting beside it are left for a later question. Other
+    modes refuse a series (it belongs to a series mode)."""
     series = [item for item in items if item.series is not None]
     if mode in SERIES_MODES:
-        if series:
-            return [selected if selected in series else series[-1]]
-        return list(items)
+        volumes = [item for item in items if item.series is not None or item.input.dicom is not None]
+        if volumes:
+            return [selected if selected in volumes else (series or volumes)[-1]]
+        if items:
+            raise UserFacingError(f"{mode.title} reads DICOM slices, and {items[0].label} is a picture",
+                                  fix="Open a CT or MR series (a folder, a DICOMDIR or its slice files), or choose "
+                                      "another task.")
+        return []
     if series:
         raise UserFacingError(f"{series[0].label} is a series of slices",
                               fix="Choose the CT series or MRI series mode to ask about it.")
@@ -134,10 +141,18 @@ def plan_items(mode: TaskMode, items: Sequence[InputItem], prior: InputItem | No
     return list(items)
 
 
-def count_model_images(plan: Sequence[InputItem], max_slices: int) -> int:
+def _volume(item: InputItem) -> DicomSeries | None:
+    """The slices an item gives a series mode: its series, or a lone DICOM image as a one-image volume."""
+    if item.series is not None:
+        return item.series
+    return DicomSeries((item.input.dicom,)) if item.input.dicom is not None else None
+
+
+def count_model_images(mode: TaskMode, plan: Sequence[InputItem], max_slices: int) -> int:
     """How many images `render_images` will send, without rendering them."""
-    return sum(len(sample_slice_indices(item.series.slice_count, max_slices)) if item.series is not None else 1
-               for item in plan)
+    volumes = [_volume(item) if mode in SERIES_MODES else item.series for item in plan]
+    return sum(len(sample_slice_indices(volume.slice_count, max_slices)) if volume is not None else 1
+               for volume in volumes)
 
 
 def padding_text(padding: PaddingInfo) -> str:
@@ -173,11 +188,12 @@ def render_images(mode: TaskMode, plan: Sequence[InputItem], max_slices: int = M
                        metadata={**original.metadata, PADDING_KEY: padding_text(padding)})
         return PreparedQuestion(mode, text, (sent,), padding, original)
     images: list[ImageInput] = []
+    series = SERIES_MODES.get(mode)
     for item in plan:
-        images.extend(volume_image_inputs(item.series, max_slices) if item.series is not None else [item.input])
+        volume = _volume(item) if series is not None else item.series
+        images.extend(volume_image_inputs(volume, max_slices) if volume is not None else [item.input])
     prior = images[0] if mode is TaskMode.LONGITUDINAL_CXR and images else None
-    series = SERIES_MODES.get(mode) if any(item.series is not None for item in plan) else None
-    return PreparedQuestion(mode, text, tuple(images), prior=prior, series=series)
+    return PreparedQuestion(mode, text, tuple(images), prior=prior, series=series if plan else None)
 
 
 def prepare_question(mode: TaskMode, items: Sequence[InputItem], text: str = "", prior: InputItem | None = None,

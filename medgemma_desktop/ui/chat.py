@@ -25,14 +25,12 @@ from PySide6.QtWidgets import (
 )
 
 from medgemma_desktop.core.engine import GenerationStats
-from medgemma_desktop.core.imaging import ImageInput, PaddingInfo
-from medgemma_desktop.core.prompts import ChatTurn, TaskMode
+from medgemma_desktop.core.prompts import TaskMode
+from medgemma_desktop.session.conversation import Exchange, Session
+from medgemma_desktop.session.question import SERIES_MODES
 from medgemma_desktop.ui.buttons import labelled_button
-from medgemma_desktop.ui.conversation import Conversation, Exchange
 from medgemma_desktop.ui.copy_links import code_blocks, parse_link, with_copy_links
 from medgemma_desktop.ui.task_bar import TaskBar
-from medgemma_desktop.ui.task_inputs import SERIES_MODES
-from medgemma_desktop.ui.worker import Answer
 
 FLUSH_INTERVAL_MS = 120
 FREE_PLACEHOLDER = "Ask about the images… (Enter sends, Shift+Enter for a new line)"
@@ -113,7 +111,7 @@ class QuestionEdit(QPlainTextEdit):
 
 
 class ChatPane(QWidget):
-    """Shows the conversation and collects questions; the main window sends the turns it builds."""
+    """Shows a session's conversation and collects questions; the send controller asks the session."""
 
     question_submitted = Signal(str)
     edit_submitted = Signal(int, str)  # exchange index, the new wording: edit that question and resend it
@@ -124,7 +122,7 @@ class ChatPane(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAccessibleName("Chat")
-        self.conversation = Conversation()
+        self.conversation = Session()  # the send controller hands over the session it asks
         self._buffer: list[str] = []
         self._can_send = False
         self._answering: int | None = None  # the exchange tokens go to
@@ -206,38 +204,19 @@ class ChatPane(QWidget):
         self.regenerate_button.setEnabled(self._can_send and last is not None)
         self.copy_button.setEnabled(not generating and last is not None and bool(last.answer))
 
-    def begin(self, question: str, images: list[ImageInput], mode: TaskMode = TaskMode.FREE_CHAT, *,
-              padding: PaddingInfo | None = None, target: ImageInput | None = None) -> list[ChatTurn]:
-        """Record a new question and return the turns to send (built by `Conversation.turns_for`); the question
-        box is emptied only now, so that a question refused before sending is still there to fix."""
+    def begin_answer(self, index: int, new_question: bool) -> None:
+        """Tokens now go to exchange `index`; the question box is emptied only for a new question, so that a
+        question refused before sending is still there to fix."""
         self.show_notice("")
-        turns = self.conversation.ask(question, images, mode, padding=padding, target=target)
-        self._answering = len(self.conversation.exchanges) - 1
-        self.question.clear()
-        self._render()
-        return turns
-
-    def begin_retry(self, index: int) -> list[ChatTurn]:
-        """Answer exchange `index` again (regenerate, or resend after an edit); returns its turns."""
-        self.show_notice("")
-        turns = self.conversation.retry(index)
         self._answering = index
+        if new_question:
+            self.question.clear()
         self._render()
-        return turns
 
-    def recorded(self, message_id: int, answer_id: int) -> None:
-        """The worker stored the question being answered and opened a new answer variant for it."""
-        exchange = self._target()
-        if exchange is not None:
-            exchange.message_id, exchange.answer_id = message_id, answer_id
-            exchange.answer_ids.append(answer_id)
-            self._render()
-
-    def show_conversation(self, exchanges: list[Exchange], conversation_id: int | None) -> None:
-        """Replace the transcript with a stored conversation, ready to continue."""
+    def show_session(self, session: Session) -> None:
+        """Show another conversation (a new one, or a stored one reopened, ready to continue)."""
         self.clear()
-        self.conversation.exchanges = exchanges
-        self.conversation.id = conversation_id
+        self.conversation = session
         self._render()
 
     def start_edit(self, index: int) -> None:
@@ -268,26 +247,21 @@ class ChatPane(QWidget):
         if not self._flush_timer.isActive():
             self._flush_timer.start()
 
-    def finish(self, answer: Answer) -> None:
+    def finish(self) -> None:
+        """The session holds the finished answer: draw it whole."""
         self._reset_speed()
         self._flush_timer.stop()
         self._buffer.clear()
-        exchange = self._target()
-        if exchange is not None:
-            exchange.answer, exchange.thinking, exchange.stats = answer.text, answer.thinking, answer.stats
         self._answering = None
         self._render()
 
     def fail(self, message: str) -> None:
-        """The answer in progress failed: keep what streamed, say why."""
+        """The answer in progress failed: keep what streamed, say why (the session marked the exchange)."""
         self._flush()
         self._flush_timer.stop()
         self._reset_speed()
-        exchange = self._target()
-        if exchange is not None and exchange.stats is None:
-            exchange.error = message
-            self._render()
         self._answering = None
+        self._render()
         self.show_notice(message)
 
     def show_notice(self, message: str) -> None:
@@ -300,7 +274,6 @@ class ChatPane(QWidget):
         self._buffer.clear()
         self._answering = None
         self.cancel_edit()
-        self.conversation.clear()
         self.show_notice("")
         self._render()
 
@@ -316,7 +289,7 @@ class ChatPane(QWidget):
             return
         editing = self.editing
         if editing is None:
-            self.question_submitted.emit(text)  # the question leaves the box once it is accepted (`begin`)
+            self.question_submitted.emit(text)  # the question leaves the box once it is accepted (`begin_answer`)
         elif text:
             self.cancel_edit()
             self.question.clear()

@@ -7,7 +7,6 @@ folder with its images) rendered by Qt's own QTextDocument into a QPdfWriter, so
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medgemma_desktop.core.export import ExportError, export_html, export_json, export_markdown
+from medgemma_desktop.core.export import ExportError, export_file_name, export_html, export_json, export_markdown
 from medgemma_desktop.core.store import ConversationStore
 
 FORMATS = {"markdown": ("Markdown (.md)", ".md"), "json": ("JSON, everything (.json)", ".json"),
@@ -89,10 +88,6 @@ def write_export(store: ConversationStore, conversation_id: int, choice: ExportC
     return write_pdf(store, conversation_id, choice.path, choice.include_patient_data, choice.demo)
 
 
-def suggested_name(title: str) -> str:
-    return re.sub(r"[^\w\- ]+", "", title).strip()[:60] or "conversation"
-
-
 class ExportDialog(QDialog):
     def __init__(self, title: str, folder: Path, parent: QWidget | None = None, demo: bool = False) -> None:
         super().__init__(parent)
@@ -103,7 +98,7 @@ class ExportDialog(QDialog):
         self.format.setAccessibleName("Export format")
         for key, (label, _suffix) in FORMATS.items():
             self.format.addItem(label, key)
-        self.path_edit = QLineEdit(str(folder / f"{suggested_name(title)}.md"))
+        self.path_edit = QLineEdit(str(folder / f"{export_file_name(title)}.md"))
         self.path_edit.setAccessibleName("Export file")
         self.browse_button = QPushButton("Browse…")
         self.browse_button.setAccessibleName("Browse for the export file")

@@ -98,9 +98,10 @@ class ImageListModel(QAbstractListModel):
     def pending(self) -> list[ImageInput]:
         return [picture.input for picture in self.pending_pictures()]
 
-    def mark_sent(self) -> None:
+    def mark_sent(self, pictures: list[Picture]) -> None:
+        """The question just sent carried these pictures; others wait for a later question."""
         for entry in self._entries:
-            entry.sent = True
+            entry.sent = entry.sent or any(entry.picture is picture for picture in pictures)
         if self._entries:
             self.dataChanged.emit(self.index(0), self.index(len(self._entries) - 1))
 

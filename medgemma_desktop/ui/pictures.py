@@ -7,7 +7,7 @@ do the conversion and the thumbnail of a large picture without blocking the wind
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ from PySide6.QtCore import QBuffer, QIODevice, Qt
 from PySide6.QtGui import QImage
 
 from medgemma_desktop.core.dicom import DicomImage, DicomSeries
-from medgemma_desktop.core.imaging import ImageInput, dicom_image_input
+from medgemma_desktop.core.imaging import ImageInput
+from medgemma_desktop.session.inputs import InputItem
 
 THUMBNAIL_SIZE = 96
 
@@ -68,13 +69,9 @@ def render_picture(item: ImageInput, series: DicomSeries | None = None) -> Pictu
     return Picture(item, image, thumbnail, series)
 
 
-def render_series(series: DicomSeries) -> Picture:
-    """A series as one thumbnail item, shown by its middle slice."""
-    image, frame = series_frames(series)[series.slice_count // 2]
-    name = series.description or f"{series.modality} series"
-    item = replace(dicom_image_input(image, frame), label=f"{name} ({series.slice_count} slices)",
-                   source=image.source.parent)
-    return render_picture(item, series)
+def render_item(item: InputItem) -> Picture:
+    """An opened item (a picture, or a series shown by its middle slice) with its screen renderings."""
+    return render_picture(item.input, item.series)
 
 
 def clipboard_input(image: QImage, number: int) -> ImageInput:

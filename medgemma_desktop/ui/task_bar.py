@@ -7,8 +7,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from medgemma_desktop.core.prompts import MAX_SERIES_SLICES, TaskMode
-from medgemma_desktop.ui.task_inputs import SERIES_MODES
-from medgemma_desktop.ui.token_budget import BudgetCheck
+from medgemma_desktop.session.question import SERIES_MODES, BudgetCheck
 
 # Free chat first: it is what the window did before modes existed, and the default.
 MODE_ORDER = (TaskMode.FREE_CHAT, TaskMode.DESCRIBE, TaskMode.CT_SERIES, TaskMode.MRI_SERIES,
@@ -74,10 +73,16 @@ class TaskBar(QWidget):
     def slice_count(self) -> int:
         return self.slices.value()
 
+    def show_series(self, slice_count: int) -> None:
+        """The series the next question reads has `slice_count` slices: offer no more than it has (or 85)."""
+        most = max(1, min(slice_count, MAX_SERIES_SLICES))
+        self.slices.setMaximum(most)
+        self.slices.setValue(most)
+
     def show_budget(self, check: BudgetCheck) -> None:
         """The question's cost; when it does not fit, why, and for a series the slice count that fits."""
         self.show_message(check.problem or check.summary, error=bool(check.problem))
-        fitting = check.slices_that_fit if not check.budget.fits else None
+        fitting = check.slices_that_fit if not check.fits else None
         self._fitting_slices = fitting or 0
         self.fit_button.setText(f"Use {fitting} slices")
         self.fit_button.setVisible(bool(fitting))

@@ -10,7 +10,7 @@ Localization boxes are drawn over the picture they belong to (`box_overlay`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,25 +40,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medgemma_desktop.core.dicom import DicomSeries, load_dicom_folder, load_dicomdir
-from medgemma_desktop.core.errors import UserFacingError
-from medgemma_desktop.core.imaging import ImageInput, dicom_image_input, load_any
+from medgemma_desktop.core.imaging import ImageInput, load_any
 from medgemma_desktop.core.windowing import Window
+from medgemma_desktop.session.inputs import ImageLoader, read_inputs
 from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.box_overlay import BoxOverlay, FoundBoxes
 from medgemma_desktop.ui.dicom_tags import DicomTagsPanel
 from medgemma_desktop.ui.dicom_view import PictureView
 from medgemma_desktop.ui.hooks import report_unexpected
 from medgemma_desktop.ui.image_list import ImageListModel, ThumbnailStrip
-from medgemma_desktop.ui.pictures import Picture, clipboard_input, render_picture, render_series
+from medgemma_desktop.ui.pictures import Picture, clipboard_input, render_item, render_picture
 from medgemma_desktop.ui.window_level import WindowPresetBox, dragged_window, window_text
 
-ImageLoader = Callable[[Path], ImageInput]
-# Files taken from a dropped folder; anything else in the folder (notes, hidden files) is skipped. A folder with
-# none of these is read as DICOM (files there often have no suffix at all).
-PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-OPEN_FILTER = ("Images and DICOM (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp *.dcm *.dicom DICOMDIR);;"
-               "All files (*)")
+# No suffix filter by default: DICOM files from CDs and PACS exports often have none.
+OPEN_FILTER = ("Images and DICOM, with or without a suffix (*);;"
+               "Pictures (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp);;DICOM (*.dcm *.dicom DICOMDIR)")
 ZOOM_STEP = 1.25
 SLICE_KEYS = {Qt.Key.Key_PageUp: -1, Qt.Key.Key_PageDown: 1, Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1,
               Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}
@@ -72,42 +68,10 @@ class LoadResult:
     errors: list[str]
 
 
-def picture_files(folder: Path) -> list[Path]:
-    """The folder's picture files, sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith("."))
-
-
-def series_pictures(series: Iterable[DicomSeries]) -> list[Picture]:
-    """One item per series; a one-slice series is just a DICOM picture."""
-    return [render_series(item) if item.slice_count > 1 else render_picture(dicom_image_input(item.images[0]))
-            for item in series]
-
-
 def load_pictures(paths: list[Path], loader: ImageLoader) -> LoadResult:
-    """Runs off the UI thread: decode each file, folder or DICOMDIR; keep going past bad ones and say which
-    failed. A folder of pictures opens its pictures; any other folder is read as DICOM series."""
-    pictures, errors = [], []
-
-    def attempt(load: Callable[[], list[Picture]]) -> None:
-        try:
-            pictures.extend(load())
-        except UserFacingError as exc:
-            errors.append(str(exc))
-
-    for path in paths:
-        if path.is_dir():
-            files = picture_files(path)
-            if files:
-                for file in files:
-                    attempt(lambda file=file: [render_picture(loader(file))])
-            else:
-                attempt(lambda path=path: series_pictures(load_dicom_folder(path)))
-        elif path.name.upper() == "DICOMDIR":
-            attempt(lambda path=path: series_pictures(load_dicomdir(path)))
-        else:
-            attempt(lambda path=path: [render_picture(loader(path))])
-    return LoadResult(pictures, errors)
+    """Runs off the UI thread: `session.inputs.read_inputs` (series grouped however the files came), rendered."""
+    opened = read_inputs(paths, loader)
+    return LoadResult([render_item(item) for item in opened.items], [str(error) for error in opened.errors])
 
 
 class ImageCanvas(QGraphicsView):
@@ -346,6 +310,14 @@ class ViewerPanel(QWidget):
         names, _ = QFileDialog.getOpenFileNames(self, "Open images", "", OPEN_FILTER)
         if names:
             self.open_paths([Path(name) for name in names])
+
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images or a DICOM series")
+        if folder:
+            self.open_paths([Path(folder)])
+
+    def current_picture(self) -> Picture | None:
+        return self._view.picture if self._view is not None else None
 
     def open_paths(self, paths: list[Path]) -> None:
         loader = self._loader

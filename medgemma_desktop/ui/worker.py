@@ -5,10 +5,9 @@ As in GPT4All's ChatLLM, the UI talks to the worker only through queued signals 
 signal would wait behind the running generation, so each request carries its own `threading.Event`, which the
 UI thread sets directly and the engine checks every token (or between loading steps).
 
-A question that should be kept comes with a `Recording`: the worker commits it to the conversation store (the
-PNG encoding of its images included, off the UI thread) before the first token, saves the growing answer as it
-streams and records how it ended, with the identity of the weights that produced it, read from the engine on
-this thread so an adapter switch queued just before cannot be misrecorded.
+Generation is the session's: a request carries a `session.recording.AnswerJob` (its turns, settings and where
+to keep the answer), and the worker only runs it with the engine on this thread, turning its callbacks into
+signals. Every connection across the two threads is declared `Qt.ConnectionType.QueuedConnection`.
 """
 
 from __future__ import annotations
@@ -17,31 +16,20 @@ import enum
 import logging
 import os
 import threading
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from medgemma_desktop.core.app_dirs import cache_dir
-from medgemma_desktop.core.engine import (
-    Engine,
-    Generation,
-    GenerationSettings,
-    GenerationStats,
-    LoadOptions,
-    ModelIdentity,
-)
+from medgemma_desktop.core.engine import Engine, LoadOptions, ModelIdentity
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.fingerprint import FingerprintCache
-from medgemma_desktop.core.imaging import ImageInput
 from medgemma_desktop.core.prompts import ChatTurn
 from medgemma_desktop.core.quant_cache import QuantizedModelCache
-from medgemma_desktop.core.store import AnswerStatus, ConversationStore
-from medgemma_desktop.core.thinking import THOUGHT_END, THOUGHT_START
+from medgemma_desktop.session.backend import PromptCounter
+from medgemma_desktop.session.recording import Answer, AnswerJob
 from medgemma_desktop.ui.hooks import report_unexpected
-from medgemma_desktop.ui.token_budget import TokenCounter
 
 log = logging.getLogger(__name__)
 # transformers reads a saved 4-bit model with a pool of loader threads; beside the model thread they starve the UI
@@ -59,24 +47,16 @@ class LoadRequest:
 
 
 @dataclass(frozen=True)
-class Recording:
-    """Where an answer is kept: a new question (`message_id` None: add it first) or a new answer variant of a
-    stored one (regenerate, edit and resend)."""
-
-    store: ConversationStore
-    conversation_id: int
-    message_id: int | None
-    question: str
-    images: tuple[ImageInput, ...] = ()
-    task_mode: str = ""
-
-
-@dataclass(frozen=True)
 class GenerateRequest:
-    turns: tuple[ChatTurn, ...]
-    settings: GenerationSettings
-    record: Recording | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
+    job: AnswerJob
+
+    @property
+    def turns(self) -> tuple[ChatTurn, ...]:
+        return self.job.turns
+
+    @property
+    def cancel(self) -> threading.Event:
+        return self.job.cancel
 
 
 @dataclass(frozen=True)
@@ -86,28 +66,6 @@ class AdapterRequest:
 
     add: Path | None = None
     use: str | None = None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the chat pane keeps of a finished (or stopped) answer."""
-
-    text: str
-    thinking: str
-    stats: GenerationStats
-    answer_id: int | None = None  # the stored answer variant, when it was recorded
-    identity: ModelIdentity | None = None
-
-
-def stored_text(generation: Generation) -> str:
-    """The answer as the store keeps it: thinking trace (if any) in its markers, then the answer."""
-    if not generation.thinking:
-        return generation.raw_text
-    return f"{THOUGHT_START}thought\n{generation.thinking}{THOUGHT_END}{generation.raw_text}"
-
-
-def answer_status(stats: GenerationStats) -> AnswerStatus:
-    return AnswerStatus.STOPPED if stats.stop_reason == "stopped" else AnswerStatus.DONE
 
 
 class ModelState(enum.Enum):
@@ -123,7 +81,7 @@ class ModelWorker(QObject):
 
     loading_progress = Signal(int, str)
     model_ready = Signal(object)  # ModelIdentity (after a load or an adapter change)
-    token_counter_ready = Signal(object)  # TokenCounter over the engine's tokenizer, for the budget shown
+    token_counter_ready = Signal(object)  # session.backend.PromptCounter over the engine's tokenizer
     adapters_changed = Signal(object)  # dict[str, Path]: the adapters attached to the loaded base, by name
     adapters_skipped = Signal(object)  # list[str]: why each extra adapter was left out of the load
     recorded = Signal(int, int)  # message id, answer id: the question is stored, the answer about to start
@@ -150,8 +108,8 @@ class ModelWorker(QObject):
             return
         if self._engine.skipped_adapters:
             self.adapters_skipped.emit(list(self._engine.skipped_adapters.values()))
-        self.token_counter_ready.emit(TokenCounter.for_tokenizer(self._engine.tokens_per_image,
-                                                                 self._engine.processor.tokenizer))
+        self.token_counter_ready.emit(PromptCounter.for_tokenizer(
+            self._engine.processor.tokenizer, self._engine.tokens_per_image, self._engine.context_limit))
         self._report_model()
 
     @Slot(object)
@@ -179,42 +137,12 @@ class ModelWorker(QObject):
         if self._engine is None:
             self.failed.emit("model", "No model is loaded. Choose the model folders in Settings.")
             return
-        engine = self._engine
-        identity = engine.identity
-        generation = engine.generate(request.turns, request.settings, cancel=request.cancel)
-        record, answer_id = request.record, None
         try:
-            if record is not None:
-                answer_id = self._begin_record(record, identity, request.settings)
-            for chunk in generation:
-                if not chunk.thinking:
-                    self.token.emit(chunk.text)
-                if record is not None and answer_id is not None:
-                    record.store.update_answer(answer_id, stored_text(generation))
+            answer = request.job.run(self._engine, self.token.emit, self.recorded.emit)
         except Exception as exc:
-            if record is not None and answer_id is not None:
-                record.store.finish_answer(answer_id, stored_text(generation), asdict(generation.stats),
-                                           AnswerStatus.FAILED)
             self._fail(exc)
             return
-        if record is not None and answer_id is not None:
-            record.store.finish_answer(answer_id, stored_text(generation), asdict(generation.stats),
-                                       answer_status(generation.stats))
-        self.finished.emit(Answer(generation.text, generation.thinking, generation.stats, answer_id, identity))
-
-    def _begin_record(self, record: Recording, identity: ModelIdentity, settings: GenerationSettings) -> int:
-        """Commit the question (if new) and open its answer, before the first token."""
-        message_id = record.message_id
-        if message_id is None:
-            message_id = record.store.add_question(record.conversation_id, record.question, record.images,
-                                                   record.task_mode).id
-        assert self._engine is not None
-        kept: Mapping[str, Any] = {**asdict(settings), "context_limit": self._engine.options.context_limit,
-                                   "device": identity.device, "dtype": identity.dtype,
-                                   "quantization": identity.quantization}
-        answer_id = record.store.begin_answer(message_id, identity.model, identity.adapter, kept)
-        self.recorded.emit(message_id, answer_id)
-        return answer_id
+        self.finished.emit(answer)
 
     @Slot()
     def release(self) -> None:
@@ -256,15 +184,15 @@ class ModelHost(QObject):
         self.worker = ModelWorker(self.cache, self.fingerprints)
         self.worker.moveToThread(self._thread)
         self._thread.finished.connect(self.worker.deleteLater)
-        self.load_requested.connect(self.worker.load)
-        self.generate_requested.connect(self.worker.generate)
-        self.adapter_requested.connect(self.worker.change_adapter)
-        self.release_requested.connect(self.worker.release)
-        self.worker.loading_progress.connect(self._on_progress)
-        self.worker.model_ready.connect(self._on_ready)
-        self.worker.adapters_changed.connect(self._on_adapters)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.failed.connect(self._on_failed)
+        self.load_requested.connect(self.worker.load, Qt.ConnectionType.QueuedConnection)
+        self.generate_requested.connect(self.worker.generate, Qt.ConnectionType.QueuedConnection)
+        self.adapter_requested.connect(self.worker.change_adapter, Qt.ConnectionType.QueuedConnection)
+        self.release_requested.connect(self.worker.release, Qt.ConnectionType.QueuedConnection)
+        self.worker.loading_progress.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
+        self.worker.model_ready.connect(self._on_ready, Qt.ConnectionType.QueuedConnection)
+        self.worker.adapters_changed.connect(self._on_adapters, Qt.ConnectionType.QueuedConnection)
+        self.worker.finished.connect(self._on_finished, Qt.ConnectionType.QueuedConnection)
+        self.worker.failed.connect(self._on_failed, Qt.ConnectionType.QueuedConnection)
         self._pending: LoadRequest | GenerateRequest | None = None
         self._identity: ModelIdentity | None = None
         self.adapters: dict[str, Path] = {}  # attached to the loaded base, by name
@@ -291,8 +219,8 @@ class ModelHost(QObject):
         self._set_state(ModelState.LOADING, "0%")
         self.load_requested.emit(request)
 
-    def generate(self, turns: list[ChatTurn], settings: GenerationSettings, record: Recording | None = None) -> None:
-        request = GenerateRequest(tuple(turns), settings, record)
+    def generate(self, job: AnswerJob) -> None:
+        request = GenerateRequest(job)
         self._pending = request
         self._set_state(ModelState.GENERATING, "")
         self.generate_requested.emit(request)

@@ -1,0 +1,87 @@
+"""`medgemma-desktop history`: the conversations the window and `ask` keep, read from the command line: list them,
+show one, export one as Markdown, JSON or PDF (patient data left out unless asked).
+
+PDF goes through the window's own renderer (the core's HTML export printed by Qt's QTextDocument into a
+QPdfWriter) on an offscreen Qt platform, so it works on a machine without a display and looks the same as the
+window's export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from medgemma_desktop.core.errors import UserFacingError
+
+FORMATS = {"md": ".md", "json": ".json", "pdf": ".pdf"}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    history = commands.add_parser("history", help="list, show or export kept conversations")
+    history.add_argument("--history-file", type=Path, help="the history database (default: the window's)")
+    actions = history.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="the conversations, most recent first")
+    show = actions.add_parser("show", help="one conversation as text (patient data left out)")
+    show.add_argument("id", type=int)
+    export = actions.add_parser("export", help="write one conversation as Markdown, JSON or PDF")
+    export.add_argument("id", type=int)
+    export.add_argument("--format", choices=sorted(FORMATS), default="md")
+    export.add_argument("--out", type=Path, help="the file to write (default: the title, in this folder)")
+    export.add_argument("--include-patient-data", action="store_true",
+                        help="include identifying DICOM tags and file paths")
+    history.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medgemma_desktop.core.store import ConversationStore
+
+    with ConversationStore(args.history_file) as store:
+        if args.action == "list":
+            return _list(store)
+        try:
+            conversation = store.conversation(args.id)
+        except KeyError:
+            raise UserFacingError(f"there is no conversation {args.id} in {store.path}",
+                                  fix="Run `medgemma-desktop history list` to see the ids.") from None
+        if args.action == "show":
+            from medgemma_desktop.core.export import conversation_record, markdown_text
+
+            print(markdown_text(conversation_record(store, args.id)))
+            return 0
+        from medgemma_desktop.core.export import export_file_name
+
+        out = args.out or Path(f"{export_file_name(conversation.title)}{FORMATS[args.format]}")
+        written = _export(store, args.id, out, args.format, args.include_patient_data)
+        print(f"wrote {written}")
+        return 0
+
+
+def _list(store) -> int:
+    conversations = store.list_conversations()
+    if not conversations:
+        print(f"No conversations yet in {store.path}.", file=sys.stderr)
+        return 0
+    for conversation in conversations:
+        when = datetime.fromtimestamp(conversation.updated_at).strftime("%Y-%m-%d %H:%M")
+        count = len(store.messages(conversation.id))
+        print(f"{conversation.id:>6}  {when}  {count:>3} question{'s' if count != 1 else ' '}  "
+              f"{conversation.title or '(untitled)'}")
+    return 0
+
+
+def _export(store, conversation_id: int, out: Path, kind: str, include_patient_data: bool) -> Path:
+    from medgemma_desktop.core.export import export_json, export_markdown
+
+    if kind == "md":
+        return export_markdown(store, conversation_id, out, include_patient_data=include_patient_data)
+    if kind == "json":
+        return export_json(store, conversation_id, out, include_patient_data=include_patient_data)
+    from PySide6.QtGui import QGuiApplication
+
+    if QGuiApplication.instance() is None:
+        _app = QGuiApplication(["medgemma-desktop", "-platform", "offscreen"])  # kept alive while printing
+    from medgemma_desktop.ui.export_dialog import write_pdf
+
+    return write_pdf(store, conversation_id, out, include_patient_data)
