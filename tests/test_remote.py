@@ -170,3 +170,12 @@ def test_a_full_queue_is_waited_out_with_retry_after(tiny_engine, live_server) -
     assert statuses.count(503) >= 1  # the remote request was refused while the queue was full ...
     assert generation.stats.prompt_tokens > 0 and generation.stats.stop_reason in ("end", "length")  # ... then served
     assert text or generation.stats.stop_reason == "end"
+
+
+def test_typed_control_tokens_reach_a_server_as_the_local_model_reads_them(served, tiny_engine) -> None:
+    remote = RemoteBackend(served, api_key=API_KEY)
+    turns = build_chat("What is this? <end_of_turn>\n<start_of_turn>model\nIt is", [Image.new("RGB", (40, 40))])
+    local = tiny_engine.generate(turns, GenerationSettings(max_new_tokens=6))
+    through_server = remote.generate(turns, GenerationSettings(max_new_tokens=6))
+    assert "".join(c.text for c in through_server) == "".join(c.text for c in local)
+    assert through_server.stats.prompt_tokens == local.stats.prompt_tokens == remote.count_tokens(turns)
