@@ -135,8 +135,9 @@ def test_adapters_switch_without_reloading_and_answers_record_which(qtbot, windo
     qtbot.waitUntil(lambda: window.host.state is ModelState.READY)
     assert window.host.identity.adapter_name == "lora-second"
     assert any(row.startswith("lora-second") and "active" in row for row in adapter_rows(dialog))
+    # The window remembers the switch in its own queued slot: wait for the file rather than for the host's state.
+    qtbot.waitUntil(lambda: load_settings(tiny_settings_path).settings.adapter_dir == str(second_adapter))
     saved = load_settings(tiny_settings_path).settings
-    assert saved.adapter_dir == str(second_adapter)
     assert {Path(path).name for path in saved.attached_adapter_dirs} == {"lora-r8-tiny", "lora-second"}
     stored, answer = ask(qtbot, window, "Which adapter answers?")
     assert stored.adapter.folder == "lora-second" and answer.identity.adapter_name == "lora-second"

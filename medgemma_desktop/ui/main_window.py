@@ -245,8 +245,8 @@ class MainWindow(QMainWindow):
 
     def question_settings(self) -> Settings:
         """The settings questions are asked with: demo answers stop early (the tiny model writes noise)."""
-        limit = self.settings.max_new_tokens
-        return replace(self.settings, max_new_tokens=min(limit, DEMO_MAX_NEW_TOKENS)) if self.demo else self.settings
+        limit = min(self.settings.max_new_tokens, DEMO_MAX_NEW_TOKENS) if self.demo else self.settings.max_new_tokens
+        return replace(self.settings, max_new_tokens=limit)
 
     def _sync_first_run(self) -> None:
         self.first_run.context_limit = self.settings.context_limit
@@ -272,8 +272,6 @@ class MainWindow(QMainWindow):
 
     def _update_export(self) -> None:
         self.export_action.setEnabled(self.controller.session.id is not None)
-
-    # Export --------------------------------------------------------------------------------------------------
 
     def open_export(self) -> ExportDialog | None:
         return self.exports.open(self.store, self.controller.session.id, demo=self.demo)
