@@ -26,12 +26,12 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import ADAPTER, CKPT, CONTEXT, IMAGE_IDS, build, prompt
-from medgemma_desktop.core import fast_decode
+from medgemma_desktop.core import prompt_pass
 from medgemma_desktop.core.decoding import EagerDecoder
 from medgemma_desktop.core.engine import Engine, LoadOptions
 
 MIB = 2**20
-DEFAULT_CHUNK = fast_decode.PROMPT_CHUNK_TOKENS
+DEFAULT_CHUNK = prompt_pass.PROMPT_CHUNK_TOKENS
 
 
 def median_s(fn: Callable[[], object], runs: int = 7) -> float:
@@ -49,11 +49,11 @@ def median_s(fn: Callable[[], object], runs: int = 7) -> float:
 
 def chunked(fn: Callable[[], object], tokens: int) -> Callable[[], object]:
     def run() -> object:
-        fast_decode.PROMPT_CHUNK_TOKENS = tokens
+        prompt_pass.PROMPT_CHUNK_TOKENS = tokens
         try:
             return fn()
         finally:
-            fast_decode.PROMPT_CHUNK_TOKENS = DEFAULT_CHUNK
+            prompt_pass.PROMPT_CHUNK_TOKENS = DEFAULT_CHUNK
 
     return run
 
@@ -133,8 +133,8 @@ def main() -> None:
         result["alternating"] = alternating({
             "transformers_prefill": eager_prefill, "transformers_vision": vision,
             **{f"fast_prefill_chunk_{n}": chunked(prefill, n) for n in (1024, 2048, 4096)},
-            **{f"fast_vision_chunk_{n}": chunked(lambda: factory.runner.state.image_features(
-                inputs["pixel_values"]), n) for n in (1024, 2048, 4096)}})
+            **{f"fast_vision_chunk_{n}": chunked(lambda: prompt_pass.image_features(
+                factory.runner.state.multimodal, inputs["pixel_values"]), n) for n in (1024, 2048, 4096)}})
         result["wall_s"] = {"prefill_text_only": median_s(lambda: prefill(text_only))}
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             prefill()

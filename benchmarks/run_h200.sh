@@ -1,22 +1,67 @@
 #!/bin/bash
-# Decode bench (recipe vs app, logits check, contexts), then the load paths in fresh processes (quantize + save
-# with a cold inductor cache, then the saved 4-bit model with it warm, twice). `decode` or `load` runs one part,
-# for device calls limited to ten minutes.
+# The speed figures of issue 20 on one GPU, in parts that each fit a ten-minute device call:
+#   load:   fresh processes (bench_load.py): quantize + save with a cold compile cache, the saved 4-bit model with
+#           it warm, then with no C compiler (PATH without one, CC naming none: the installed app) with the warm
+#           cache and with an empty one; then `ask` from the command line twice (the second with its caches warm).
+#   decode: the recipe against the app in one process (bench_decode.py: first answer right after load, the
+#           compiled step built in the background, decode rate, adapter switches with the logits check after
+#           each, time to first token alternating with the recipe); writes summary.json. After `load` it uses
+#           the compile cache that `load` filled.
+#   tools:  the compiled step's kernel profile (profile_step.py) and the NF4 matrix-vector kernel against
+#           bitsandbytes' (nf4_gemv.py).
+# `all` (the default) runs load, then decode (about eight minutes on an H200). Needs .whl with bitsandbytes,
+# platformdirs and pydicom (carry [".whl"]).
 set -o pipefail
 PART=${1:-all}
 OUT=${OUT:-/tmp/out}
+mkdir -p $OUT
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+PYTHON=$(command -v python3)
+COLD=/tmp/inductor-cold EMPTY=/tmp/inductor-empty
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $OUT/gpu.txt
-if [ $PART != load ]; then
-  timeout 400 python3 benchmarks/bench_decode.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/bench.log
+$PYTHON benchmarks/bench_decode.py $OUT --build-only
+if [ $PART = load ] || [ $PART = all ]; then
+  # Every command on PATH except C/C++ compilers, assemblers and linkers (hiding all of PATH also hides `file`,
+  # which changes Triton's cache key for its compiled helper module: run 14's no-compiler rows are that artefact).
+  mkdir -p /tmp/nocc-bin
+  for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+    for f in $d/*; do
+      b=$(basename $f)
+      case $b in *gcc*|*g++*|cc|c++|*clang*|cpp|*-cc|*-c++|ld|ld.*|*-ld|as|*-as) ;;
+        *) [ -e /tmp/nocc-bin/$b ] || ln -s $f /tmp/nocc-bin/$b ;; esac
+    done
+  done
+  for path in quantize_cold_compile cache_warm_compile no_compiler_warm_cache no_compiler_empty_cache; do
+    cache=$COLD; env=""
+    case $path in
+      cache_warm_compile) export HF_DEACTIVATE_ASYNC_LOAD=1 ;;  # one loader thread, as the desktop app loads
+      no_compiler_warm_cache) env="PATH=/tmp/nocc-bin CC=/nonexistent/cc CXX=/nonexistent/c++" ;;
+      no_compiler_empty_cache) env="PATH=/tmp/nocc-bin CC=/nonexistent/cc CXX=/nonexistent/c++"; cache=$EMPTY ;;
+    esac
+    timeout 200 env $env TORCHINDUCTOR_CACHE_DIR=$cache TRITON_CACHE_DIR=$cache/triton \
+      $PYTHON benchmarks/bench_load.py $OUT $path /tmp/qcache 2>&1 | grep "^{" | tee -a $OUT/load.log
+  done
+  unset HF_DEACTIVATE_ASYNC_LOAD
+  # `ask` as a user runs it: seconds since the command started at each progress line (stderr), then its own
+  # time-to-first-token line.
+  CT=$($PYTHON -c "from pydicom.data import get_testdata_file; print(get_testdata_file('CT_small.dcm'))")
+  for round in 1 2; do
+    start=$(date +%s.%N)
+    XDG_CACHE_HOME=/tmp/ask-cache timeout 100 $PYTHON -m medgemma_desktop ask --model /tmp/medgemma-arch-random-896 \
+      --adapter /tmp/lora-r8-random-896 --image $CT --max-new-tokens 64 "Describe this CT." 2>&1 >/dev/null \
+      | grep --line-buffered -v "tensors)\|weights' hash\|Writing" | while IFS= read -r line; do echo "$(date +%s.%N) $line"; done \
+      | awk -v s=$start '{t=$1; $1=""; printf "%.2f%s\n", t-s, $0}' | tee -a $OUT/ask.log
+    echo "round $round exit $?" | tee -a $OUT/ask.log
+  done
 fi
-[ $PART = decode ] && exit 0
-[ $PART = load ] && python3 benchmarks/bench_decode.py $OUT --build-only
-COLD=/tmp/inductor-cold
-# The third reads the saved model with one loader thread, as the desktop app's worker does (ui/worker.py).
-for path in quantize_cold_compile cache_warm_compile cache_warm_compile_one_thread; do
-  [ $path = cache_warm_compile_one_thread ] && export HF_DEACTIVATE_ASYNC_LOAD=1
-  TORCHINDUCTOR_CACHE_DIR=$COLD TRITON_CACHE_DIR=$COLD/triton timeout 180 \
-    python3 benchmarks/bench_load.py $OUT $path /tmp/qcache 2>&1 | grep -v "Loading weights" | tail -5 | tee -a $OUT/load.log
-done
+if [ $PART = decode ] || [ $PART = all ]; then
+  [ $PART = all ] && export TORCHINDUCTOR_CACHE_DIR=$COLD TRITON_CACHE_DIR=$COLD/triton
+  timeout 400 $PYTHON benchmarks/bench_decode.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/bench.log
+  $PYTHON -c "import json; print(json.dumps([r for r in json.load(open('$OUT/bench_decode.json')) \
+    if r.get('event') == 'summary'], indent=1))" | tee $OUT/summary.json
+fi
+if [ $PART = tools ]; then
+  timeout 120 $PYTHON benchmarks/nf4_gemv.py $OUT 2>&1 | tail -40 >> $OUT/tools.log
+  timeout 200 $PYTHON benchmarks/profile_step.py $OUT 2>&1 | tail -30 >> $OUT/tools.log
+fi

@@ -1,5 +1,6 @@
 """The fast decode step on the CPU (no graph): per-step logits against eager decoding, teacher-forced past the
-sliding window (24 on the tiny checkpoint), greedy identity through the engine, and cache-size boundaries.
+sliding window (24 on the tiny checkpoint), greedy identity through the engine, cache-size boundaries, adapter
+switches through the step's LoRA slots, and the compiled step built in a background thread and swapped in.
 
 Tolerance: both paths compute in float32 on the CPU, yet two correct float32 computations of the same logits
 on this tiny random model (cached eager decoding and the uncached forward pass over the whole sequence) differ
@@ -20,27 +21,23 @@ runs the eager reference, and both paths compute with the same weights.
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from medgemma_desktop.core import fast_decode
+from medgemma_desktop.core import fast_decode, fast_linear, prompt_pass
 from medgemma_desktop.core.decoding import EagerDecoder
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import Engine, GenerationSettings
 from medgemma_desktop.core.errors import ContextTooLongError
-from medgemma_desktop.core.fast_decode import (
-    GATE_UP,
-    QKV,
-    FastDecoder,
-    FastDecoderFactory,
-    FusedLinear,
-    StepRunner,
-    choose_decoder,
-)
+from medgemma_desktop.core.fast_decode import FastDecoder, FastDecoderFactory, StepRunner, choose_decoder
+from medgemma_desktop.core.fast_linear import GATE_UP, QKV, FusedLinear, LoraSlots
+from medgemma_desktop.core.prompt_pass import image_features
 from medgemma_desktop.core.prompts import build_chat
-from medgemma_desktop.core.tiny_checkpoint import SLIDING_WINDOW, TOKENS_PER_IMAGE
+from medgemma_desktop.core.tiny_checkpoint import BASE_MODEL_ID, SLIDING_WINDOW, TOKENS_PER_IMAGE, TinyCheckpoint
 
 TOLERANCE = 0.05  # of the smallest step-to-step change of the eager logits
 
@@ -85,7 +82,7 @@ def formulation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """The step computes some parts differently when torch.compile traces it (fused 4-bit scales, LoRA as
     multiply-and-sum); "compiled" runs those formulations eagerly here, since CI has no GPU to compile for."""
     if request.param == "compiled":
-        monkeypatch.setattr(fast_decode, "is_compiling", lambda: True)
+        monkeypatch.setattr(fast_linear, "is_compiling", lambda: True)
     return request.param
 
 
@@ -197,27 +194,27 @@ def test_choose_decoder_is_eager_on_the_cpu(tiny_engine: Engine) -> None:
 def test_fused_projections_equal_the_modules_with_and_without_the_adapter(tiny_engine: Engine,
                                                                           formulation: str) -> None:
     """q/k/v and gate/up as one 4-bit matmul each, o and down alone: the same outputs as PEFT's modules, LoRA on
-    or off."""
+    or off, with the adapter in slots of its own rank or padded to a larger one."""
     layer = tiny_engine.model.get_base_model().model.language_model.layers[1]
     name = tiny_engine.active_adapter
+    slots = LoraSlots.covering([layer])
+    assert slots.rank == 8 and slots.targets == {"q_proj", "v_proj", "o_proj"}
+    padded = LoraSlots(32, slots.targets | {"k_proj", "down_proj"}, slots.dtype)
     try:
-        for adapter in (name, None):
+        for adapter, fit in itertools.product((name, None), (slots, padded)):
             tiny_engine.use_adapter(adapter, prepare_decoder=False)
             for parent, names in ((layer.self_attn, QKV), (layer.self_attn, ("o_proj",)), (layer.mlp, GATE_UP),
                                   (layer.mlp, ("down_proj",))):
                 modules = [getattr(parent, n) for n in names]
-                fused = FusedLinear(modules)
-                assert (fused.lora is not None) == (adapter is not None and parent is layer.self_attn)
+                fused = FusedLinear(modules, names, fit)
+                assert (fused.lora is not None) == bool(fit.targets & set(names))
                 for tokens in (1, 5):  # the step and the prompt
                     x = torch.randn(1, tokens, modules[0].in_features, generator=torch.Generator().manual_seed(3))
                     with torch.inference_mode():
                         for got, module in zip(fused(x), modules, strict=True):
                             assert torch.allclose(got, module(x), atol=1e-6, rtol=1e-6)
-                for module in modules:  # the 4-bit bytes and the adapter's matrices exist once
+                for module in modules:  # the 4-bit bytes exist once
                     assert _inside(getattr(module, "base_layer", module).weight, fused.weight)
-                    if fused.lora is not None and name in getattr(module, "lora_A", {}):
-                        assert _inside(module.lora_A[name].weight, fused.lora[0])
-                        assert _inside(module.lora_B[name].weight, fused.lora[1])
     finally:
         tiny_engine.use_adapter(name, prepare_decoder=False)
 
@@ -240,13 +237,13 @@ def test_image_features_in_parts_equal_the_vision_tower(tiny_engine: Engine,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The prompt's pass runs SigLIP one image at a time with its MLP over a few patches at a time; split into
     four parts here (the tiny model has 64 patches per image), the features equal `get_image_features`."""
-    monkeypatch.setattr(fast_decode, "PROMPT_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(prompt_pass, "PROMPT_CHUNK_TOKENS", 16)
     images = [Image.new("RGB", (80, 64), (10, 200, 30)), Image.new("RGB", (64, 64), (200, 10, 90))]
     pixels = tiny_engine.prepare(build_chat("Compare the two X-rays.", images))["pixel_values"]
     state = StepRunner(tiny_engine.model, capacity=64).state
     with torch.inference_mode():
         expected = state.multimodal.get_image_features(pixels, return_dict=True).pooler_output
-        got = state.image_features(pixels)
+        got = image_features(state.multimodal, pixels)
     assert got.shape == expected.shape == (2, TOKENS_PER_IMAGE, expected.shape[-1])
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5) and expected.abs().max() > 0.1
 
@@ -257,7 +254,7 @@ def test_prompt_in_token_chunks_gives_the_same_logits(tiny_engine: Engine, monke
     inputs, forced = _image_inputs(tiny_engine), _forced(4, seed=13)
     runner = StepRunner(tiny_engine.model, capacity=128)
     whole = _teacher_forced(FastDecoder(runner), inputs, forced)
-    monkeypatch.setattr(fast_decode, "PROMPT_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(prompt_pass, "PROMPT_CHUNK_TOKENS", 16)
     assert inputs["input_ids"].shape[1] > 2 * 16
     assert _max_diff(whole, _teacher_forced(FastDecoder(runner), inputs, forced)) < 1e-5
 
@@ -266,3 +263,92 @@ def test_prompt_pass_refuses_inputs_it_does_not_implement(tiny_engine: Engine) -
     decoder = FastDecoder(StepRunner(tiny_engine.model, capacity=64))
     with torch.inference_mode(), pytest.raises(ValueError, match="token_type_ids_extra"):
         decoder.prefill(dict(_text_inputs(8), token_type_ids_extra=torch.zeros(1, 8)))
+
+
+def _write_adapter(tiny_checkpoint: TinyCheckpoint, folder: Path, rank: int, targets: list[str], seed: int) -> Path:
+    """Another LoRA adapter for the tiny base model, as PEFT saves one (non-zero B, so it changes the logits)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForConditionalGeneration
+
+    model = Gemma3ForConditionalGeneration.from_pretrained(tiny_checkpoint.model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                  lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = BASE_MODEL_ID
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def switching_engine(tiny_checkpoint: TinyCheckpoint,
+                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, Path]:
+    """An engine of its own (the tests add adapters to it): the tiny rank-8 q/v/o adapter active, one of rank 4 on
+    q/v that fits its slots, and one of rank 16 on all seven projections that does not."""
+    root = tmp_path_factory.mktemp("adapters")
+    small = _write_adapter(tiny_checkpoint, root / "small-r4", 4, ["q_proj", "v_proj"], seed=21)
+    large = _write_adapter(tiny_checkpoint, root / "large-r16", 16, [*QKV, "o_proj", *GATE_UP, "down_proj"], seed=22)
+    engine = Engine.load(tiny_checkpoint.model_dir, tiny_checkpoint.adapter_dir)
+    engine.attach_more_adapters([small])
+    return engine, large  # the large one is attached by the test, after the step is built
+
+
+def test_adapter_switches_copy_into_the_captured_step(switching_engine: tuple[Engine, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switching adapters (or to the base alone) keeps the step and its buffers and only copies the new LoRA
+    into its slots; the step then follows eager decoding with the new adapter at every step, past the window. An
+    adapter that does not fit builds the step once, with slots that then fit all of them."""
+    engine, large = switching_engine
+    builds: list[StepRunner] = []
+
+    def build(model: torch.nn.Module, plan, context_limit: int, compile_step: bool) -> tuple[FastDecoderFactory, str]:
+        builds.append(StepRunner(model, capacity=128))  # on the CPU, as the CUDA path builds its runner
+        return FastDecoderFactory(builds[-1]), "fast"
+
+    monkeypatch.setattr(fast_decode, "choose_decoder", build)
+    engine.prepare_decoder()
+    inputs, forced = _text_inputs(SLIDING_WINDOW + 6, seed=14), _forced(10, seed=15)  # the ring wraps
+    first, small = engine.active_adapter, "small-r4"
+    assert set(engine.adapters) == {first, small} and builds[0].state.slots.rank == 8
+    previous = None
+    for name in (None, small, first):
+        engine.use_adapter(name)
+        assert len(builds) == 1 and engine.decoder_factory.runner is builds[0]  # no new capture
+        eager = _teacher_forced(EagerDecoder(engine.model), inputs, forced)
+        fast = _teacher_forced(engine.decoder_factory(engine.model), inputs, forced)
+        assert _max_diff(eager, fast) < _bound(eager), (name, _max_diff(eager, fast), _bound(eager))
+        if previous is not None:  # the adapters really differ: the old adapter's logits fail the bound
+            assert _max_diff(previous, fast) > 3 * _bound(eager)
+        previous = eager
+    engine.add_adapter(large)  # rank 16 on gate/up/down too: captured again, once
+    assert len(builds) == 2 and builds[1].state.slots.rank == 16 and len(builds[1].state.slots.targets) == 7
+    for name in ("large-r16", None):
+        engine.use_adapter(name)
+        assert len(builds) == 2
+        eager = _teacher_forced(EagerDecoder(engine.model), inputs, forced)
+        fast = _teacher_forced(engine.decoder_factory(engine.model), inputs, forced)
+        assert _max_diff(eager, fast) < _bound(eager), (name, _max_diff(eager, fast), _bound(eager))
+
+
+def test_compiled_step_is_built_in_the_background_and_swapped_in(tiny_engine: Engine,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner answers at once with the uncompiled step while a background thread compiles the step on a
+    scratch cache; the compiled step is swapped in at the next answer without compiling again for the live cache
+    (dynamo's own tracing here, with its eager backend: CI has no GPU for inductor's kernels)."""
+    monkeypatch.setattr(fast_decode, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    inputs, forced = _text_inputs(30, seed=16), _forced(SLIDING_WINDOW, seed=17)
+    runner = StepRunner(tiny_engine.model, capacity=128, compile_step=True)
+    eager = _teacher_forced(EagerDecoder(tiny_engine.model), inputs, forced)
+    answered = _teacher_forced(FastDecoder(runner), inputs, forced)  # while compiling, or just after
+    assert _max_diff(eager, answered) < _bound(eager)
+    assert runner.adopt_compiled(wait=True) and runner.compiled and runner.compile_error is None
+    decoder = FastDecoder(runner)
+    assert decoder.name == "fast-compiled" and "compiled in the background" in FastDecoderFactory(runner).reason
+    assert _max_diff(eager, _teacher_forced(decoder, inputs, forced)) < _bound(eager)
+    torch._dynamo.reset()

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if selected is not None:
         print(f"-- {task.title}: {selected.label}", file=sys.stderr)
 
-    backend = load_backend(args)
+    # One answer, then exit: a compiled step would only be ready for a next answer (fast_decode.choose_decoder).
+    backend = load_backend(args, one_answer=True)
     store = None if args.no_history else ConversationStore(args.history_file)
     try:
         session = Session(backend, store, settings=settings, system=args.system)

@@ -65,8 +65,9 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     )
 
 
-def load_backend(args: argparse.Namespace) -> Engine | RemoteBackend:
-    """The server named by --server, or the local model, loaded with progress on stderr."""
+def load_backend(args: argparse.Namespace, one_answer: bool = False) -> Engine | RemoteBackend:
+    """The server named by --server, or the local model, loaded with progress on stderr (`one_answer`: no
+    compiled decode step, which would pay off only from a second answer on)."""
     from medgemma_desktop.core.remote import RemoteBackend
 
     if getattr(args, "server", None):
@@ -75,16 +76,17 @@ def load_backend(args: argparse.Namespace) -> Engine | RemoteBackend:
         return RemoteBackend(args.server, api_key=args.api_key, model=args.server_model)
     if args.model is None:
         raise UserFacingError("no model to answer with", fix="Give --model DIR (the MedGemma folder) or --server URL.")
-    return load_engine(args)
+    return load_engine(args, one_answer)
 
 
-def load_engine(args: argparse.Namespace) -> Engine:
+def load_engine(args: argparse.Namespace, one_answer: bool = False) -> Engine:
     from medgemma_desktop.core.app_dirs import cache_dir
     from medgemma_desktop.core.engine import Engine, LoadOptions
     from medgemma_desktop.core.fingerprint import FingerprintCache
     from medgemma_desktop.core.quant_cache import QuantizedModelCache
 
-    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit)
+    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit,
+                          compile_step=not one_answer)
     return Engine.load(args.model, args.adapter, options,
                        progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
                        cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,

@@ -53,6 +53,7 @@ class LoadOptions:
     double_quant: bool = True  # as the model card; saves ~0.4 bits per weight
     force_cpu: bool = False
     context_limit: int = 8192
+    compile_step: bool = True  # build the compiled decode step in the background (not worth it for one answer)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Engine:
         self.adapters: dict[str, AdapterFolder] = {}
         self.active_adapter: str | None = None
         self.decoder_factory: Callable[[torch.nn.Module], Decoder] = EagerDecoder
-        self.decoder_reason = "plain decoding"
+        self._plain_reason = "plain decoding"
         self._fingerprints = fingerprints
         self._adapter_sha256: dict[str, str] = {}
         self.skipped_adapters: dict[Path, str] = {}  # extra adapters that did not load, with why
@@ -221,21 +222,31 @@ class Engine:
                                      if adapter is None or Path(path).resolve() != adapter.path.resolve()])
         _check_cancel(cancel)
         if plan.is_cuda:
-            report(90, "preparing fast decoding (the first start on this machine compiles for about a minute)")
+            report(90, "preparing fast decoding")
         engine.prepare_decoder()
         report(100, "ready")
         return engine
 
     def prepare_decoder(self) -> None:
-        """Pick the decode path: the CUDA-graph step on CUDA (captured for the current adapter and context limit),
-        plain decoding elsewhere or when the fast path cannot start, with the reason in `decoder_reason`."""
+        """Pick the decode path: the CUDA-graph step on CUDA (captured in seconds for the context limit, with LoRA
+        slots that fit every loaded adapter; compiled in the background), plain decoding elsewhere or when the fast
+        path cannot start, with the reason in `decoder_reason`."""
         from medgemma_desktop.core.fast_decode import choose_decoder
 
         if self.decoder_factory is not EagerDecoder:  # drop the previous graph and static cache first
+            close = getattr(self.decoder_factory, "close", None)
             self.decoder_factory = EagerDecoder
+            if close is not None:
+                close()
             _free_memory()
-        self.decoder_factory, self.decoder_reason = choose_decoder(self.model, self.plan, self.options.context_limit)
-        log.info("%s", self.decoder_reason)
+        self.decoder_factory, self._plain_reason = choose_decoder(self.model, self.plan, self.options.context_limit,
+                                                                  self.options.compile_step)
+        log.info("%s", self._plain_reason)
+
+    @property
+    def decoder_reason(self) -> str:
+        """The decode path and why; the fast path's changes once its compiled step is in place."""
+        return getattr(self.decoder_factory, "reason", self._plain_reason)
 
     def check_vision(self) -> bool:
         """Is the image path live? Two different tiny images must give finite, different next-token logits.
@@ -293,8 +304,9 @@ class Engine:
             self.use_adapter(active, prepare_decoder=False)
 
     def use_adapter(self, name: str | None, prepare_decoder: bool = True) -> None:
-        """Switch the active adapter, or run the base model alone with `None`. A captured CUDA graph holds the
-        adapter that was active at capture, so the decode path is prepared again."""
+        """Switch the active adapter, or run the base model alone with `None`. The fast path copies it into its
+        step's LoRA slots (milliseconds); only an adapter that does not fit them builds the step again, with slots
+        that then fit every loaded adapter. Not during an answer."""
         if name is not None and name not in self.adapters:
             raise AdapterFolderError(f"no adapter named {name} is loaded", fix="Add it in the model manager first.")
         if not self.adapters:
@@ -307,7 +319,9 @@ class Engine:
             self.model.set_adapter(name)
         self.active_adapter = name
         if prepare_decoder:
-            self.prepare_decoder()
+            load = getattr(self.decoder_factory, "load_adapter", None)
+            if load is None or not load():
+                self.prepare_decoder()
 
     @property
     def identity(self) -> ModelIdentity:
@@ -371,7 +385,6 @@ class Engine:
                     "text, or raise the context limit in the settings.")
         budget = min(settings.max_new_tokens, limit - prompt_tokens)
         decoder = self.decoder_factory(self.model)
-        stats.decoder = decoder.name
         picker = TokenPicker(settings.sampling, torch.device(self.plan.device))
         detokenizer = IncrementalDetokenizer(self.processor.tokenizer)
         if self.plan.is_cuda:
@@ -381,6 +394,7 @@ class Engine:
         try:
             with torch.inference_mode():
                 logits = decoder.prefill(inputs)
+                stats.decoder = decoder.name  # after the prefill, which may put a compiled step in place
                 for produced in range(budget):
                     token = picker.pick(logits)
                     token_id = int(token)  # the one host sync per token that streaming needs

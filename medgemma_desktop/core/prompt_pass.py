@@ -1,0 +1,85 @@
+"""The prompt's pass outside the layers it shares with the step: per-token parts over chunks of tokens, and the
+vision tower (SigLIP) through layers dequantised once per prompt.
+
+The prompt's peak memory is set by wide per-token activations, not by the weights (SigLIP's 4304-wide MLP over
+4,096 patches per image, Gemma's 10240-wide MLP over a long prompt), so those parts run over
+`PROMPT_CHUNK_TOKENS` tokens at a time. Tokens are independent there; only the kernels' own rounding can differ
+with the chunk size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import bitsandbytes as bnb
+import torch
+import torch.nn.functional as F
+
+from medgemma_desktop.core.fast_linear import active_lora, base_layer
+
+PROMPT_CHUNK_TOKENS = 1024
+
+
+def by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`fn(x)` for a per-token `fn`, over `PROMPT_CHUNK_TOKENS` tokens of x (1, tokens, ...) at a time."""
+    if x.shape[1] <= PROMPT_CHUNK_TOKENS:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(PROMPT_CHUNK_TOKENS, dim=1)], dim=1)
+
+
+class DequantizedLinear:
+    """A bitsandbytes 4-bit layer (under an optional PEFT LoRA wrapper) for many tokens, computed as
+    bitsandbytes and PEFT compute it (the weight dequantised to the input's dtype, then `F.linear`; LoRA in
+    float32, cast back and added), but dequantised once so that the caller can run it over chunks of tokens
+    with cuBLAS alone: calling the modules per chunk costs ~0.15 ms of host time each. Weights repacked for
+    bitsandbytes' CPU kernel are left to the module."""
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype) -> None:
+        self.module = module
+        base = base_layer(module)
+        state = getattr(base.weight, "quant_state", None)
+        self.weight: torch.Tensor | None = None
+        if not getattr(state, "packing_format_for_cpu", False):
+            self.weight = bnb.functional.dequantize_4bit(base.weight.data, state).to(dtype)
+        self.bias = None if base.bias is None else base.bias.to(dtype)
+        self.lora = active_lora(module)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return self.module(x)
+        out = F.linear(x, self.weight, self.bias)
+        if self.lora is not None:
+            a, b, scale = self.lora
+            out = out + (F.linear(F.linear(x.to(a.dtype), a), b) * scale).to(out.dtype)
+        return out
+
+
+def vision_attention(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """SigLIP's attention as transformers' SDPA path computes it (all patches see each other), with the q/k/v
+    and output projections `by_tokens`: PEFT runs an adapter's LoRA on them in float32, four times the bytes
+    of their bfloat16 outputs."""
+    heads = (1, -1, attn.num_heads, attn.head_dim)
+    query, key, value = (by_tokens(DequantizedLinear(projection, hidden.dtype), hidden).view(heads).transpose(1, 2)
+                         for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale).transpose(1, 2)
+    return by_tokens(DequantizedLinear(attn.out_proj, hidden.dtype), out.reshape(1, -1, attn.embed_dim))
+
+
+def vision_mlp(mlp: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """SigLIP's MLP `by_tokens`: its 4304-wide activations over all 4,096 patches were the prompt's largest."""
+    fc1, fc2 = DequantizedLinear(mlp.fc1, hidden.dtype), DequantizedLinear(mlp.fc2, hidden.dtype)
+    return by_tokens(lambda part: fc2(mlp.activation_fn(fc1(part))), hidden)
+
+
+def image_features(multimodal: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """The model's own SigLIP layers and projector, as `get_image_features` runs them, but one image at a time
+    (a CT series' slices do not add up their activations) and the per-patch parts `by_tokens`."""
+    tower = multimodal.vision_tower
+    features = []
+    for image in pixels.split(1):
+        hidden = tower.embeddings(image)
+        for layer in tower.encoder.layers:
+            hidden = hidden + vision_attention(layer.self_attn, layer.layer_norm1(hidden))
+            hidden = hidden + vision_mlp(layer.mlp, layer.layer_norm2(hidden))
+        features.append(multimodal.multi_modal_projector(tower.post_layernorm(hidden)))
+    return torch.cat(features)
