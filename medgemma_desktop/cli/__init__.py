@@ -7,22 +7,29 @@ Bad input exits with status 2 and one line naming the file and the fix; it never
 from __future__ import annotations
 
 import argparse
+import logging
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from medgemma_desktop import __version__
-from medgemma_desktop.cli import ask, bench, doctor, history, models
+from medgemma_desktop.cli import ask, batch, bench, doctor, history, models, serve
 from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.core.logging_setup import setup_logging
 
+log = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
-COMMANDS = (ask, history, doctor, models, bench)
+COMMANDS = (ask, history, batch, doctor, models, bench, serve)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgemma-desktop",
                                      description="MedGemma 1.5 4B on your own GPU, offline. Research use only.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="log in detail (the log file and the terminal), for a bug report; put it before a "
+                             "command: medgemma-desktop --debug ask ...")
     parser.add_argument("--demo", action="store_true",
                         help="open the window on a tiny demo model and a sample CT + MR study (answers mean nothing)")
     parser.add_argument("--open", nargs="*", type=Path, default=[], metavar="FILE",
@@ -37,16 +44,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    termination = None
+    if args.command is None:  # the window: SIGTERM and Ctrl+C are taken over before anything slow (Qt, torch)
+        from medgemma_desktop.ui.termination import TerminationRequest
+
+        termination = TerminationRequest()
+        uninstall_termination = termination.install()
+    setup_logging(debug=args.debug)
+    log.info("medgemma-desktop %s: %s", __version__, args.command or "window")  # never argv: it holds questions
+    log.debug("Python %s on %s", platform.python_version(), platform.platform())
     try:
-        if args.command is not None:
-            return args.run(args)
-        from medgemma_desktop.ui.app import run_app
+        if termination is None:
+            status = args.run(args)
+        else:
+            from medgemma_desktop.ui.app import run_app
 
-        return run_app(sys.argv[:1], demo=args.demo, files=args.open, quit_after_s=args.quit_after)
+            status = run_app(sys.argv[:1], demo=args.demo, files=args.open, quit_after_s=args.quit_after,
+                             termination=termination, debug=args.debug)
     except UserFacingError as exc:
+        log.info("refused (%s)", exc.kind)
         print(f"medgemma-desktop: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-
+        status = EXIT_USER_ERROR
+    finally:
+        if termination is not None:
+            uninstall_termination()
+    log.info("exit status %d", status)
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())

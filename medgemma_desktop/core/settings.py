@@ -1,22 +1,31 @@
 """The user's settings: a typed, versioned JSON file in the platform config directory.
 
 A missing or damaged file never stops the app: it falls back to defaults and says why in a one-line notice,
-so a bad edit or a half-written file costs the user a setting, not the app. Window geometry is not kept here
-(Qt's QSettings is better at that).
+so a bad edit or a half-written file costs the user a setting, not the app. A file of an older schema version
+is brought up to date by ordered migrators, one version step each (napari's settings migrations); a file
+written by a newer version is copied aside untouched before this version may save over it, and what this
+version understands of it is used. Either way the model folder survives. Window geometry is not kept here (Qt's
+QSettings is better at that).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from medgemma_desktop.core.app_dirs import config_dir
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+UNVERSIONED = 0  # a file without schema_version: written by hand (an administrator pre-setting the model folder)
 THEMES = ("system", "light", "dark")
 Theme = Literal["system", "light", "dark"]
 
@@ -79,6 +88,44 @@ def _checked(data: dict[str, Any]) -> tuple[Settings, list[str]]:
     return replace(defaults, **kept), dropped
 
 
+Migrator = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _from_unversioned(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1's fields, written without a version: nothing to rename."""
+    return data
+
+
+# MIGRATORS[n] turns a version-n file into a version n+1 file; they run in order. When a field is renamed or its
+# meaning changes, bump SCHEMA_VERSION and add the step here (with a test reading a file of the old version).
+MIGRATORS: dict[int, Migrator] = {UNVERSIONED: _from_unversioned}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring `data` from its schema version to SCHEMA_VERSION, one step at a time. A step that fails or is missing
+    raises ValueError; `data` itself is never changed (the caller keeps the original to fall back on)."""
+    version = data.get("schema_version", UNVERSIONED)
+    if not isinstance(version, int) or isinstance(version, bool) or version < UNVERSIONED:
+        raise ValueError(f"schema version {version!r} is not a version number")
+    migrated = copy.deepcopy(data)
+    while version < SCHEMA_VERSION:
+        step = MIGRATORS.get(version)
+        if step is None:
+            raise ValueError(f"no migration from schema version {version}")
+        try:
+            migrated = step(migrated)
+        except Exception as exc:
+            raise ValueError(f"migrating from schema version {version} failed ({type(exc).__name__}: {exc})") from exc
+        version += 1
+        migrated["schema_version"] = version
+    return migrated
+
+
+def kept_aside_path(path: Path, version: int) -> Path:
+    """Where a newer version's settings file is copied before this version saves over it."""
+    return path.with_name(f"{path.stem}.schema-{version}{path.suffix}")
+
+
 def load_settings(path: Path | None = None) -> LoadedSettings:
     path = path or default_settings_path()
     if not path.exists():
@@ -90,13 +137,28 @@ def load_settings(path: Path | None = None) -> LoadedSettings:
                                           "using defaults.")
     if not isinstance(data, dict):
         return LoadedSettings(Settings(), f"Settings file {path} is not a JSON object; using defaults.")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        return LoadedSettings(Settings(), f"Settings file {path} has schema version {version!r}, this app reads "
-                                          f"{SCHEMA_VERSION}; using defaults.")
+    notices: list[str] = []
+    version = data.get("schema_version", UNVERSIONED)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        aside = kept_aside_path(path, version)
+        try:
+            shutil.copy2(path, aside)
+        except OSError as exc:
+            notices.append(f"Settings file {path} is from a newer version (schema {version}) and could not be "
+                           f"copied aside ({type(exc).__name__}); the settings this version knows are used.")
+        else:
+            notices.append(f"Settings file {path} is from a newer version (schema {version}); kept it as "
+                           f"{aside.name} and used the settings this version knows.")
+    elif version != SCHEMA_VERSION:
+        try:
+            data = migrate(data)
+            log.info("settings migrated from schema version %r to %d", version, SCHEMA_VERSION)
+        except ValueError as exc:  # roll back: keep every field that still checks, say so
+            notices.append(f"Settings file {path}: {exc}; kept the settings that still apply.")
     settings, dropped = _checked(data)
-    notice = f"Ignored invalid settings: {', '.join(dropped)}." if dropped else None
-    return LoadedSettings(settings, notice)
+    if dropped:
+        notices.append(f"Ignored invalid settings: {', '.join(dropped)}.")
+    return LoadedSettings(settings, " ".join(notices) or None)
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> None:
