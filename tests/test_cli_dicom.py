@@ -61,3 +61,25 @@ def test_a_report_of_pictures_or_a_lone_deidentify_is_one_line(capsys, tiny_chec
     assert err.startswith("medgemma-desktop: photo.png: no DICOM image was asked about") and "Markdown" in err
     assert main(["history", "--history-file", str(tmp_path / "h.sqlite3"), "export", "1", "--format", "md",
                  "--deidentify"]) == 2
+
+
+def test_batch_sr_writes_a_report_per_dicom_item_and_says_why_not_for_pictures(tiny_checkpoint, tmp_path: Path,
+                                                                                capsys) -> None:
+    import json
+
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), (80, 80, 80)).save(picture)
+    ct = tmp_path / "ct.dcm"
+    ct.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())  # type: ignore[arg-type]
+    results, reports = tmp_path / "results.jsonl", tmp_path / "reports"
+    assert main(["batch", str(ct), str(picture), "--model", str(tiny_checkpoint.model_dir), "--max-new-tokens", "2",
+                 "--out", str(results), "--sr", str(reports)]) == 0
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    by_input = {Path(row["input"]).name: row for row in rows}
+    assert by_input["photo.png"]["dicom_report"].startswith("photo.png: no DICOM image was asked about")
+    report = Path(by_input["ct.dcm"]["dicom_report"])
+    assert report.parent == reports and dciodvfy_errors(report) == []
+    assert referenced(report) == {pydicom.dcmread(ct).SOPInstanceUID}
+    assert main(["batch", str(ct), "--model", str(tiny_checkpoint.model_dir), "--out", str(tmp_path / "r.csv"),
+                 "--deidentify"]) == 2
+    assert "--deidentify goes with --sr DIR" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from medgemma_desktop.cli.backend_options import (
     generation_settings,
     load_backend,
 )
+from medgemma_desktop.cli.dicom_options import add_dicom_report_arguments
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.prompts import TaskMode
 
@@ -36,6 +37,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="results.jsonl or results.csv; an existing one is continued, finished items skipped")
     batch.add_argument("--include-patient-data", action="store_true",
                        help="add the identifying DICOM tags (name, ID, dates) to each row; left out by default")
+    add_dicom_report_arguments(batch)
     batch.set_defaults(run=run)
 
 
@@ -49,13 +51,16 @@ def run(args: argparse.Namespace) -> int:
     units = batch_units(args.inputs)
     if not units:
         raise UserFacingError("the inputs hold nothing to answer", fix="Give image or DICOM files or folders.")
-    results = ResultsFile.open(args.out, include_patient=args.include_patient_data)
+    if args.deidentify and args.sr is None:
+        raise UserFacingError("--deidentify goes with --sr DIR", fix="Add --sr and the folder for the reports.")
+    results = ResultsFile.open(args.out, include_patient=args.include_patient_data, dicom_reports=args.sr is not None)
     remaining = [unit for unit in units if not unit_finished(unit, results.done)]
     if len(remaining) < len(units):
         print(f"{len(units) - len(remaining)} of {len(units)} inputs were finished by an earlier run "
               f"({results.rows_before} rows in {args.out}); going on with the rest", file=sys.stderr)
     backend = load_backend(args) if remaining else None
-    task = BatchTask(args.task, args.question, settings, args.include_patient_data)
+    task = BatchTask(args.task, args.question, settings, args.include_patient_data, dicom_reports=args.sr,
+                     deidentify=args.deidentify)
     stop = threading.Event()
 
     def interrupt(signum: int, frame: object) -> None:

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medgemma_desktop.core.boxes import boxes_record
-from medgemma_desktop.core.engine import GenerationSettings
+from medgemma_desktop.core.dicom_export import answer_to_report, image_inputs
+from medgemma_desktop.core.dicom_report import write_dicom_report
+from medgemma_desktop.core.engine import GenerationSettings, ModelIdentity
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.session.backend import Backend
-from medgemma_desktop.session.batch_results import PATIENT_FIELD, ResultsFile, Row
-from medgemma_desktop.session.conversation import Session
+from medgemma_desktop.session.batch_results import DICOM_REPORT_FIELD, PATIENT_FIELD, ResultsFile, Row
+from medgemma_desktop.session.conversation import Exchange, Session
 from medgemma_desktop.session.inputs import InputItem, picture_files, read_inputs
 from medgemma_desktop.session.question import MODE_FOR_MODALITY
 
@@ -41,6 +43,8 @@ class BatchTask:
     question: str = ""  # "" asks each mode's default question
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     include_patient: bool = False  # the identifying DICOM tags in a column of their own
+    dicom_reports: Path | None = None  # a folder: each answer about DICOM images also as a DICOM report there
+    deidentify: bool = False  # with dicom_reports: de-identified copies of the images, the report refers to them
 
     def mode_for(self, item: InputItem) -> TaskMode:
         if self.task != AUTO:
@@ -152,6 +156,9 @@ def _answer_row(unit: Path, name: str, item: InputItem, backend: Backend, task: 
     boxes = None
     if exchange is not None and exchange.boxes and exchange.target is not None:
         boxes = boxes_record(exchange.boxes, exchange.target.image.size, exchange.padding)["boxes"]
+    if task.dicom_reports is not None and exchange is not None and identity is not None:
+        row[DICOM_REPORT_FIELD] = _dicom_report(task.dicom_reports, unit, name, mode, answer.text, exchange,
+                                                identity, task.deidentify)
     return {**row, "answer": answer.text, "boxes": boxes, "prompt_tokens": stats.prompt_tokens,
             "new_tokens": stats.new_tokens, "first_token_s": round(stats.time_to_first_token_s, 3),
             "total_s": round(stats.total_s, 3), "stop_reason": stats.stop_reason,
@@ -159,6 +166,19 @@ def _answer_row(unit: Path, name: str, item: InputItem, backend: Backend, task: 
                 "adapter": identity.adapter.folder if identity.adapter else "",
                 "adapter_sha256": identity.adapter.sha256 if identity.adapter else "",
                 "answered_by": identity.device} if identity is not None else {})}
+
+
+def _dicom_report(folder: Path, unit: Path, name: str, mode: TaskMode, text: str, exchange: Exchange,
+                  identity: ModelIdentity, deidentify: bool) -> str:
+    """Write the item's DICOM report; the report's path, or the one line saying why there is none."""
+    stem = re.sub(r"[^\w.-]+", "_", f"{unit.parent.name}_{unit.name}_{name}").strip("_")
+    report = answer_to_report(exchange.question or mode.default_question, text, mode.value, identity.model,
+                              identity.adapter)
+    try:
+        return str(write_dicom_report(report, image_inputs(exchange.images), folder, deidentify=deidentify,
+                                      stem=stem).report)
+    except UserFacingError as exc:
+        return str(exc)
 
 
 def _row(unit: Path, name: str, task: BatchTask, *, item: InputItem | None = None, mode: TaskMode | None = None,

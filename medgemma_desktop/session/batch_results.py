@@ -22,6 +22,7 @@ FIELDS = ("input", "item", "label", "task", "question", "answer", "boxes", "prom
           "first_token_s", "total_s", "stop_reason", "model", "model_sha256", "adapter", "adapter_sha256",
           "answered_by", "error")
 PATIENT_FIELD = "patient"  # only with --include-patient-data: the identifying DICOM tags, as JSON
+DICOM_REPORT_FIELD = "dicom_report"  # only with --sr: the item's DICOM report file, or why it has none
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 Row = dict[str, Any]
@@ -39,13 +40,14 @@ class ResultsFile:
         self._handle = path.open("a", encoding="utf-8", newline="")
 
     @classmethod
-    def open(cls, path: Path | str, include_patient: bool = False) -> ResultsFile:
+    def open(cls, path: Path | str, include_patient: bool = False, dicom_reports: bool = False) -> ResultsFile:
         path = Path(path)
         kind = _FORMATS.get(path.suffix.lower())
         if kind is None:
             raise UserFacingError("the results file must end in .jsonl or .csv", path=path,
                                   fix="Name it results.jsonl (one JSON object a line) or results.csv.")
-        fields = (*FIELDS, PATIENT_FIELD) if include_patient else FIELDS
+        fields = (*FIELDS, *((PATIENT_FIELD,) if include_patient else ()),
+                  *((DICOM_REPORT_FIELD,) if dicom_reports else ()))
         rows: list[Row] = []
         if path.exists():
             rows, clean = _read(path, kind, fields)
