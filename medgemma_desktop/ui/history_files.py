@@ -9,15 +9,21 @@ from medgemma_desktop.core.store import ConversationStore
 
 
 class HistoryFiles:
-    def __init__(self, folder: Path) -> None:
-        self._folder = folder
+    def __init__(self, folder: Path, keep_patient_data: bool) -> None:
+        self._folder, self._keep_patient_data = folder, keep_patient_data
         self._open: dict[Path, ConversationStore] = {}
 
     def open(self, filename: str) -> ConversationStore:
         path = self._folder / filename
         if path not in self._open:
-            self._open[path] = ConversationStore(path)
+            self._open[path] = ConversationStore(path, keep_patient_data=self._keep_patient_data)
         return self._open[path]
+
+    def keep_patient_data(self, keep: bool) -> None:
+        """Whether identifying DICOM tags are stored with new questions (Settings), in every open history."""
+        self._keep_patient_data = keep
+        for store in self._open.values():
+            store.keep_patient_data = keep
 
     def close(self) -> None:
         """Deleting is final once the window (and its Undo) is gone."""

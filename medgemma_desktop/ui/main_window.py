@@ -71,7 +71,7 @@ class MainWindow(QMainWindow):
         self._monitor = monitor or GpuMonitor()
         self._load_when_idle = False  # a load asked for while the model thread was busy
         self._switching_adapter = self._closed = False
-        self._histories = HistoryFiles(data_folder or data_dir())
+        self._histories = HistoryFiles(data_folder or data_dir(), self.settings.keep_patient_data)
         self.store = self._histories.open(DB_FILENAME)
         self.jobs = BackgroundJobs(self)
         self.demo = False
@@ -184,8 +184,6 @@ class MainWindow(QMainWindow):
         more = () if self.demo else tuple(Path(path) for path in self.settings.attached_adapter_dirs)
         self.host.load(*folders, LoadOptions(force_cpu=self.settings.force_cpu,
                                              context_limit=self.settings.context_limit), more)
-
-    # Demo mode -----------------------------------------------------------------------------------------------
 
     def start_demo(self) -> None:
         """The normal window on the tiny random model with the sample study loaded, its own history, a banner."""
@@ -359,6 +357,7 @@ class MainWindow(QMainWindow):
 
     def _save_settings(self, settings: Settings) -> None:
         self.settings = settings
+        self._histories.keep_patient_data(settings.keep_patient_data)
         try:
             save_settings(settings, self._settings_path)
         except OSError as exc:
