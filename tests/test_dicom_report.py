@@ -220,7 +220,7 @@ def test_a_moved_source_is_named_with_what_to_do(tmp_path: Path) -> None:
 
 
 def test_a_stored_conversation_exports_one_report_per_dicom_question(tmp_path: Path) -> None:
-    store = ConversationStore(tmp_path / "history.sqlite3")
+    store = ConversationStore(tmp_path / "history.sqlite3", keep_patient_data=True)
     conversation = store.create_conversation().id
     ct = dicom_image_input(load_dicom(CT_SMALL))
     picture = tmp_path / "photo.png"
@@ -272,7 +272,7 @@ def test_the_summary_line_says_what_was_written_and_left_out(tmp_path: Path) -> 
 def test_a_single_image_whose_file_is_gone_is_reported_from_what_the_store_kept(tmp_path: Path) -> None:
     moved = tmp_path / "ct.dcm"
     moved.write_bytes(CT_SMALL.read_bytes())
-    store = ConversationStore(tmp_path / "history.sqlite3")
+    store = ConversationStore(tmp_path / "history.sqlite3", keep_patient_data=True)
     conversation = store.create_conversation().id
     message = store.add_question(conversation, "spine", [dicom_image_input(load_dicom(moved))], "localization")
     text = 'Final Answer: [{"box_2d": [100, 100, 500, 500], "label": "spine"}]'
@@ -299,3 +299,14 @@ def test_weights_from_a_remote_server_without_a_hash_still_validate(tmp_path: Pa
     report = pydicom.dcmread(written.report)
     assert texts(report, "Algorithm Version") == ["unknown"]
     assert "medgemma-1.5-4b-it (sha256 unknown)" in " ".join(texts(report, "Algorithm Parameters"))
+
+
+def test_a_history_kept_without_patient_details_says_what_a_report_needs(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path / "history.sqlite3")  # the default: no file paths, no UIDs
+    conversation = store.create_conversation().id
+    message = store.add_question(conversation, "What organ?", [dicom_image_input(load_dicom(CT_SMALL))], "describe")
+    store.finish_answer(store.begin_answer(message.id, MODEL, None, {}), "The liver.", {})
+    with pytest.raises(UserFacingError, match="the history kept no file path or DICOM UIDs") as raised:
+        write_conversation_reports(store, conversation, tmp_path / "out")
+    assert "\n" not in str(raised.value) and "keeping patient details" in str(raised.value)
+    store.close()

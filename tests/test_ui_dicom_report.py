@@ -87,7 +87,14 @@ def test_pictures_get_one_line_saying_why(qtbot, ask_and_wait, window: MainWindo
     dialog.reject()
 
 
-def test_a_reopened_conversation_keeps_its_dicom_tools(qtbot, ask_and_wait, window: MainWindow) -> None:
+def test_a_reopened_conversation_keeps_its_dicom_tools(qtbot, ask_and_wait, tiny_settings_path: Path,
+                                                       tmp_path: Path) -> None:
+    """With patient details kept (the user's choice), the history knows the DICOM file again."""
+    from medgemma_desktop.core.settings import load_settings, save_settings
+
+    settings_path = tmp_path / "keeping.json"
+    save_settings(replace(load_settings(tiny_settings_path).settings, keep_patient_data=True), settings_path)
+    window = open_window(qtbot, settings_path, tmp_path / "data")
     with qtbot.waitSignal(window.viewer.load_finished):
         window.viewer.open_paths([CT])
     ask_and_wait(window, "What organ is shown?", TIMEOUT_MS)
@@ -100,3 +107,4 @@ def test_a_reopened_conversation_keeps_its_dicom_tools(qtbot, ask_and_wait, wind
     assert viewer.model.rowCount() == 1 and viewer.view is not None
     assert viewer.window_box.isVisible() and viewer.tags.isVisible()  # presets and tags are back
     assert viewer.view.value_at(64, 64) is not None and viewer.view.value_at(64, 64).endswith(" HU")
+    window.close()

@@ -65,19 +65,25 @@ def write_message_report(store: ConversationStore, message_id: int, out_dir: Pat
                               stem=stem)
 
 
-def write_conversation_reports(store: ConversationStore, conversation_id: int, out_dir: Path | str, *,
-                               deidentify: bool = False) -> tuple[list[WrittenReport], list[str]]:
-    """One report per answered question about DICOM images; returns them and a line per question left out.
+# One question's report to write, or the reason it has none.
+ReportRequest = tuple[ReportedAnswer, Sequence[InputRecord]] | UserFacingError
 
-    Raises `UserFacingError` when no question of the conversation could be reported.
+
+def write_reports(requests: Sequence[ReportRequest], out_dir: Path | str, *,
+                  deidentify: bool = False) -> tuple[list[WrittenReport], list[str]]:
+    """`question_<n>.dcm` for each request that can be written; returns them and a line per question left out.
+
+    Raises `UserFacingError` when none could be written, `DicomReportError` when the folder cannot be written.
     """
     written: list[WrittenReport] = []
     left_out: list[str] = []
-    messages: Sequence[Message] = store.messages(conversation_id)
-    for number, message in enumerate(messages, start=1):
+    for number, request in enumerate(requests, start=1):
         try:
-            written.append(write_message_report(store, message.id, out_dir, deidentify=deidentify,
-                                                stem=f"question_{number}"))
+            if isinstance(request, UserFacingError):
+                raise request
+            answer, inputs = request
+            written.append(write_dicom_report(answer, inputs, out_dir, deidentify=deidentify,
+                                              stem=f"question_{number}"))
         except DicomReportError:
             raise  # the folder cannot be written: every other question would fail the same way
         except UserFacingError as exc:
@@ -87,6 +93,19 @@ def write_conversation_reports(store: ConversationStore, conversation_id: int, o
         raise UserFacingError(f"nothing to write as a DICOM report ({reason.rstrip('.')})",
                               fix="Export it as Markdown, JSON or PDF instead.")
     return written, left_out
+
+
+def write_conversation_reports(store: ConversationStore, conversation_id: int, out_dir: Path | str, *,
+                               deidentify: bool = False) -> tuple[list[WrittenReport], list[str]]:
+    """Every answered question about DICOM images of a stored conversation (its files found again from what the
+    store kept: paths and UIDs are kept only when the user chose to keep patient details)."""
+    requests: list[ReportRequest] = []
+    for message in store.messages(conversation_id):
+        try:
+            requests.append((reported_answer(message), message_inputs(message)))
+        except UserFacingError as exc:
+            requests.append(exc)
+    return write_reports(requests, out_dir, deidentify=deidentify)
 
 
 def written_summary(folder: Path, written: list[WrittenReport], left_out: list[str]) -> str:

@@ -109,6 +109,12 @@ def find_sources(inputs: Iterable[InputRecord]) -> SourceSet:
     inputs = list(inputs)
     for item in inputs:
         series_uid = item.patient.get("SeriesInstanceUID", "")
+        if str(item.source) in ("", ".") and not item.patient:
+            raise UserFacingError(f"{item.label}: the history kept no file path or DICOM UIDs for this image (patient "
+                                  "details are kept only by choice), and a DICOM report needs them",
+                                  fix="Turn on keeping patient details in Settings before asking, or write the "
+                                      "report when asking (File > Save as DICOM report… right after the answer, or "
+                                      "ask --sr).")
         if item.source.is_dir() and series_uid:
             if (item.source, series_uid) in searched:
                 continue

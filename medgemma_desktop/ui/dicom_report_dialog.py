@@ -1,5 +1,6 @@
-"""File > Save as DICOM report…: the open conversation's answers about DICOM images as structured reports (and
-presentation states for boxes) in a folder, optionally with de-identified copies of the images.
+"""File > Save as DICOM report…: the conversation on screen, its answers about DICOM images as structured reports
+(and presentation states for boxes) in a folder, optionally with de-identified copies of the images. It reads the
+session's exchanges, not the history: the history keeps the images' files and UIDs only by the user's choice.
 
 Writing runs on a background job (de-identifying a CT series copies every slice); a failure stays in the
 dialog as one line, a success closes it and says what was written.
@@ -21,10 +22,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medgemma_desktop.core.dicom_export import write_conversation_reports, written_summary
+from medgemma_desktop.core.dicom_export import (
+    ReportRequest,
+    answer_to_report,
+    image_inputs,
+    write_reports,
+    written_summary,
+)
 from medgemma_desktop.core.dicom_report import WrittenReport
 from medgemma_desktop.core.errors import UserFacingError
-from medgemma_desktop.core.store import ConversationStore
+from medgemma_desktop.session.conversation import Exchange, Session
 from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.folder_field import FolderField
 from medgemma_desktop.ui.hooks import report_unexpected
@@ -38,12 +45,11 @@ NOTE = ("One report per question about DICOM images, in the images' study, refer
 class DicomReportDialog(QDialog):
     saved = Signal(str)  # the summary line, after the files are written
 
-    def __init__(self, store: ConversationStore, conversation_id: int, folder: Path,
-                 parent: QWidget | None = None) -> None:
+    def __init__(self, requests: list[ReportRequest], folder: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Save as DICOM report")
         self.setAccessibleName("Save as DICOM report")
-        self._store, self._conversation_id = store, conversation_id
+        self._requests = requests
         self.jobs = BackgroundJobs(self)
         self.folder = FolderField("Report folder", "Choose the folder for the DICOM report")
         self.folder.set_path(str(folder))
@@ -75,10 +81,10 @@ class DicomReportDialog(QDialog):
         if not self.folder.path():
             self._failed(UserFacingError("no folder chosen", fix="Choose a folder for the report."))
             return
-        store, conversation_id, deidentify = self._store, self._conversation_id, self.deidentify.isChecked()
+        requests, deidentify = self._requests, self.deidentify.isChecked()
         self.save_button.setEnabled(False)
         self.error_label.hide()
-        self.jobs.run(lambda: write_conversation_reports(store, conversation_id, folder, deidentify=deidentify),
+        self.jobs.run(lambda: write_reports(requests, folder, deidentify=deidentify),
                       lambda result: self._written(folder, *result), self._failed)
 
     def _written(self, folder: Path, written: list[WrittenReport], left_out: list[str]) -> None:
@@ -93,14 +99,25 @@ class DicomReportDialog(QDialog):
         self.error_label.show()
 
 
-def open_dicom_report_dialog(window: QMainWindow, store: ConversationStore,
-                             conversation_id: int | None) -> DicomReportDialog | None:
-    """What File > Save as DICOM report… does in the main window."""
-    if conversation_id is None:
+def report_request(number: int, exchange: Exchange) -> ReportRequest:
+    """What the window knows of one exchange, as a report to write (its images as they came in, with their files
+    and UIDs while the question was asked in this window or the history kept patient details)."""
+    if exchange.model is None or not exchange.answer:
+        return UserFacingError(f"question {number} has no answer to report")
+    question = exchange.question or exchange.mode.default_question
+    report = answer_to_report(question, exchange.answer, exchange.mode.value, exchange.model, exchange.adapter,
+                              complete=not exchange.error)
+    return report, image_inputs(exchange.images)
+
+
+def open_dicom_report_dialog(window: QMainWindow, session: Session) -> DicomReportDialog | None:
+    """What File > Save as DICOM report… does in the main window, for the conversation on screen."""
+    if not session.exchanges:
         window.statusBar().showMessage("Ask a question about DICOM images first: there is no answer to save.",
                                        10_000)
         return None
-    dialog = DicomReportDialog(store, conversation_id, Path.home(), window)
+    requests = [report_request(number, exchange) for number, exchange in enumerate(session.exchanges, start=1)]
+    dialog = DicomReportDialog(requests, Path.home(), window)
     dialog.saved.connect(lambda text: window.statusBar().showMessage(text, 30_000))
     dialog.finished.connect(dialog.deleteLater)
     dialog.open()

@@ -35,7 +35,7 @@ def build_menus(window: MainWindow) -> QAction:
     _action(window, file_menu, "&New conversation", window.new_conversation, QKeySequence.StandardKey.New)
     export = _action(window, file_menu, "&Export conversation…", window.open_export, "Ctrl+Shift+E")
     _action(window, file_menu, "Save as &DICOM report…",
-            lambda: open_dicom_report_dialog(window, window.store, window.controller.session.id))
+            lambda: open_dicom_report_dialog(window, window.controller.session))
     file_menu.addSeparator()
     _action(window, file_menu, "&Load model", window.request_load, "Ctrl+L")
     _action(window, file_menu, "&Model manager…", window.open_model_manager, "Ctrl+M")
