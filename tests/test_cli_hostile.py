@@ -24,7 +24,7 @@ def test_ask_with_a_fifo_image_refuses_at_once(tiny_checkpoint, tmp_path: Path) 
 
 @pytest.mark.parametrize(("make", "says"), [
     (lambda folder: folder / ("n" * 256 + ".png"), "too long"),
-    (lambda folder: folder, "is a folder"),
+    (lambda folder: folder, "holds no DICOM images"),  # ask reads folders (a series); this one has none
     (lambda folder: folder / "two\nlines.png", "no such file"),
 ])
 def test_ask_with_hostile_image_paths_is_one_line(capsys, tiny_checkpoint, tmp_path: Path, make, says: str) -> None:

@@ -220,4 +220,6 @@ def test_the_command_line_demo_flag_opens_the_demo(monkeypatch) -> None:
     calls = []
     monkeypatch.setattr("medgemma_desktop.ui.app.run_app", lambda argv, **kwargs: calls.append(kwargs) or 0)
     assert main(["--demo"]) == 0
-    assert calls == [{"demo": True, "files": [], "quit_after_s": None}]
+    assert len(calls) == 1
+    assert {key: calls[0][key] for key in ("demo", "files", "quit_after_s", "debug")} == {
+        "demo": True, "files": [], "quit_after_s": None, "debug": False}

@@ -15,6 +15,7 @@ from pathlib import Path
 from medgemma_desktop.core.dicom import DicomSeries, group_series, load_dicom_folder, load_dicomdir
 from medgemma_desktop.core.errors import InputFileError, UserFacingError
 from medgemma_desktop.core.imaging import ImageInput, dicom_image_input, load_any
+from medgemma_desktop.core.user_files import os_error
 
 ImageLoader = Callable[[Path], ImageInput]
 # Files taken from a folder of pictures; anything else there (notes, hidden files) is skipped. A folder with none
@@ -117,6 +118,8 @@ def read_inputs(paths: Sequence[Path], loader: ImageLoader = load_any) -> Opened
                 loaded.append(loader(path))
         except UserFacingError as exc:
             errors.append(exc)
+        except OSError as exc:  # a name too long, a folder that cannot be listed, ...
+            errors.append(os_error(exc, path))
     flush()
     return OpenedInputs(items, errors)
 
