@@ -29,7 +29,7 @@ import pydicom
 from PIL import Image, ImageDraw, ImageFilter
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from PySide6.QtCore import QEventLoop, QTimer
+from PySide6.QtCore import QEventLoop, QPointF, QTimer
 from PySide6.QtWidgets import QApplication
 
 from medgemma_desktop.core.engine import GenerationStats
@@ -40,6 +40,7 @@ from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.theme import apply_theme
+from medgemma_desktop.ui.viewer import ViewerPanel
 from medgemma_desktop.ui.worker import Answer, ModelState
 
 QUESTION = "Describe the findings on this chest X-ray."
@@ -109,6 +110,39 @@ def spin_until(done, timeout_s: float = 30) -> None:
         raise RuntimeError("the window did not reach the expected state in time")
 
 
+def viewer_screenshots(out: Path, work: Path, app: QApplication) -> list[Path]:
+    """The viewer alone with its radiology tools: a measurement in mm, corner overlays, the lung preset, the
+    slice slider and a tag search; then the same slice inverted, rotated and flipped."""
+    viewer = ViewerPanel()
+    viewer.resize(900, 980)
+    viewer.show()
+    viewer.open_paths([ct_series_folder(work / "ct_tools")])
+    spin_until(lambda: viewer.model.rowCount() == 1)
+    viewer.window_box.choose(1)  # key 2: lung
+    viewer.actual_button.click()
+    viewer.canvas.zoom_by(4.0)
+    viewer.measure_button.click()
+    viewer.canvas.measured.emit(QPointF(20, 96), QPointF(104, 70))
+    viewer.tags.toggle.setChecked(True)
+    viewer.tags.search.setText("spacing")
+    app.processEvents()
+    tools = out / "viewer_tools.png"
+    viewer.grab().save(str(tools))
+    viewer.measure_button.click()
+    viewer.tags.search.setText("")
+    viewer.tags.toggle.setChecked(False)
+    viewer.window_box.choose(4)  # key 5: bone
+    viewer.invert_button.click()
+    viewer.rotate_button.click()
+    viewer.flip_h_button.click()
+    viewer.canvas.fit_to_window()
+    app.processEvents()
+    orientation = out / "viewer_orientation.png"
+    viewer.grab().save(str(orientation))
+    viewer.close()
+    return [tools, orientation]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs")
@@ -119,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[variable] = str(work / variable.lower())  # the demo model and history stay in `work`
     app = QApplication(sys.argv[:1])
     apply_theme(app, "light")
+    for path in viewer_screenshots(args.out, work, app):  # the viewer alone: no model needed
+        print(path)
 
     first = MainWindow(work / "empty-settings.json")
     first.resize(1180, 760)

@@ -143,6 +143,33 @@ def ask_and_wait(qtbot):
     return ask
 
 
+@pytest.fixture
+def live_server() -> Iterator[Callable[..., str]]:
+    """Serve an ASGI app with uvicorn on a free loopback port, in a thread: returns its base URL; stopped after."""
+    import threading
+    import time
+
+    import uvicorn
+
+    running: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(app) -> str:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(60)
+
+
 LOCALIZATION_ANSWER = ('The lung is on the right of the image.\nFinal Answer: ```json[{"box_2d": [100, 200, 500, '
                        '600], "label": "left lung"}]```')
 

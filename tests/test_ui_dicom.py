@@ -15,7 +15,8 @@ from PySide6.QtWidgets import QApplication
 
 from medgemma_desktop.core.dicom import load_dicom
 from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS, Window, apply_window
-from medgemma_desktop.ui.viewer import ImageCanvas, ViewerPanel
+from medgemma_desktop.ui.image_canvas import ImageCanvas
+from medgemma_desktop.ui.viewer import ViewerPanel
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
 
@@ -57,7 +58,7 @@ def test_hounsfield_units_under_the_cursor(qtbot, viewer: ViewerPanel) -> None:
     for x, y in ((64, 64), (10, 100), (100, 30)):
         move_mouse(viewer.canvas, x, y)
         assert f"x {x}, y {y}: {hu[y, x]:.0f} HU" in viewer.readout.text()
-    assert "L 40 · W 400" in viewer.readout.text()  # CT without a window in the file: soft tissue
+    assert "W 400 L 40" in viewer.readout.text()  # CT without a window in the file: soft tissue
 
 
 def test_window_presets_and_right_drag_re_render_from_the_hounsfield_units(qtbot, viewer: ViewerPanel) -> None:
@@ -67,7 +68,7 @@ def test_window_presets_and_right_drag_re_render_from_the_hounsfield_units(qtbot
     assert box.isVisible() and box.count() == 1 + len(CT_WINDOW_PRESETS)
     assert shown_grey(viewer, 64, 64) == apply_window(hu, 40, 400)[64, 64]
     for name, window in CT_WINDOW_PRESETS.items():
-        index = next(i for i in range(box.count()) if box.itemText(i).lower().startswith(name))
+        index = next(i for i in range(box.count()) if box.itemText(i).lower().startswith(f"{i + 1} {name}:"))
         box.activated.emit(index)
         expected = apply_window(hu, window.center, window.width)
         assert viewer.view is not None and viewer.view.window == window

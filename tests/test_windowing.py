@@ -36,6 +36,7 @@ def test_presets_are_the_standard_ct_windows() -> None:
     assert CT_WINDOW_PRESETS["lung"] == (-600.0, 1500.0)
     assert CT_WINDOW_PRESETS["mediastinum"] == (50.0, 350.0)
     assert CT_WINDOW_PRESETS["soft tissue"] == (40.0, 400.0)
+    assert CT_WINDOW_PRESETS["abdomen"] == (50.0, 400.0)
     assert CT_WINDOW_PRESETS["bone"] == (400.0, 1800.0)
     assert CT_WINDOW_PRESETS["brain"] == (40.0, 80.0)
 

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medgemma_desktop import __version__
-from medgemma_desktop.cli import ask, bench, doctor, history, models
+from medgemma_desktop.cli import ask, batch, bench, doctor, history, models, serve
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.logging_setup import setup_logging
 
 log = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
-COMMANDS = (ask, history, doctor, models, bench)
+COMMANDS = (ask, history, batch, doctor, models, bench, serve)
 
 
 def _parser() -> argparse.ArgumentParser:

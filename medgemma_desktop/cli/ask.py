@@ -1,5 +1,6 @@
 """`medgemma-desktop ask`: one question through the same session as the window, the answer streamed to the
-terminal and kept in the same history (unless `--no-history`)."""
+terminal (from the local model, or from a server with --server) and kept in the same history (unless
+`--no-history`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from medgemma_desktop.cli.backend_options import (
+    add_generation_arguments,
+    add_model_arguments,
+    generation_settings,
+    load_backend,
+)
+from medgemma_desktop.cli.dicom_options import add_dicom_report_arguments, write_answer_report
 from medgemma_desktop.core.errors import UserFacingError
 
 # Command-line names of the task modes, as a user would say them.
@@ -18,8 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     ask = commands.add_parser("ask", help="ask one question and stream the answer to the terminal")
     ask.add_argument("question", nargs="?", default="",
                      help="the question (omit it in a task mode to ask the mode's own question)")
-    ask.add_argument("--model", required=True, type=Path, help="the google/medgemma-1.5-4b-it folder")
-    ask.add_argument("--adapter", type=Path, help="a LoRA adapter folder (omit to run the base model)")
+    add_model_arguments(ask, remote=True)
     ask.add_argument("--image", action="append", default=[], type=Path,
                      help="a picture, a DICOM file (with or without suffix), a folder or a DICOMDIR; repeat for "
                           "several: DICOM slices of one series are read as that series")
@@ -29,47 +36,30 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--prior", type=Path, help="the older chest X-ray, sent first (with --task compare)")
     ask.add_argument("--slices", type=int, default=85, help="the most slices of a series sent (default 85)")
     ask.add_argument("--system", help="a system text, prepended to the question (Gemma has no system role)")
-    ask.add_argument("--max-new-tokens", type=int, default=1024)
-    mode = ask.add_mutually_exclusive_group()
-    # Both write `sample`; argparse takes the default from the first, so it is set here, not left to store_false.
-    mode.add_argument("--greedy", dest="sample", action="store_false", default=False,
-                      help="greedy decoding (default)")
-    mode.add_argument("--sample", dest="sample", action="store_true", help="sample with --temperature")
-    ask.add_argument("--temperature", type=float, default=0.7)
-    ask.add_argument("--seed", type=int, help="random seed for --sample")
-    ask.add_argument("--context-limit", type=int, default=8192)
-    ask.add_argument("--no-double-quant", dest="double_quant", action="store_false")
-    ask.add_argument("--no-cache", dest="use_cache", action="store_false",
-                     help="quantize from the original weights instead of reading the saved 4-bit model")
-    ask.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    add_generation_arguments(ask)
     ask.add_argument("--show-thinking", action="store_true", help="also print the model's thinking trace")
     ask.add_argument("--no-history", action="store_true", help="do not keep the question and answer in the history")
     ask.add_argument("--history-file", type=Path, help="the history database (default: the window's)")
+    add_dicom_report_arguments(ask)
     ask.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgemma_desktop.core.app_dirs import cache_dir
-    from medgemma_desktop.core.decoding import SamplingSettings
-    from medgemma_desktop.core.engine import Engine, GenerationSettings, LoadOptions
-    from medgemma_desktop.core.fingerprint import FingerprintCache
     from medgemma_desktop.core.prompts import TaskMode, check_user_text
-    from medgemma_desktop.core.quant_cache import QuantizedModelCache
     from medgemma_desktop.core.store import ConversationStore
     from medgemma_desktop.session.conversation import Session
     from medgemma_desktop.session.inputs import open_inputs
     from medgemma_desktop.session.question import MODE_FOR_MODALITY, SERIES_MODES
 
     # Bad options, text and files fail before the slow model load.
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        sampling=SamplingSettings(greedy=not args.sample, temperature=args.temperature, seed=args.seed),
-    )
+    settings = generation_settings(args)
     check_user_text(args.question)
     check_user_text(args.system or "", "the system text")
     if not 1 <= args.slices <= 85:
         raise UserFacingError("--slices must be between 1 and 85")
-    items = open_inputs(args.image)
+    if args.deidentify and args.sr is None:
+        raise UserFacingError("--deidentify goes with --sr DIR", fix="Add --sr and the folder for the report.")
+    items = open_inputs(args.image)  # bad files fail before the slow model load
     prior = open_inputs([args.prior])[0] if args.prior else None
     first_series = next((item.series for item in items if item.series is not None), None)
     if args.task is not None:
@@ -85,15 +75,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"-- {task.title}: {selected.label}", file=sys.stderr)
 
     # One answer, then exit: a compiled step would only be ready for a next answer (fast_decode.choose_decoder).
-    options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit,
-                          compile_step=False)
-    engine = Engine.load(args.model, args.adapter, options,
-                         progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
-                         cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
-                         fingerprints=FingerprintCache(cache_dir() / "digests.json"))
+    backend = load_backend(args, one_answer=True)
     store = None if args.no_history else ConversationStore(args.history_file)
     try:
-        session = Session(engine, store, settings=settings, system=args.system)
+        session = Session(backend, store, settings=settings, system=args.system)
         answer = session.ask(task, [prior, *items] if prior else items, args.question, prior=prior,
                              selected=selected, max_slices=args.slices, on_chunk=_write)
     except KeyboardInterrupt:
@@ -108,12 +93,17 @@ def run(args: argparse.Namespace) -> int:
     print()
     peak = f", peak GPU memory {stats.peak_memory_bytes / 2**30:.2f} GiB" if stats.peak_memory_bytes else ""
     print(f"-- {stats.prompt_tokens} prompt + {stats.new_tokens} new tokens; time to first token "
-          f"{stats.time_to_first_token_s:.2f} s; {stats.decode_tokens_per_s:.1f} tokens/s ({stats.decoder}){peak}",
-          file=sys.stderr)
+          f"{stats.time_to_first_token_s:.2f} s; {stats.decode_tokens_per_s:.1f} tokens/s ({stats.decoder}){peak}; "
+          f"answered by {backend.identity.device}", file=sys.stderr)
     for box in session.exchanges[-1].boxes:
         print(f"-- box {box.label!r}: box_2d [{box.y0:g}, {box.x0:g}, {box.y1:g}, {box.x1:g}]", file=sys.stderr)
     if session.id is not None:
         print(f"-- kept as conversation {session.id} (medgemma-desktop history show {session.id})", file=sys.stderr)
+    if args.sr is not None:
+        exchange = session.exchanges[-1]
+        line = write_answer_report(args.sr, exchange.question or task.default_question, answer.text, task.value,
+                                   backend.identity, exchange.images, deidentify=args.deidentify)
+        print(f"-- {line}", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,6 @@
 """`medgemma-desktop history`: the conversations the window and `ask` keep, read from the command line: list them,
-show one, export one as Markdown, JSON or PDF (patient data left out unless asked).
+show one, export one as Markdown, JSON or PDF (patient data left out unless asked), or its answers about DICOM
+images as DICOM structured reports (`--format dicom`, optionally `--deidentify`).
 
 PDF goes through the window's own renderer (the core's HTML export printed by Qt's QTextDocument into a
 QPdfWriter) on an offscreen Qt platform, so it works on a machine without a display and looks the same as the
@@ -13,9 +14,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from medgemma_desktop.cli.dicom_options import add_dicom_report_arguments
 from medgemma_desktop.core.errors import UserFacingError
 
-FORMATS = {"md": ".md", "json": ".json", "pdf": ".pdf"}
+FORMATS = {"md": ".md", "json": ".json", "pdf": ".pdf", "dicom": "_dicom"}  # dicom: a folder of reports
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -25,12 +27,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     actions.add_parser("list", help="the conversations, most recent first")
     show = actions.add_parser("show", help="one conversation as text (patient data left out)")
     show.add_argument("id", type=int)
-    export = actions.add_parser("export", help="write one conversation as Markdown, JSON or PDF")
+    export = actions.add_parser("export", help="write one conversation as Markdown, JSON or PDF, or its answers "
+                                               "about DICOM images as DICOM structured reports (a folder)")
     export.add_argument("id", type=int)
     export.add_argument("--format", choices=sorted(FORMATS), default="md")
     export.add_argument("--out", type=Path, help="the file to write (default: the title, in this folder)")
     export.add_argument("--include-patient-data", action="store_true",
                         help="include identifying DICOM tags and file paths")
+    add_dicom_report_arguments(export, folder_option=False)
     history.set_defaults(run=run)
 
 
@@ -53,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         from medgemma_desktop.core.export import export_file_name
 
         out = args.out or Path(f"{export_file_name(conversation.title)}{FORMATS[args.format]}")
+        if args.deidentify and args.format != "dicom":
+            raise UserFacingError("--deidentify goes with --format dicom", fix="Add --format dicom.")
+        if args.format == "dicom":
+            from medgemma_desktop.core.dicom_export import write_conversation_reports, written_summary
+
+            reports, left_out = write_conversation_reports(store, args.id, out, deidentify=args.deidentify)
+            print(written_summary(out, reports, left_out))
+            return 0
         written = _export(store, args.id, out, args.format, args.include_patient_data)
         print(f"wrote {written}")
         return 0
@@ -78,10 +90,12 @@ def _export(store, conversation_id: int, out: Path, kind: str, include_patient_d
         return export_markdown(store, conversation_id, out, include_patient_data=include_patient_data)
     if kind == "json":
         return export_json(store, conversation_id, out, include_patient_data=include_patient_data)
-    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
 
-    if QGuiApplication.instance() is None:
-        _app = QGuiApplication(["medgemma-desktop", "-platform", "offscreen"])  # kept alive while printing
+    if QApplication.instance() is None:
+        # A QApplication, not a QGuiApplication: called in-process (tests, a script) before any window, a
+        # QGuiApplication would stay the application and every later widget would abort the process.
+        _app = QApplication(["medgemma-desktop", "-platform", "offscreen"])  # kept alive while printing
     from medgemma_desktop.ui.export_dialog import write_pdf
 
     return write_pdf(store, conversation_id, out, include_patient_data)

@@ -23,6 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from medgemma_desktop.core.app_dirs import cache_dir
     from medgemma_desktop.core.device import choose_device
+    from medgemma_desktop.core.lora_coverage import lora_coverage
     from medgemma_desktop.core.model_folder import (
         check_adapter_folder,
         check_model_folder,
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         print()
         for key, value in describe_adapter(adapter):
             print(f"{key:>36}: {value}")
+        note = lora_coverage(adapter.path).language_only_note()
+        if note:
+            print(f"{'on vLLM':>36}: {note}")
     plan = choose_device()
     dtype_bytes = 2 if plan.dtype_name == "bfloat16" else 4
     vram = plan_vram(model.config, args.context, args.images, dtype_bytes, adapter_bytes=adapter_bytes)

@@ -55,10 +55,11 @@ IDENTIFYING_KEYWORDS: tuple[str, ...] = (
 # Descriptive, non-identifying tags shown in the viewer and allowed in exports and logs.
 DESCRIPTIVE_KEYWORDS: tuple[str, ...] = (
     "Modality", "SeriesDescription", "BodyPartExamined", "ImageType", "Manufacturer", "ManufacturerModelName",
-    "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+    "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing", "SliceThickness",
+    "SpacingBetweenSlices",
     "PhotometricInterpretation", "BitsStored", "PatientPosition", "ViewPosition", "Laterality", "KVP",
     "ContrastBolusAgent", "ConvolutionKernel", "MagneticFieldStrength", "EchoTime", "RepetitionTime",
-    "SeriesNumber", "InstanceNumber",
+    "SeriesNumber", "InstanceNumber", "SliceLocation", "SOPClassUID",
 )
 
 # Default CT window when the file names none: soft tissue, the most common reading window.

@@ -96,13 +96,18 @@ def pixels_sha256(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+def square_padding(width: int, height: int) -> PaddingInfo:
+    """Where `pad_to_square` puts a picture of this size (also for mapping boxes onto a DICOM image later)."""
+    side = max(width, height)
+    return PaddingInfo(width=width, height=height, left=(side - width) // 2, top=(side - height) // 2, side=side)
+
+
 def pad_to_square(image: Image.Image) -> tuple[Image.Image, PaddingInfo]:
     """Centre the image on a black square (extra pixel bottom/right), as Google's notebooks do before resizing."""
-    side = max(image.width, image.height)
-    left, top = (side - image.width) // 2, (side - image.height) // 2
-    padded = Image.new(image.mode, (side, side))
-    padded.paste(image, (left, top))
-    return padded, PaddingInfo(width=image.width, height=image.height, left=left, top=top, side=side)
+    padding = square_padding(image.width, image.height)
+    padded = Image.new(image.mode, (padding.side, padding.side))
+    padded.paste(image, (padding.left, padding.top))
+    return padded, padding
 
 
 def load_image(path: Path | str) -> ImageInput:

@@ -20,12 +20,14 @@ class Window(NamedTuple):
 
 
 # Standard CT windows in HU (Radiopaedia, "Windowing (CT)"): what a radiologist picks first for each task.
+# The first five are Weasis's CT presets, in its order; the viewer puts them on the number keys.
 CT_WINDOW_PRESETS: dict[str, Window] = {
     "lung": Window(-600.0, 1500.0),
     "mediastinum": Window(50.0, 350.0),
-    "soft tissue": Window(40.0, 400.0),
+    "abdomen": Window(50.0, 400.0),
     "bone": Window(400.0, 1800.0),
     "brain": Window(40.0, 80.0),
+    "soft tissue": Window(40.0, 400.0),
 }
 
 # The three HU ranges MedGemma 1.5 was trained on, as the R, G and B channels (wide, soft tissue, brain).

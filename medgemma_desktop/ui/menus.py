@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QMenu
 
+from medgemma_desktop.ui.dicom_report_dialog import open_dicom_report_dialog
+
 if TYPE_CHECKING:
     from medgemma_desktop.ui.main_window import MainWindow
 
@@ -32,6 +34,8 @@ def build_menus(window: MainWindow) -> QAction:
     _action(window, file_menu, "&Paste image", viewer.paste_from_clipboard, QKeySequence.StandardKey.Paste)
     _action(window, file_menu, "&New conversation", window.new_conversation, QKeySequence.StandardKey.New)
     export = _action(window, file_menu, "&Export conversation…", window.open_export, "Ctrl+Shift+E")
+    _action(window, file_menu, "Save as &DICOM report…",
+            lambda: open_dicom_report_dialog(window, window.controller.session))
     file_menu.addSeparator()
     _action(window, file_menu, "&Load model", window.request_load, "Ctrl+L")
     _action(window, file_menu, "&Model manager…", window.open_model_manager, "Ctrl+M")

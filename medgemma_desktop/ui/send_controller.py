@@ -40,8 +40,9 @@ from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.box_overlay import FoundBoxes
 from medgemma_desktop.ui.chat import ChatPane
 from medgemma_desktop.ui.hooks import report_unexpected
-from medgemma_desktop.ui.pictures import Picture, render_picture
+from medgemma_desktop.ui.pictures import Picture
 from medgemma_desktop.ui.viewer import ViewerPanel
+from medgemma_desktop.ui.viewer_loading import reopened_pictures
 from medgemma_desktop.ui.worker import ModelHost, ModelState
 
 BUDGET_DELAY_MS = 150  # recount after typing pauses, not on every key
@@ -64,14 +65,12 @@ def generation_settings(settings: Settings) -> GenerationSettings:
 def _reopened(store: ConversationStore, conversation_id: int, counter: PromptCounter | None,
               settings: Settings) -> tuple[Session, list[Picture]]:
     """Runs on a background job: the stored conversation and its pictures for the viewer, each once (a
-    localization question shows its original picture, where the boxes go)."""
+    localization question shows its original picture, where the boxes go; DICOM shown from its files again while
+    they are there, with its tools)."""
     session = Session.reopen(store, conversation_id, counter, settings=generation_settings(settings))
-    seen: dict[str, Picture] = {}
-    for exchange in session.exchanges:
-        for image in (exchange.target,) if exchange.target is not None else exchange.images:
-            if image.sha256 not in seen:
-                seen[image.sha256] = render_picture(image)
-    return session, list(seen.values())
+    return session, reopened_pictures(image for exchange in session.exchanges
+                                      for image in ((exchange.target,) if exchange.target is not None
+                                                    else exchange.images))
 
 
 class SendController(QObject):

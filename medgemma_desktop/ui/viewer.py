@@ -1,218 +1,62 @@
-"""The image viewer: a zoomable, pannable canvas, a thumbnail strip, and the ways pictures come in (drop,
-paste, File > Open).
+"""The image viewer: the canvas (`image_canvas`), its tools, a slice slider, the tag list and a thumbnail strip,
+and the ways pictures come in (drop, paste, File > Open; decoded off the UI thread by `viewer_loading`).
 
-Files are decoded by a loader function handed in (`core.imaging.load_any` by default: pictures and DICOM
-files) on a background job, so a 100 MB TIFF or a 300-slice CT never freezes the window; a folder of DICOM files
-or a DICOMDIR becomes one item per series. For DICOM the canvas shows frames re-rendered from their measured
-values (`dicom_view`): window/level by preset or right-drag, slices by wheel or keys, the value under the cursor.
-Localization boxes are drawn over the picture they belong to (`box_overlay`).
+For DICOM the canvas shows frames re-rendered from their measured values (`dicom_view`): window/level by preset
+(number keys, as in Weasis) or right-drag, slices by wheel, keys or slider, the value under the cursor, distances
+in mm, invert, rotate and flip, and the corner overlays radiology viewers print. Localization boxes are drawn over
+the picture they belong to (`box_overlay`). Every tool has a button and a key; the keys work on the image, and
+PageUp/PageDown step slices from anywhere in the viewer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QItemSelectionModel, QMimeData, QModelIndex, QPoint, Qt, Signal
-from PySide6.QtGui import (
-    QDragEnterEvent,
-    QDragMoveEvent,
-    QDropEvent,
-    QGuiApplication,
-    QImage,
-    QKeyEvent,
-    QMouseEvent,
-    QPainter,
-    QPixmap,
-    QResizeEvent,
-    QWheelEvent,
-)
+from PySide6.QtCore import QItemSelectionModel, QMimeData, QModelIndex, QPointF, Qt, Signal
+from PySide6.QtGui import QGuiApplication, QImage, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
-    QGraphicsPixmapItem,
-    QGraphicsScene,
-    QGraphicsView,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QSlider,
+    QTextEdit,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from medgemma_desktop.core.imaging import ImageInput, load_any
+from medgemma_desktop.core.pixel_spacing import distance_text
 from medgemma_desktop.core.windowing import Window
-from medgemma_desktop.session.inputs import ImageLoader, read_inputs
 from medgemma_desktop.ui.background import BackgroundJobs
-from medgemma_desktop.ui.box_overlay import BoxOverlay, FoundBoxes
+from medgemma_desktop.ui.box_overlay import FoundBoxes
 from medgemma_desktop.ui.dicom_tags import DicomTagsPanel
 from medgemma_desktop.ui.dicom_view import PictureView
 from medgemma_desktop.ui.hooks import report_unexpected
+from medgemma_desktop.ui.image_canvas import ImageCanvas
 from medgemma_desktop.ui.image_list import ImageListModel, ThumbnailStrip
-from medgemma_desktop.ui.pictures import Picture, clipboard_input, render_item, render_picture
+from medgemma_desktop.ui.pictures import Picture, clipboard_input, render_picture
+from medgemma_desktop.ui.viewer_loading import OPEN_FILTER, ImageLoader, LoadResult, load_pictures
 from medgemma_desktop.ui.window_level import WindowPresetBox, dragged_window, window_text
 
-# No suffix filter by default: DICOM files from CDs and PACS exports often have none.
-OPEN_FILTER = ("Images and DICOM, with or without a suffix (*);;"
-               "Pictures (*.png *.jpg *.jpeg *.tif *.tiff *.bmp *.webp);;DICOM (*.dcm *.dicom DICOMDIR)")
-ZOOM_STEP = 1.25
-SLICE_KEYS = {Qt.Key.Key_PageUp: -1, Qt.Key.Key_PageDown: 1, Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1,
-              Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}
+__all__ = ["ImageCanvas", "ImageLoader", "ViewerPanel"]
+
 SERIES_HINT = ("Wheel, PageUp/PageDown or the arrow keys: previous/next slice · Ctrl+wheel: zoom · "
-               "right-drag: window/level")
+               "right-drag: window/level · keys 1-9: window presets")
+PRESET_KEYS = [getattr(Qt.Key, f"Key_{number}") for number in range(1, 10)]
+TEXT_INPUTS = (QLineEdit, QTextEdit, QPlainTextEdit)
 
 
-@dataclass(frozen=True)
-class LoadResult:
-    pictures: list[Picture]
-    errors: list[str]
-
-
-def load_pictures(paths: list[Path], loader: ImageLoader) -> LoadResult:
-    """Runs off the UI thread: `session.inputs.read_inputs` (series grouped however the files came), rendered."""
-    opened = read_inputs(paths, loader)
-    return LoadResult([render_item(item) for item in opened.items], [str(error) for error in opened.errors])
-
-
-class ImageCanvas(QGraphicsView):
-    """Wheel zooms around the cursor, dragging pans; keeps fitting the window until the user zooms.
-
-    While a series is shown (`scrolls_slices`), the wheel and the paging and arrow keys step through slices
-    and Ctrl+wheel zooms; while a DICOM picture is shown (`windowable`), right-drag adjusts window/level.
-    """
-
-    dropped = Signal(QMimeData)
-    slice_step = Signal(int)  # -1 previous, +1 next
-    window_drag_started = Signal()
-    window_dragged = Signal(float, float)  # dx, dy in screen pixels since the drag started
-    hovered = Signal(object)  # (x, y) picture pixel under the cursor, or None
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setScene(QGraphicsScene(self))
-        self._item = QGraphicsPixmapItem()
-        self._item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
-        self.scene().addItem(self._item)
-        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
-        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
-        self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-        self.setAcceptDrops(True)
-        self.setAccessibleName("Image viewer")
-        self.setAccessibleDescription("Drop image files or folders here")
-        self.viewport().setAccessibleName("Image")  # what screen readers land on inside the viewer
-        self.viewport().setAccessibleDescription("The picture or slice shown; drop image files or folders here")
-        self.viewport().setMouseTracking(True)
-        self.boxes = BoxOverlay(self._item)
-        self.scrolls_slices = False
-        self.windowable = False
-        self._drag_from: QPoint | None = None
-        self._fitting = True
-        self._placeholder = self.scene().addText("Drop images, folders or DICOM series here,\n"
-                                                 "paste with Ctrl+V, or use File > Open.")
-
-    def show_image(self, image: QImage | None) -> None:
-        self._placeholder.setVisible(image is None)
-        self._item.setPixmap(QPixmap.fromImage(image) if image is not None else QPixmap())
-        rect = self._item.boundingRect() if image is not None else self._placeholder.boundingRect()
-        self.scene().setSceneRect(rect)
-        self.fit_to_window()
-
-    def replace_pixels(self, image: QImage) -> None:
-        """Another slice or window of the same picture: new pixels, same zoom and scroll position."""
-        self._item.setPixmap(QPixmap.fromImage(image))
-
-    @property
-    def pixels(self) -> QImage:
-        return self._item.pixmap().toImage()
-
-    @property
-    def zoom(self) -> float:
-        return self.transform().m11()
-
-    def fit_to_window(self) -> None:
-        self._fitting = True
-        if not self._item.pixmap().isNull():
-            self.fitInView(self._item, Qt.AspectRatioMode.KeepAspectRatio)
-        else:
-            self.resetTransform()
-
-    def actual_size(self) -> None:
-        self._fitting = False
-        self.resetTransform()
-
-    def zoom_by(self, factor: float) -> None:
-        self._fitting = False
-        self.scale(factor, factor)
-
-    def wheelEvent(self, event: QWheelEvent) -> None:
-        steps = event.angleDelta().y() / 120
-        if steps and self.scrolls_slices and not event.modifiers() & Qt.KeyboardModifier.ControlModifier:
-            self.slice_step.emit(-1 if steps > 0 else 1)
-        elif steps:
-            self.zoom_by(ZOOM_STEP ** steps)
-        event.accept()
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:
-        step = SLICE_KEYS.get(Qt.Key(event.key()))
-        if self.scrolls_slices and step is not None:
-            self.slice_step.emit(step)
-            event.accept()
-            return
-        super().keyPressEvent(event)
-
-    def mousePressEvent(self, event: QMouseEvent) -> None:
-        if event.button() == Qt.MouseButton.RightButton and self.windowable:
-            self._drag_from = event.position().toPoint()
-            self.window_drag_started.emit()
-            event.accept()
-            return
-        super().mousePressEvent(event)
-
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:
-        position = event.position().toPoint()
-        if self._drag_from is not None:
-            delta = position - self._drag_from
-            self.window_dragged.emit(float(delta.x()), float(delta.y()))
-        point = self._item.mapFromScene(self.mapToScene(position))
-        x, y = int(point.x() // 1), int(point.y() // 1)
-        inside = not self._item.pixmap().isNull() and self._item.boundingRect().contains(point)
-        self.hovered.emit((x, y) if inside else None)
-        super().mouseMoveEvent(event)
-
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
-        if event.button() == Qt.MouseButton.RightButton and self._drag_from is not None:
-            self._drag_from = None
-            event.accept()
-            return
-        super().mouseReleaseEvent(event)
-
-    def leaveEvent(self, event: QEvent) -> None:
-        self.hovered.emit(None)
-        super().leaveEvent(event)
-
-    def resizeEvent(self, event: QResizeEvent) -> None:
-        super().resizeEvent(event)
-        if self._fitting:
-            self.fit_to_window()
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls() or event.mimeData().hasImage():
-            event.acceptProposedAction()
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        if event.mimeData().hasUrls() or event.mimeData().hasImage():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        self.dropped.emit(event.mimeData())
-        event.acceptProposedAction()
-
-
-def _tool_button(text: str, tip: str, slot: Callable[[], None]) -> QToolButton:
+def _tool_button(text: str, tip: str, slot: Callable[[], None], checkable: bool = False) -> QToolButton:
     button = QToolButton()
     button.setText(text)
     button.setToolTip(tip)
     button.setAccessibleName(text)
+    button.setCheckable(checkable)
     button.clicked.connect(slot)
     return button
 
@@ -239,42 +83,77 @@ class ViewerPanel(QWidget):
         self.canvas.window_drag_started.connect(self._start_window_drag)
         self.canvas.window_dragged.connect(self._drag_window)
         self.canvas.hovered.connect(self._show_value)
+        self.canvas.measured.connect(self._show_measurement)
 
         self.open_button = _tool_button("Open…", "Open image files, DICOM files or a DICOMDIR (Ctrl+O)",
                                         self.choose_files)
-        self.fit_button = _tool_button("Fit", "Fit the image to the window", self.canvas.fit_to_window)
-        self.actual_button = _tool_button("100%", "Show the image at its actual size", self.canvas.actual_size)
         self.remove_button = _tool_button("Remove", "Remove this image from the next question", self.remove_current)
         self.prior_button = _tool_button("Prior", "Mark this image as the prior (older) study: Compare chest "
-                                         "X-rays sends it first", self._toggle_prior)
-        self.prior_button.setCheckable(True)
-        self.window_box = WindowPresetBox()
-        self.window_box.window_chosen.connect(self.set_window)
+                                         "X-rays sends it first", self._toggle_prior, checkable=True)
         self.boxes_button = _tool_button("Show boxes", "Show the boxes of the localization answer",
-                                         self._update_boxes)
-        self.boxes_button.setCheckable(True)
+                                         self._update_boxes, checkable=True)
         self.boxes_button.setChecked(True)
         self.export_boxes_button = _tool_button("Export boxes…", "Save the boxes as JSON (with the research-use "
                                                 "disclaimer)", self.choose_boxes_file)
-        tools = QHBoxLayout()
-        for widget in (self.open_button, self.fit_button, self.actual_button, self.remove_button,
-                       self.prior_button, self.window_box):
-            tools.addWidget(widget)
-        tools.addStretch(1)
-        tools.addWidget(self.boxes_button)
-        tools.addWidget(self.export_boxes_button)
+        self.fit_button = _tool_button("Fit", "Fit the image to the window (F)", self.canvas.fit_to_window)
+        self.actual_button = _tool_button("100%", "Show the image at its actual size", self.canvas.actual_size)
+        self.window_box = WindowPresetBox()
+        self.window_box.window_chosen.connect(self.set_window)
+        self.invert_button = _tool_button("Invert", "Invert the grey levels (I)", self.toggle_invert, True)
+        self.rotate_button = _tool_button("Rotate", "Rotate 90° clockwise (R)", self._rotate)
+        self.flip_h_button = _tool_button("Flip H", "Flip left-right (H)", self._flip_horizontally)
+        self.flip_v_button = _tool_button("Flip V", "Flip top-bottom (V)", self._flip_vertically)
+        self.measure_button = _tool_button("Measure", "Measure a distance: drag on the image (M); mm from the "
+                                           "file's pixel spacing", self._set_measuring, True)
+        self.overlay_button = _tool_button("Overlay", "Show the corner texts: series, slice, window (O)",
+                                           self._set_overlays, True)
+        self.overlay_button.setChecked(True)
+        rows = QVBoxLayout()
+        for widgets in ((self.open_button, self.remove_button, self.prior_button, self.window_box, None,
+                         self.boxes_button, self.export_boxes_button),
+                        (self.fit_button, self.actual_button, self.invert_button, self.rotate_button,
+                         self.flip_h_button, self.flip_v_button, self.measure_button, self.overlay_button, None)):
+            row = QHBoxLayout()
+            for widget in widgets:
+                if widget is None:
+                    row.addStretch(1)
+                else:
+                    row.addWidget(widget)
+            rows.addLayout(row)
+        self.canvas.key_actions = {
+            **{key: (lambda index=index: self.window_box.choose(index)) for index, key in enumerate(PRESET_KEYS)},
+            Qt.Key.Key_I: self.invert_button.click, Qt.Key.Key_R: self._rotate, Qt.Key.Key_H: self._flip_horizontally,
+            Qt.Key.Key_V: self._flip_vertically, Qt.Key.Key_M: self.measure_button.click,
+            Qt.Key.Key_O: self.overlay_button.click, Qt.Key.Key_F: self.canvas.fit_to_window,
+        }
+        # The image, its tools and the slider; PageUp/PageDown step slices wherever the focus is in it (the tag
+        # list and the thumbnails below keep the keys for their own paging).
+        self.image_area = QWidget()
+        for sequence, step in ((QKeySequence(Qt.Key.Key_PageUp), -1), (QKeySequence(Qt.Key.Key_PageDown), 1)):
+            shortcut = QShortcut(sequence, self.image_area, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(lambda step=step: self.step_slice(step))
 
         self.slice_label = QLabel()
         self.slice_label.setAccessibleName("Slice")
         self.slice_label.setToolTip(SERIES_HINT)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setAccessibleName("Slice slider")
+        self.slider.setToolTip("Drag, or use the arrow and paging keys, to move through the slices")
+        self.slider.valueChanged.connect(self.show_slice)
         self.readout = QLabel()
         self.readout.setAccessibleName("Pixel value")
         self.readout.setToolTip("The value under the cursor (Hounsfield units for CT) and the display window")
+        self.measure_label = QLabel()
+        self.measure_label.setAccessibleName("Measured distance")
+        slices = QHBoxLayout()
+        slices.addWidget(self.slice_label)
+        slices.addWidget(self.slider, 1)
         info = QHBoxLayout()
-        info.addWidget(self.slice_label)
+        info.addWidget(self.measure_label)
         info.addStretch(1)
         info.addWidget(self.readout)
         self.tags = DicomTagsPanel()
+        self.tags.show_patient.toggled.connect(self._update_corners)
 
         self.error_label = QLabel()
         self.error_label.setObjectName("errorLabel")
@@ -291,11 +170,15 @@ class ViewerPanel(QWidget):
         self.model.modelReset.connect(self._found.clear)
         self.model.dataChanged.connect(self._update_buttons)
 
+        area = QVBoxLayout(self.image_area)
+        area.setContentsMargins(0, 0, 0, 0)
+        area.addLayout(rows)
+        area.addWidget(self.canvas, 1)
+        area.addLayout(slices)
+        area.addLayout(info)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(tools)
-        layout.addWidget(self.canvas, 1)
-        layout.addLayout(info)
+        layout.addWidget(self.image_area, 1)
         layout.addWidget(self.tags)
         layout.addWidget(self.error_label)
         layout.addWidget(self.strip)
@@ -353,10 +236,11 @@ class ViewerPanel(QWidget):
         self.error_label.setText(message)
         self.error_label.setVisible(bool(message))
 
-    # Slices and window/level ---------------------------------------------------------------------------------
+    # Slices, window/level and the view's tools ---------------------------------------------------------------
 
     def step_slice(self, delta: int) -> None:
         if self._view is not None and self._view.step(delta):
+            self.canvas.measurement.clear()
             self._render()
 
     def show_slice(self, index: int) -> None:
@@ -369,6 +253,35 @@ class ViewerPanel(QWidget):
             self._view.window = window
             self.window_box.show_window(window)
             self._render()
+
+    def toggle_invert(self) -> None:
+        if self._view is not None:
+            self._view.inverted = self.invert_button.isChecked()
+            self._render()
+
+    def _rotate(self) -> None:
+        self.canvas.rotate_clockwise()
+
+    def _flip_horizontally(self) -> None:
+        self.canvas.flip_horizontally()
+
+    def _flip_vertically(self) -> None:
+        self.canvas.flip_vertically()
+
+    def _set_measuring(self) -> None:
+        self.canvas.set_measuring(self.measure_button.isChecked())
+        if not self.measure_button.isChecked():
+            self.canvas.measurement.clear()
+            self.measure_label.setText("")
+
+    def _set_overlays(self) -> None:
+        self.canvas.set_overlays_visible(self.overlay_button.isChecked())
+
+    def _show_measurement(self, start: QPointF, end: QPointF) -> None:
+        calibration = self._view.calibration if self._view is not None else None
+        text = distance_text((start.x(), start.y()), (end.x(), end.y()), calibration)
+        self.canvas.measurement.show_line(start, end, text.split(" (")[0])
+        self.measure_label.setText(f"Distance: {text}")
 
     def _start_window_drag(self) -> None:
         self._drag_start = self._view.window if self._view is not None else None
@@ -386,10 +299,22 @@ class ViewerPanel(QWidget):
 
     def _update_labels(self) -> None:
         view = self._view
+        several = view is not None and view.slice_count > 1
         self.slice_label.setText(f"{'slice' if view.is_series else 'frame'} {view.slice + 1} / {view.slice_count}"
-                                 if view is not None and view.slice_count > 1 else "")
+                                 if several else "")
+        self.slider.setVisible(several)
+        if several:
+            self.slider.blockSignals(True)
+            self.slider.setRange(0, view.slice_count - 1)
+            self.slider.setPageStep(max(view.slice_count // 10, 1))
+            self.slider.setValue(view.slice)
+            self.slider.blockSignals(False)
         self._show_value(None)
+        self._update_corners()
 
+    def _update_corners(self) -> None:
+        view = self._view
+        self.canvas.set_corners(view.corner_texts(self.tags.show_patient.isChecked()) if view is not None else {})
 
     def _show_value(self, point: tuple[int, int] | None) -> None:
         view = self._view
@@ -449,6 +374,8 @@ class ViewerPanel(QWidget):
         if result.pictures:
             self.strip.selectionModel().setCurrentIndex(self.model.index(first_new),
                                                         QItemSelectionModel.SelectionFlag.ClearAndSelect)
+            if not isinstance(QApplication.focusWidget(), TEXT_INPUTS):  # never take the keys from typing
+                self.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
         self.show_error("\n".join(result.errors))
         series = next((picture.series for picture in result.pictures if picture.series is not None), None)
         if series is not None:
@@ -466,15 +393,17 @@ class ViewerPanel(QWidget):
         self.canvas.scrolls_slices = view is not None and view.slice_count > 1
         self.canvas.windowable = view is not None and view.windowable
         self.canvas.setToolTip(SERIES_HINT if self.canvas.scrolls_slices else "")
+        self.invert_button.setChecked(False)
         self.canvas.show_image(view.render() if view is not None else None)
-        self._update_labels()
+        self.measure_label.setText("")
         self.window_box.setVisible(self.canvas.windowable)
-        if view is not None and view.default_window is not None:
-            self.window_box.reset(view.default_window, view.is_ct)
-        dicom = view.frames[0][0] if view is not None and view.frames else None
+        if view is not None and view.windowable:
+            self.window_box.reset(view.presets)
+        dicom = view.image if view is not None else None
         self.tags.setVisible(dicom is not None)
         if dicom is not None:
-            self.tags.show_tags(dicom.metadata, dicom.patient)
+            self.tags.show_tags(dicom.metadata, dicom.patient, dicom.source)
+        self._update_labels()
         self._update_boxes()
         self._update_buttons()
 
@@ -490,8 +419,9 @@ class ViewerPanel(QWidget):
     def _update_buttons(self) -> None:
         row = self.strip.currentIndex().row()
         has_image = row >= 0
-        self.fit_button.setEnabled(has_image)
-        self.actual_button.setEnabled(has_image)
+        for button in (self.fit_button, self.actual_button, self.invert_button, self.rotate_button,
+                       self.flip_h_button, self.flip_v_button, self.measure_button, self.overlay_button):
+            button.setEnabled(has_image)
         self.remove_button.setEnabled(has_image and not self.model.is_sent(row))
         self.prior_button.setEnabled(has_image and self.model.rowCount() > 1)
         self.prior_button.setChecked(has_image and self.model.is_prior(row))
