@@ -72,7 +72,8 @@ def test_the_readme_test_command_that_ci_runs_checks_the_contracts() -> None:
     sys.path.insert(0, str(PYPROJECT.parent / ".ci"))
     from readme_commands import section_commands
 
-    (command,) = section_commands("Tests", (PYPROJECT.parent / "README.md").read_text(encoding="utf-8"))
+    apt_line, command = section_commands("Tests", (PYPROJECT.parent / "README.md").read_text(encoding="utf-8"))
+    assert apt_line.startswith("sudo apt-get ") and " dicom3tools" in apt_line  # dciodvfy validates DICOM output
     assert " && .venv/bin/lint-imports && " in command and "'.[test]'" in command
     assert '"import-linter' in PYPROJECT.read_text(encoding="utf-8")  # the test extra installs it
 

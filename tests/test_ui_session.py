@@ -5,13 +5,13 @@ by one (without suffixes) become one series."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
+from pypdf import PdfReader
 from PySide6.QtCore import QRectF, Qt
 
 from medgemma_desktop.cli import main as cli_main
@@ -106,7 +106,7 @@ def test_a_reopened_localization_answer_draws_its_boxes_and_regenerates_the_same
     assert rect.mapRectToScene(rect.rect()) == QRectF(200 * 0.32 - 40, 100 * 0.32, 400 * 0.32, 400 * 0.32)
     assert window.viewer.current_picture().input.image.size == (240, 320)
     pdf = write_pdf(window.store, conversation_id, tmp_path / "boxes.pdf", include_patient_data=False)
-    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    text = "\n".join(page.extract_text() for page in PdfReader(pdf).pages)
     assert "Boxes" in text and "left lung" in text and "box_2d" in text  # the stored boxes, in the PDF export
     with qtbot.waitSignal(window.answer_finished, timeout=TIMEOUT_MS):
         qtbot.mouseClick(window.chat.regenerate_button, Qt.MouseButton.LeftButton)
