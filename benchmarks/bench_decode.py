@@ -2,7 +2,7 @@
 
 Builds a randomly initialised model with MedGemma 1.5 4B's exact shapes (speed and memory depend on shapes, not
 weight values) plus a rank-8 LoRA adapter on q/v/o, then:
-1. the recipe, as /work/shared/bench/seed_recipe_bench.py: NF4, float16 compute (the baseline being reproduced;
+1. the recipe, as the adapter's model card loads it: NF4, float16 compute (the baseline being reproduced;
    the app never computes in float16), double quant, unmerged LoRA, plain `generate`;
 2. the app under an 8 GiB cap (torch.cuda.set_per_process_memory_fraction): `Engine.load`, `choose_decoder`
    (compile + CUDA-graph capture), the engine's own per-token loop (prefill, pick, one host sync, step) with

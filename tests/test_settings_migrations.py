@@ -97,3 +97,16 @@ def test_a_newer_versions_file_is_kept_aside_and_its_known_settings_used(tmp_pat
     assert json.loads(aside.read_text()) == newer  # ... the newer version's file is untouched beside it
     assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
     assert load_settings(path).notice is None  # said once: the file is this version's now
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, "NaN", "Infinity"])
+def test_a_hand_edited_temperature_that_sampling_refuses_is_dropped(tmp_path: Path, temperature: Any) -> None:
+    """Sampling refuses a temperature of 0 or one that is not finite: such a file keeps its other fields and the
+    default temperature, with a notice naming it."""
+    path = tmp_path / "settings.json"
+    value = float(temperature) if isinstance(temperature, str) else temperature
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "model_dir": "/opt/medgemma",
+                                "temperature": value}), encoding="utf-8")
+    loaded = load_settings(path)
+    assert loaded.settings == Settings(model_dir="/opt/medgemma")
+    assert loaded.notice is not None and "temperature" in loaded.notice

@@ -131,3 +131,18 @@ def test_snippets_are_escaped_short_and_balanced_for_any_text(text: str, query: 
     shown = unescape(html.replace("<b>", "").replace("</b>", ""))
     longest_word = max((len(word) for word in re.findall(r"\w+", text)), default=0)
     assert len(shown) <= SNIPPET_BEFORE + SNIPPET_AFTER + 2 * 30 + longest_word + 2  # context, widening, ellipses
+
+
+def test_history_forget_patient_data_on_the_command_line(tmp_path: Path, capsys) -> None:
+    from medgemma_desktop.cli import main
+
+    path = tmp_path / "h.sqlite3"
+    with ConversationStore(path, keep_patient_data=True) as older:
+        conversation = older.create_conversation()
+        older.add_question(conversation.id, "Findings?", [_dicom_like(tmp_path)])
+    assert main(["history", "--history-file", str(path), "forget-patient-data"]) == 0
+    assert "removed patient details from 1 stored image(s)" in capsys.readouterr().out
+    with ConversationStore(path) as store:
+        (message,) = store.messages(conversation.id)
+        assert message.images[0].patient == {} and message.images[0].source == ""
+        assert b"MRN-55501" not in path.read_bytes()

@@ -1,4 +1,4 @@
-"""The VRAM planner's arithmetic, against MEDGEMMA.md's KV formula and the real loaded tiny model."""
+"""The VRAM planner's arithmetic, against docs/MODEL.md's KV formula and the real loaded tiny model."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ MEDGEMMA = {
 
 @pytest.mark.parametrize("tokens", [1, 100, 1024, 2048, 4096, 8192, 32768])
 def test_kv_cache_follows_the_5_global_29_sliding_formula(tokens: int) -> None:
-    # MEDGEMMA.md: 4 KiB per token per layer; about 20 KiB x L + 116 KiB x min(L, 1024) in bf16.
+    # docs/MODEL.md: 4 KiB per token per layer; about 20 KiB x L + 116 KiB x min(L, 1024) in bf16.
     assert kv_cache_bytes(MEDGEMMA, tokens) == 20 * KIB * tokens + 116 * KIB * min(tokens, 1024)
 
 
@@ -33,7 +33,7 @@ def test_kv_cache_at_the_documented_sizes() -> None:
 
 
 def test_medgemma_nf4_weights_are_about_three_gib() -> None:
-    # 3.8B quantized parameters at ~0.52 bytes plus the 1.34 GB bf16 embedding (MEDGEMMA.md).
+    # 3.8B quantized parameters at ~0.52 bytes plus the 1.34 GB bf16 embedding (docs/MODEL.md).
     assert 2.8 * GIB < weight_bytes(MEDGEMMA, 2) < 3.2 * GIB
     assert weight_bytes(MEDGEMMA, 2, double_quant=False) > weight_bytes(MEDGEMMA, 2)
 

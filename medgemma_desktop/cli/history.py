@@ -35,6 +35,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--include-patient-data", action="store_true",
                         help="include identifying DICOM tags and file paths")
     add_dicom_report_arguments(export, folder_option=False)
+    actions.add_parser("forget-patient-data",
+                       help="remove identifying DICOM tags and original file paths that earlier versions kept with "
+                            "the images (the images stay)")
     history.set_defaults(run=run)
 
 
@@ -44,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     with ConversationStore(args.history_file) as store:
         if args.action == "list":
             return _list(store)
+        if args.action == "forget-patient-data":
+            print(f"removed patient details from {store.forget_patient_data()} stored image(s) in {store.path}")
+            return 0
         try:
             conversation = store.conversation(args.id)
         except KeyError:

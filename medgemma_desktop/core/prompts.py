@@ -3,7 +3,7 @@
 Gemma 3 has no system role: the chat template prepends a system text to the first user turn. Roles must
 alternate user / assistant. Images stay in the order given, each costing `tokens_per_image` tokens (256 for
 MedGemma). The per-mode builders reproduce the content order of Google's MedGemma 1.5 notebooks exactly (see
-MEDGEMMA.md): the model is more sensitive to the prompt than Gemma 3, and was trained without a system prompt.
+docs/MODEL.md): the model is more sensitive to the prompt than Gemma 3, and was trained without a system prompt.
 """
 
 from __future__ import annotations

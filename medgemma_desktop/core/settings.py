@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -79,7 +80,8 @@ def _checked(data: dict[str, Any]) -> tuple[Settings, list[str]]:
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            # the one float is the sampling temperature: finite and above 0, as sampling accepts it
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
         else:
             ok = value in THEMES
         if ok:

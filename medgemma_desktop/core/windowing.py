@@ -1,7 +1,7 @@
 """Turning measured values (CT Hounsfield units, MR signal) into the 8-bit pixels people and MedGemma look at.
 
 Pure numpy. The CT colour encoding, the MRI normalisation and the slice sampling follow Google's MedGemma 1.5
-notebooks exactly (see MEDGEMMA.md): the model was prompted that way, so any drift changes what it sees.
+notebooks exactly (see docs/MODEL.md): the model was prompted that way, so any drift changes what it sees.
 """
 
 from __future__ import annotations

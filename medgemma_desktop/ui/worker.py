@@ -156,7 +156,7 @@ class ModelWorker(QObject):
 
     def _fail(self, exc: Exception) -> None:
         if isinstance(exc, UserFacingError):
-            log.info("%s failure: %s", exc.kind, exc)
+            log.info("%s failure", exc.kind)  # the message can name a patient's file: kept out of the log
             self.failed.emit(exc.kind, str(exc))
             return
         report_unexpected(type(exc), exc, exc.__traceback__)
