@@ -62,7 +62,8 @@ def test_each_forbidden_arrow_breaks_its_contract(package_copy: Path, module: st
         path.write_text(original, encoding="utf-8")
     assert result.returncode == 1, result.stdout + result.stderr
     broken = [line for line in result.stdout.splitlines() if line.endswith("BROKEN")]
-    assert len(broken) == 1 and contract in broken[0], result.stdout
+    # An arrow out of core also breaks the session's contract when session imports that core module (indirectly).
+    assert any(contract in line for line in broken), result.stdout
 
 
 def test_the_readme_test_command_that_ci_runs_checks_the_contracts() -> None:
