@@ -45,7 +45,7 @@ def sample(tmp_path: Path) -> Iterator[Sample]:
     edited and left without an answer."""
     Image.new("RGB", (40, 30), (10, 120, 200)).save(tmp_path / "IM0001.png")
     image = dataclasses.replace(load_image(tmp_path / "IM0001.png"), metadata={"modality": "CR"}, patient=PATIENT)
-    with ConversationStore(tmp_path / "db" / "conversations.sqlite3") as store:
+    with ConversationStore(tmp_path / "db" / "conversations.sqlite3", keep_patient_data=True) as store:
         conversation = store.create_conversation("Chest X-ray <review>")
         message = store.add_question(conversation.id, "Where is the opacity?", [image], task_mode="localize")
         first = store.begin_answer(message.id, MODEL, ADAPTER, SETTINGS)

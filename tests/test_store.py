@@ -120,6 +120,7 @@ def test_patient_tags_are_kept_apart_from_metadata(store: ConversationStore, tmp
     image = dataclasses.replace(picture(tmp_path, "ct.png", "black"), metadata={"modality": "CT"},
                                 patient={"PatientName": "Doe^Jane"})
     conversation = store.create_conversation()
+    store.keep_patient_data = True  # the user chose to keep them
     stored = store.add_question(conversation.id, "q", [image]).images[0]
     assert stored.metadata == {"modality": "CT"} and stored.patient == {"PatientName": "Doe^Jane"}
     assert stored.source == str(image.source)

@@ -222,6 +222,9 @@ def export(qtbot, window: MainWindow, path: Path, fmt: str, patient_data: bool) 
 
 
 def test_export_markdown_json_and_pdf(qtbot, ask_and_wait, window: MainWindow, tmp_path: Path) -> None:
+    settings = window.open_settings()  # the history keeps patient details only when the user chooses to
+    settings.keep_patient_data.setChecked(True)
+    settings.accept()
     add_ct(qtbot, window)
     ask_and_wait(window, "Findings?", TIMEOUT_MS)
     sha256 = window.store.messages(window.chat.conversation.id)[0].answer.model.sha256

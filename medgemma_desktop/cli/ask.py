@@ -43,13 +43,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgemma_desktop.core.prompts import TaskMode
+    from medgemma_desktop.core.prompts import TaskMode, check_user_text
     from medgemma_desktop.core.store import ConversationStore
     from medgemma_desktop.session.conversation import Session
     from medgemma_desktop.session.inputs import open_inputs
     from medgemma_desktop.session.question import MODE_FOR_MODALITY, SERIES_MODES
 
+    # Bad options, text and files fail before the slow model load.
     settings = generation_settings(args)
+    check_user_text(args.question)
+    check_user_text(args.system or "", "the system text")
     if not 1 <= args.slices <= 85:
         raise UserFacingError("--slices must be between 1 and 85")
     items = open_inputs(args.image)  # bad files fail before the slow model load

@@ -3,6 +3,7 @@ cancellation) is the same for the plain path and the fast CUDA-graph path (`core
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +15,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from medgemma_desktop.core.errors import UserFacingError
 
 
 class Decoder(Protocol):
@@ -55,15 +58,51 @@ class EagerDecoder:
         self._cache = None
 
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Greedy by default, as Google's notebooks decode MedGemma."""
+    """Greedy by default, as Google's notebooks decode MedGemma. Checked when made, so a bad value from a command
+    line, a settings file or a request is one line before any model work, never a traceback from a warper."""
 
     greedy: bool = True
     temperature: float = 0.7
     top_k: int = 64
     top_p: float = 0.95
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_number("temperature", self.temperature, finite=True)
+        if not self.greedy and not self.temperature > 0:
+            raise UserFacingError(f"the temperature must be above 0 when sampling (got {self.temperature:g})",
+                                  fix="Use a value such as 0.7, or greedy decoding.")
+        _check_number("top-p", self.top_p, finite=True)
+        if not 0 < self.top_p <= 1:
+            raise UserFacingError(f"top-p must be above 0 and at most 1 (got {self.top_p:g})",
+                                  fix="Use a value such as 0.95 (1 switches the filter off).")
+        _check_whole("top-k", self.top_k, 0, None)
+        if self.seed is not None:
+            _check_whole("the seed", self.seed, 0, MAX_SEED)
+
+
+def _check_number(name: str, value: object, *, finite: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (finite and not math.isfinite(value)):
+        raise UserFacingError(f"{name} must be a finite number (got {value!r})", fix=f"Give {name} as a number.")
+
+
+def _check_whole(name: str, value: object, low: int, high: int | None) -> None:
+    """A whole number in low..high (high None: no upper bound)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        limit = f"from {low:,} to {high:,}" if high is not None else f"of at least {low:,}"
+        shown = f"{value:,}" if isinstance(value, int) and abs(value) < 10**30 else repr(value)[:40]
+        raise UserFacingError(f"{name} must be a whole number {limit} (got {shown})",
+                              fix=f"Give {name} {limit}.")
+
+
+def check_max_new_tokens(value: object) -> None:
+    """The answer length limit: a whole number of at least 1."""
+    _check_whole("the maximum number of new tokens", value, 1, None)
 
 
 class TokenPicker:

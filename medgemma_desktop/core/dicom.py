@@ -7,6 +7,8 @@ a separate `patient` mapping that no repr, log line or error message ever includ
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from pydicom.uid import (
 )
 
 from medgemma_desktop.core.errors import InputFileError
+from medgemma_desktop.core.user_files import MAX_DICOM_BYTES, MAX_PICTURE_BYTES, open_user_file
 from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS, Window, apply_window
 
 # pydicom's value validation logs and warns with the offending value quoted ("Invalid value for VR DA:
@@ -62,6 +65,10 @@ DESCRIPTIVE_KEYWORDS: tuple[str, ...] = (
 DEFAULT_CT_WINDOW = CT_WINDOW_PRESETS["soft tissue"]
 
 _NO_IMAGE_FIX = "Open the CT, MR or X-ray image files themselves."
+# What a decoder may raise that says nothing about the file: let through, everything else is a damaged file.
+_NOT_THE_FILES_FAULT = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# Pixel values (rows x columns x frames x samples) one file may hold: 1,000 frames of 512 x 512, with room.
+MAX_DICOM_VALUES = 1 << 30
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,33 +141,56 @@ class DicomSeries:
 
 
 def is_dicom_file(path: Path | str) -> bool:
-    """True when the file carries the DICOM Part 10 preamble ('DICM' at byte 128)."""
+    """True when the file carries the DICOM Part 10 preamble ('DICM' at byte 128); False for anything that is not
+    a readable regular file (a pipe is never opened)."""
     try:
-        with Path(path).open("rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
+        with open_user_file(path, MAX_DICOM_BYTES) as handle:
+            return _has_preamble(handle.read(132))
+    except InputFileError:
         return False
+
+
+def _has_preamble(head: bytes) -> bool:
+    return head[128:132] == b"DICM"
+
+
+def _starts_like_a_dataset(head: bytes) -> bool:
+    """A file without the preamble is read as DICOM only when it starts with the File Meta, Directory or
+    Identifying group tag (in either byte order): forcing pydicom through arbitrary bytes (a file of zeros)
+    takes about a second per megabyte and 'finds' elements in anything."""
+    return len(head) >= 8 and (int.from_bytes(head[:2], "little") in _FIRST_GROUPS
+                               or int.from_bytes(head[:2], "big") in _FIRST_GROUPS)
+
+
+_FIRST_GROUPS = frozenset({0x0002, 0x0004, 0x0008})
 
 
 def read_dataset(path: Path | str) -> Dataset:
     """Read a DICOM file, with or without the Part 10 header; anything else raises `InputFileError`."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError("no such file", path=path, fix="Check the path and try again.")
-    has_preamble = is_dicom_file(path)
-    try:
-        dataset = pydicom.dcmread(path, force=not has_preamble)
-    except Exception as exc:  # malformed bytes surface as struct.error, EOFError, ValueError, ... : all bad input
-        if not has_preamble:
-            raise InputFileError("not a DICOM file", path=path,
-                                 fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.") from exc
-        raise InputFileError(f"the file is cut short or damaged and cannot be read as DICOM ({type(exc).__name__})",
-                             path=path, fix="Copy it again from the source.") from exc
+    with open_user_file(path, MAX_DICOM_BYTES) as handle:
+        head = handle.read(132)
+        has_preamble = _has_preamble(head)
+        if not has_preamble and (not _starts_like_a_dataset(head)
+                                 or os.fstat(handle.fileno()).st_size > MAX_PICTURE_BYTES):
+            raise InputFileError("not a DICOM file", path=path, fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.")
+        handle.seek(0)
+        try:
+            dataset = pydicom.dcmread(handle, force=not has_preamble)
+        except Exception as exc:  # malformed bytes surface as struct.error, EOFError, ValueError, ... : all bad input
+            if not has_preamble:
+                raise InputFileError("not a DICOM file", path=path,
+                                     fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.") from exc
+            raise InputFileError(f"the file is cut short or damaged and cannot be read as DICOM "
+                                 f"({type(exc).__name__})", path=path, fix="Copy it again from the source.") from exc
     # Without the preamble, pydicom "reads" almost any file: keep only what looks like a real DICOM object.
     if not has_preamble and "SOPClassUID" not in dataset and "PixelData" not in dataset:
         raise InputFileError("not a DICOM file", path=path, fix="Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file.")
-    _ensure_transfer_syntax(dataset)
+    try:
+        _ensure_transfer_syntax(dataset)
+    except Exception as exc:  # a damaged file meta group
+        raise InputFileError(f"the file's DICOM header is damaged ({type(exc).__name__})", path=path,
+                             fix="Copy it again from the source.") from exc
     return dataset
 
 
@@ -182,7 +212,21 @@ def load_dicom(path: Path | str) -> DicomImage:
 
 
 def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
-    """Decode the pixels of an already-read dataset into a `DicomImage`."""
+    """Decode the pixels of an already-read dataset into a `DicomImage`.
+
+    pydicom converts header values only when they are used, so a damaged value (an unknown VR, a number that is
+    not one) surfaces here, as any of many exception types: all of them are the file's fault, and one line.
+    """
+    try:
+        return _image_from_dataset(dataset, path)
+    except (InputFileError, *_NOT_THE_FILES_FAULT):
+        raise
+    except BaseException as exc:  # see the docstring: every failure here is the file's
+        raise InputFileError(f"the DICOM header holds invalid values ({type(exc).__name__})", path=path,
+                             fix="Copy it again from the source, or export it again.") from exc
+
+
+def _image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
     if "PixelData" not in dataset:
         sop_class = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID")
         if sop_class == MediaStorageDirectoryStorage:
@@ -193,6 +237,9 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
                                  fix="Copy it again from the source.")
         modality = _text(dataset, "Modality") or "unknown type"
         raise InputFileError(f"this DICOM file holds no image ({modality} object)", path=path, fix=_NO_IMAGE_FIX)
+    if not dataset.PixelData:  # the element is there with no value: pydicom reads it as None
+        raise InputFileError("DICOM instance missing PixelData: its image element is empty", path=path,
+                             fix="Copy it again from the source, or export the image again.")
     transfer_syntax = dataset.file_meta.TransferSyntaxUID
     try:
         decoder = get_decoder(transfer_syntax)
@@ -202,15 +249,29 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
     if not decoder.is_available:
         raise InputFileError(f"no decoder for '{transfer_syntax.name}' is installed", path=path,
                              fix="Reinstall MedGemma Desktop to restore its image decoders.")
+    _refuse_bomb(dataset, path)
     if not transfer_syntax.is_compressed and len(dataset.PixelData) < _expected_length(dataset):
         raise InputFileError("the file is cut short: its image data is incomplete (truncated DICOM)", path=path,
                              fix="Copy it again from the source.")
     try:
         values, invert = _decode(dataset)
         window = _default_window(dataset, values)
-    except Exception as exc:  # the decoder plugins report damaged data with many exception types
+    except _NOT_THE_FILES_FAULT:
+        raise
+    except BaseException as exc:  # the decoder plugins report damaged data with many exception types, and the
+        # Rust ones (pyo3) with a PanicException that is not an Exception
         raise InputFileError(f"the image data is cut short, damaged or has invalid header values "
                              f"({type(exc).__name__})", path=path, fix="Copy it again from the source.") from exc
+    if not values.size:
+        raise InputFileError("the image has no pixels (its Rows or Columns is 0)", path=path,
+                             fix="Export the image again from the source system.")
+    if not (values.ndim == 3 or (values.ndim == 4 and values.shape[-1] == 3)):
+        raise InputFileError(f"the image's samples form an array of shape {list(values.shape)}, not grey or RGB "
+                             "frames (check Samples per Pixel and Photometric Interpretation)", path=path,
+                             fix="Export the image again from the source system.")
+    if values.ndim != 4 and not np.isfinite(values).all():
+        raise InputFileError("the image values are not finite numbers (check Rescale Slope and Intercept)",
+                             path=path, fix="Export the image again from the source system.")
     return DicomImage(
         source=path,
         values=values,
@@ -224,6 +285,20 @@ def dicom_image_from_dataset(dataset: Dataset, path: Path) -> DicomImage:
         orientation=_floats(dataset, "ImageOrientationPatient", 6),
         series_uid=_text(dataset, "SeriesInstanceUID"),
     )
+
+
+def _refuse_bomb(dataset: Dataset, path: Path) -> None:
+    """Refuse a header that promises more values than any real study holds, before a decoder allocates them."""
+    values = 1
+    for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
+        try:
+            values *= max(int(dataset.get(keyword) or 1), 1)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    if values > MAX_DICOM_VALUES:
+        raise InputFileError(f"the image claims {values:,} pixel values, more than the {MAX_DICOM_VALUES:,} this "
+                             "app reads (possible decompression bomb)", path=path,
+                             fix="Open a smaller series, or export fewer frames.")
 
 
 def _expected_length(dataset: Dataset) -> int:
@@ -267,14 +342,19 @@ def _default_window(dataset: Dataset, values: npt.NDArray[np.generic]) -> Window
     if center is not None and width is not None:
         center = center[0] if isinstance(center, MultiValue) else center
         width = width[0] if isinstance(width, MultiValue) else width
-        if float(width) > 0:
-            return Window(float(center), float(width))
+        try:
+            window = Window(float(center), float(width))
+        except (TypeError, ValueError):
+            window = None  # a window that is not a number: the file's other clues decide
+        if window is not None and math.isfinite(window.center) and math.isfinite(window.width) and window.width > 0:
+            return window
     if values.ndim == 4:
         return Window(127.5, 255.0)
     if _text(dataset, "Modality") == "CT":
         return DEFAULT_CT_WINDOW
     low, high = float(values.min()), float(values.max())
-    return Window((low + high) / 2, max(high - low, 1.0))
+    width = high - low
+    return Window((low + high) / 2, width if math.isfinite(width) and width >= 1.0 else 1.0)
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
@@ -349,8 +429,12 @@ def load_dicom_files(paths: Iterable[Path]) -> list[DicomSeries]:
             if is_dicom_file(path):
                 raise
             continue
-        if "PixelData" not in dataset or dataset.file_meta.get("MediaStorageSOPClassUID") == \
-                MediaStorageDirectoryStorage:
+        try:
+            is_directory = dataset.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage
+        except Exception as exc:  # a damaged file meta value: pydicom converts it only here
+            raise InputFileError(f"the file's DICOM header is damaged ({type(exc).__name__})", path=path,
+                                 fix="Copy it again from the source.") from exc
+        if "PixelData" not in dataset or is_directory:
             continue
         images.append(dicom_image_from_dataset(dataset, path))
     return group_series(images)
@@ -379,6 +463,11 @@ def load_dicomdir(path: Path | str) -> list[DicomSeries]:
     # ReferencedFileID is the file's path components relative to the DICOMDIR's folder.
     paths = [path.parent.joinpath(*_text_items(record.ReferencedFileID))
              for record in records if "ReferencedFileID" in record]
+    inside = path.parent.resolve()
+    outside = next((item for item in paths if not item.resolve().is_relative_to(inside)), None)
+    if outside is not None:  # a hostile index could make the app read any file the user can
+        raise InputFileError("the DICOMDIR points at a file outside its own folder", path=path,
+                             fix="Open the folder with the image files instead.")
     missing = [item for item in paths if not item.is_file()]
     if missing:
         raise InputFileError(f"the DICOMDIR lists {len(missing)} files that are not there, e.g. {missing[0].name}",

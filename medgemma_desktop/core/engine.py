@@ -23,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-from medgemma_desktop.core.decoding import Decoder, EagerDecoder, SamplingSettings, TokenPicker
+from medgemma_desktop.core.decoding import (
+    Decoder,
+    EagerDecoder,
+    SamplingSettings,
+    TokenPicker,
+    check_max_new_tokens,
+)
 from medgemma_desktop.core.device import DevicePlan, choose_device
 from medgemma_desktop.core.errors import (
     AdapterFolderError,
@@ -60,6 +66,9 @@ class LoadOptions:
 class GenerationSettings:
     max_new_tokens: int = 1024
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def __post_init__(self) -> None:
+        check_max_new_tokens(self.max_new_tokens)
 
 
 @dataclass
@@ -175,7 +184,7 @@ class Engine:
         _check_cancel(cancel)
         report(20, "reading the processor")
         processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
-        key = cache_key(digest, options.double_quant, plan.dtype_name)
+        key = cache_key(digest, options.double_quant, plan.dtype_name, folder.shaping_files)
         cached = cache.lookup(key) if cache is not None else None
         common = dict(dtype=plan.dtype, device_map={"": plan.device}, local_files_only=True, use_safetensors=True,
                       trust_remote_code=False)

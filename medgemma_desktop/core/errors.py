@@ -8,6 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def display_path(path: Path | str) -> str:
+    """A path as it can be shown on one line: as it is, or quoted with escapes when it holds a newline, a control
+    character or bytes that are not valid in the file system's encoding."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def one_line(text: str) -> str:
+    """Text (an exception's message, say) with its line breaks and control characters made visible escapes."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class UserFacingError(Exception):
     """An expected failure (bad file, wrong folder, too little memory) with a concrete next step."""
 
@@ -20,9 +32,10 @@ class UserFacingError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.path}: " if self.path is not None else ""
-        fix = f" {self.fix}" if self.fix else ""
-        return f"{where}{self.problem}.{fix}"
+        """Always one line: the path quoted when it holds line breaks, any line break in the texts escaped."""
+        where = f"{display_path(self.path)}: " if self.path is not None else ""
+        fix = f" {one_line(self.fix)}" if self.fix else ""
+        return f"{where}{one_line(self.problem)}.{fix}"
 
 
 class ModelFolderError(UserFacingError):

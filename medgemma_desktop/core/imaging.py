@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -26,6 +27,7 @@ from medgemma_desktop.core.dicom import (
     read_dataset,
 )
 from medgemma_desktop.core.errors import InputFileError
+from medgemma_desktop.core.user_files import MAX_PICTURE_BYTES, open_user_file
 from medgemma_desktop.core.windowing import (
     MAX_MODEL_SLICES,
     ct_rgb_slice,
@@ -35,6 +37,7 @@ from medgemma_desktop.core.windowing import (
 )
 
 _PICTURE_FIX = "Use a PNG, JPEG, TIFF, BMP, WebP or DICOM file."
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 # Modes with more than 8 bits per sample: Pillow's convert("RGB") would clip them at 255.
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
@@ -78,11 +81,11 @@ class PaddingInfo:
                 along(y1, self.top, self.height), along(x1, self.left, self.width))
 
 
-def file_sha256(path: Path) -> str:
+def _stream_sha256(handle: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    handle.seek(0)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -105,21 +108,22 @@ def pad_to_square(image: Image.Image) -> tuple[Image.Image, PaddingInfo]:
 def load_image(path: Path | str) -> ImageInput:
     """Read a picture file as RGB, EXIF orientation applied; a bad file raises `InputFileError`."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError("no such file", path=path, fix="Check the path and try again.")
-    try:
-        with Image.open(path) as opened:
-            _refuse_bomb(opened, path)
-            opened.load()
-            image = to_rgb(ImageOps.exif_transpose(opened))
-    except Image.DecompressionBombError as exc:
-        raise _bomb_error(path) from exc
-    except UnidentifiedImageError as exc:
-        raise InputFileError("not a picture format this app reads", path=path, fix=_PICTURE_FIX) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputFileError(f"the picture is cut short or damaged ({type(exc).__name__})", path=path,
-                             fix="Copy it again from the source, or save it again as PNG.") from exc
-    return ImageInput(image=image, source=path, sha256=file_sha256(path), label=path.name,
+    with open_user_file(path, MAX_PICTURE_BYTES) as handle:
+        try:
+            with Image.open(handle) as opened:
+                _refuse_bomb(opened, path)
+                opened.load()
+                image = to_rgb(ImageOps.exif_transpose(opened))
+        except Image.DecompressionBombError as exc:
+            raise _bomb_error(path) from exc
+        except UnidentifiedImageError as exc:
+            raise InputFileError("not a picture format this app reads", path=path, fix=_PICTURE_FIX) from exc
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, ZeroDivisionError,
+                MemoryError) as exc:  # how Pillow's format plugins report damaged files
+            raise InputFileError(f"the picture is cut short or damaged ({type(exc).__name__})", path=path,
+                                 fix="Copy it again from the source, or save it again as PNG.") from exc
+        sha256 = _stream_sha256(handle)
+    return ImageInput(image=image, source=path, sha256=sha256, label=path.name,
                       metadata={"width": str(image.width), "height": str(image.height)})
 
 
@@ -198,7 +202,11 @@ def volume_image_inputs(series: DicomSeries, max_slices: int = MAX_MODEL_SLICES)
 
 
 def load_any(path: Path | str) -> ImageInput:
-    """Open a picture or a single DICOM file: DICOM by its 'DICM' preamble, else Pillow, else pydicom's reader."""
+    """Open a picture or a single DICOM file: DICOM by its 'DICM' preamble, else Pillow, else pydicom's reader.
+
+    A file named like DICOM (.dcm) that neither reader takes is reported as damaged DICOM, not as an unknown
+    picture format.
+    """
     path = Path(path)
     if is_dicom_file(path):
         return dicom_image_input(load_dicom(path))
@@ -210,5 +218,8 @@ def load_any(path: Path | str) -> ImageInput:
         try:
             dataset = read_dataset(path)
         except InputFileError:
+            if path.suffix.lower() in DICOM_SUFFIXES:
+                raise InputFileError("named as DICOM but has no readable DICOM header: the file is damaged or "
+                                     "not DICOM", path=path, fix="Copy it again from the source.") from None
             raise picture_error from None
         return dicom_image_input(dicom_image_from_dataset(dataset, path))

@@ -8,6 +8,7 @@ MEDGEMMA.md): the model is more sensitive to the prompt than Gemma 3, and was tr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -261,12 +262,58 @@ def build_task_prompt(mode: TaskMode, images: Sequence[Image.Image], question: s
     return build_chat(question, images, system=system, history=history)
 
 
+# --- User text is text -------------------------------------------------------------------------------------------
+
+# Gemma 3's control tokens: the ones its tokenizer marks special (matched in any text before it is split into
+# words), and so the ones a user could type or paste to forge a turn, an image or an end of answer.
+_CONTROL_NAMES = (r"(?:bos|eos|pad|unk|mask|start_of_turn|end_of_turn|start_of_image|end_of_image|image_soft_token"
+                  r"|unused\d+)")
+_CONTROL_OPENER = re.compile(rf"<(?={_CONTROL_NAMES}>)|\[(?=multimodal\])")
+# A text part ending in "<start_of_tu" followed by a text part starting "rn>": the template joins them.
+_TRAILING_OPENER = re.compile(r"[<\[](?=[a-z0-9_]*\s*\Z)")
+# Put after the opening "<" of a control token's name typed as text: the tokenizer no longer sees the token, the
+# model reads the same characters (plus one invisible one), and text without such names is untouched.
+TEXT_GUARD = "\u200b"  # ZERO WIDTH SPACE
+
+
+def escape_control_tokens(text: str, *, joined_to_next: bool = False) -> str:
+    """User text as plain text for Gemma's tokenizer: every typed control token (`<start_of_turn>`,
+    `<start_of_image>`, `<bos>`, ...) broken by `TEXT_GUARD`; `joined_to_next` also breaks an opener at the end
+    that the next text part could complete."""
+    escaped = _CONTROL_OPENER.sub(lambda found: found.group(0) + TEXT_GUARD, text)
+    if joined_to_next:
+        escaped = _TRAILING_OPENER.sub(lambda found: found.group(0) + TEXT_GUARD, escaped)
+    return escaped
+
+
+def check_user_text(text: str, what: str = "the question") -> None:
+    """Refuse text that is not valid Unicode (bytes that were not UTF-8 reach Python as lone surrogates, e.g. from
+    a command line in another encoding): the tokenizer cannot encode it."""
+    bad = next((index for index, char in enumerate(text) if "\ud800" <= char <= "\udfff"), None)
+    if bad is not None:
+        raise UserFacingError(f"{what} is not valid text: character {bad + 1} comes from bytes that are not UTF-8",
+                              fix="Type it again, or set the terminal to UTF-8.")
+
+
+def _model_texts(parts: Sequence[Part]) -> list[Part]:
+    """The parts as the model gets them: text checked and escaped, images unchanged."""
+    texts: list[Part] = []
+    for index, part in enumerate(parts):
+        if isinstance(part, str):
+            check_user_text(part, "the text")
+            joined = index + 1 < len(parts) and isinstance(parts[index + 1], str)
+            part = escape_control_tokens(part, joined_to_next=joined)
+        texts.append(part)
+    return texts
+
+
 def to_processor_messages(turns: Sequence[ChatTurn]) -> list[dict]:
-    """Turns in the structure `processor.apply_chat_template` expects."""
+    """Turns in the structure `processor.apply_chat_template` expects, every text escaped: what anyone typed
+    never becomes a control token."""
     messages = []
     for turn in turns:
         content = [{"type": "image", "image": part} if isinstance(part, Image.Image) else {"type": "text", "text": part}
-                   for part in turn.parts]
+                   for part in _model_texts(turn.parts)]
         messages.append({"role": turn.role, "content": content})
     return messages
 
@@ -307,13 +354,13 @@ def _rendered_pieces(turns: Sequence[ChatTurn], tokens_per_image: int) -> list[s
     pieces: list[str | int] = [1]  # <bos>
     prefix = ""
     if turns and turns[0].role == "system":
-        first = turns[0].parts[0]
+        first = _model_texts(turns[0].parts)[0]
         prefix = f"{first}\n\n" if isinstance(first, str) else ""
         turns = turns[1:]
     for index, turn in enumerate(turns):
         role = "model" if turn.role == "assistant" else turn.role
         pieces += [1, f"{role}\n{prefix if index == 0 else ''}"]  # <start_of_turn>
-        for part in turn.parts:
+        for part in _model_texts(turn.parts):
             if isinstance(part, Image.Image):
                 pieces += ["\n\n", 1 + tokens_per_image + 1, "\n\n"]
             else:

@@ -13,10 +13,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medgemma_desktop.core.model_folder import safetensors_header
+from medgemma_desktop.core.safetensors_file import read_header
 
 log = logging.getLogger(__name__)
 MANIFEST = "medgemma-cache.json"
@@ -31,14 +32,19 @@ class CacheEntry:
     created: float
 
 
-def cache_key(model_digest: str, double_quant: bool, compute_dtype: str) -> str:
+def cache_key(model_digest: str, double_quant: bool, compute_dtype: str,
+              shaping_files: Sequence[Path] = ()) -> str:
+    """The entry's key: the weights' digest, the content of every other file that shapes the model built from
+    them (`ModelFolder.shaping_files`: an edited config.json must not load the old model), the quantization
+    settings and the library versions."""
     import bitsandbytes
     import torch
     import transformers
 
-    parts = {"model": model_digest, "quant": "nf4", "double_quant": double_quant, "dtype": compute_dtype,
-             "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
-             "bitsandbytes": bitsandbytes.__version__}
+    shaping = {file.name: hashlib.sha256(file.read_bytes()).hexdigest() for file in sorted(shaping_files)}
+    parts = {"model": model_digest, "shaping": shaping, "quant": "nf4", "double_quant": double_quant,
+             "dtype": compute_dtype, "torch": torch.__version__.split("+")[0],
+             "transformers": transformers.__version__, "bitsandbytes": bitsandbytes.__version__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -77,8 +83,8 @@ class QuantizedModelCache:
                 return f"{name} is missing or has the wrong size"
             if name.endswith(".safetensors"):
                 try:
-                    safetensors_header(file)
-                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    read_header(file)
+                except (OSError, ValueError) as exc:
                     return f"{name}: {exc}"
         return None
 

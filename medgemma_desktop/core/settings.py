@@ -42,6 +42,7 @@ class Settings:
     theme: Theme = "system"
     text_size: int = 100  # percent of the platform's text size
     force_cpu: bool = False
+    keep_patient_data: bool = False  # store DICOM images' identifying tags and file paths in the history
 
     @property
     def has_model(self) -> bool:

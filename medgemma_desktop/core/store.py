@@ -6,34 +6,56 @@ next opened was cut off and becomes 'interrupted'. Images are kept once per cont
 the hash of the file the user dropped) as PNG blobs of the pixels the model saw, so moving or deleting the
 original file does not break history and no DICOM header (which holds patient data) is copied into a blob.
 
-A database that is not ours or is unreadable is renamed aside, never deleted; a disk that is full or read-only
-turns the store into an in-memory one. Both leave a `StoreProblem` in `take_notices()` for the window to show.
+A database that is not ours or is unreadable is renamed aside, never deleted; one that SQLite's quick check finds
+damaged at open is salvaged (every row that still reads, into a new file) and the damaged file kept aside; a disk
+that is full or read-only turns the store into an in-memory one. Each leaves a `StoreProblem` in `take_notices()`
+for the window to show. Identifying DICOM tags and original file paths are kept only when `keep_patient_data`
+is set (the user's choice); `forget_patient_data` removes what was kept.
+
+The schema and migrations live in `store_schema`, the records handed out in `store_records`, salvage and
+fallbacks in `store_repair`, snippets in `store_search`.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from enum import Enum
-from html import escape
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medgemma_desktop.core.app_dirs import APP_NAME, data_dir
-from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.core.app_dirs import data_dir
 from medgemma_desktop.core.fingerprint import WeightsIdentity
 from medgemma_desktop.core.imaging import ImageInput
+from medgemma_desktop.core.store_records import (
+    AnswerStatus,
+    AnswerVariant,
+    Conversation,
+    Message,
+    MessageImage,
+    SearchHit,
+    StoreProblem,
+)
+from medgemma_desktop.core.store_repair import (
+    is_disk_error,
+    is_unreadable,
+    move_aside,
+    quick_check,
+    read_only,
+    salvage,
+)
+from medgemma_desktop.core.store_schema import APPLICATION_ID, SCHEMA_VERSION, Unusable, check_ours, connect, prepare
+from medgemma_desktop.core.store_search import fts_query, snippet_html
+
+__all__ = ["APPLICATION_ID", "DB_FILENAME", "SCHEMA_VERSION", "AnswerStatus", "AnswerVariant", "Conversation",
+           "ConversationStore", "Message", "MessageImage", "SearchHit", "StoreProblem", "WeightsIdentity",
+           "default_store_path"]
 
 DB_FILENAME = "conversations.sqlite3"
-APPLICATION_ID = 0x4D474D44  # "MGMD": tells our database apart from any other SQLite file
 DEFAULT_SAVE_INTERVAL = 1.0  # seconds between saves of a growing answer
 
 T = TypeVar("T")
@@ -43,283 +65,10 @@ def default_store_path() -> Path:
     return data_dir() / DB_FILENAME
 
 
-class StoreProblem(UserFacingError):
-    """The history file could not be used as it was; the store kept working (moved aside, or in memory)."""
-
-    kind = "store"
-
-
-class AnswerStatus(str, Enum):
-    STREAMING = "streaming"
-    DONE = "done"
-    STOPPED = "stopped"  # the user pressed Stop
-    FAILED = "failed"  # generation raised (out of memory, ...)
-    INTERRUPTED = "interrupted"  # the app died while streaming
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    title: str
-    created_at: float  # Unix seconds
-    updated_at: float
-    deleted_at: float | None
-
-
-@dataclass(frozen=True)
-class MessageImage:
-    """An image as a message refers to it; `patient` and `source` may identify a patient and are never exported
-    unless the user asks."""
-
-    sha256: str
-    label: str
-    width: int
-    height: int
-    metadata: Mapping[str, str]
-    patient: Mapping[str, str]
-    source: str
-
-
-@dataclass(frozen=True)
-class AnswerVariant:
-    """One answer to a question. Regenerating adds a variant; `question` is the text this variant answered,
-    which differs from the message's current question after an edit."""
-
-    id: int
-    message_id: int
-    question: str
-    text: str  # as generated, thinking trace included (see core.thinking)
-    status: AnswerStatus
-    model: WeightsIdentity
-    adapter: WeightsIdentity | None
-    settings: Mapping[str, Any]
-    stats: Mapping[str, Any]
-    boxes: Any  # the parsed localization JSON, or None
-    started_at: float
-    updated_at: float
-    finished_at: float | None
-
-
-@dataclass(frozen=True)
-class Message:
-    """A question with its images and every answer generated for it, oldest first."""
-
-    id: int
-    conversation_id: int
-    question: str
-    task_mode: str
-    created_at: float
-    edited_at: float | None
-    images: tuple[MessageImage, ...]
-    variants: tuple[AnswerVariant, ...]
-    active_variant_id: int | None
-
-    @property
-    def answer(self) -> AnswerVariant | None:
-        """The variant the user selected (the newest unless they switched)."""
-        return next((v for v in self.variants if v.id == self.active_variant_id), None)
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    conversation_id: int
-    conversation_title: str
-    message_id: int
-    answer_id: int | None  # None: the match is in the question
-    snippet_html: str  # escaped text, matches in <b>...</b>
-
-
-# Migration i takes a database from user_version i to i + 1, in one transaction with the version bump.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY,
-            title TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            deleted_at REAL)""",
-        "CREATE INDEX conversations_by_update ON conversations (updated_at)",
-        """CREATE TABLE images (
-            sha256 TEXT PRIMARY KEY,
-            png BLOB NOT NULL,
-            width INTEGER NOT NULL,
-            height INTEGER NOT NULL)""",
-        """CREATE TABLE messages (
-            id INTEGER PRIMARY KEY,
-            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
-            question TEXT NOT NULL,
-            task_mode TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            edited_at REAL,
-            active_answer_id INTEGER)""",
-        "CREATE INDEX messages_by_conversation ON messages (conversation_id, id)",
-        """CREATE TABLE message_images (
-            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,
-            sha256 TEXT NOT NULL REFERENCES images (sha256),
-            label TEXT NOT NULL,
-            metadata TEXT NOT NULL,
-            patient TEXT NOT NULL,
-            source TEXT NOT NULL,
-            PRIMARY KEY (message_id, position))""",
-        "CREATE INDEX message_images_by_image ON message_images (sha256)",
-        """CREATE TABLE answers (
-            id INTEGER PRIMARY KEY,
-            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
-            question TEXT NOT NULL,
-            text TEXT NOT NULL,
-            status TEXT NOT NULL,
-            model_folder TEXT NOT NULL,
-            model_sha256 TEXT NOT NULL,
-            adapter_folder TEXT,
-            adapter_sha256 TEXT,
-            settings TEXT NOT NULL,
-            stats TEXT NOT NULL,
-            boxes TEXT,
-            started_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            finished_at REAL)""",
-        "CREATE INDEX answers_by_message ON answers (message_id, id)",
-        "CREATE INDEX answers_by_status ON answers (status)",
-        """CREATE VIRTUAL TABLE questions_fts USING fts5 (
-            question, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2')""",
-        """CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
-            INSERT INTO questions_fts (rowid, question) VALUES (new.id, new.question); END""",
-        """CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN
-            INSERT INTO questions_fts (questions_fts, rowid, question) VALUES ('delete', old.id, old.question); END""",
-        """CREATE TRIGGER messages_au AFTER UPDATE OF question ON messages BEGIN
-            INSERT INTO questions_fts (questions_fts, rowid, question) VALUES ('delete', old.id, old.question);
-            INSERT INTO questions_fts (rowid, question) VALUES (new.id, new.question); END""",
-        """CREATE VIRTUAL TABLE answers_fts USING fts5 (
-            text, content='answers', content_rowid='id', tokenize='unicode61 remove_diacritics 2')""",
-        """CREATE TRIGGER answers_ai AFTER INSERT ON answers BEGIN
-            INSERT INTO answers_fts (rowid, text) VALUES (new.id, new.text); END""",
-        """CREATE TRIGGER answers_ad AFTER DELETE ON answers BEGIN
-            INSERT INTO answers_fts (answers_fts, rowid, text) VALUES ('delete', old.id, old.text); END""",
-        """CREATE TRIGGER answers_au AFTER UPDATE OF text ON answers BEGIN
-            INSERT INTO answers_fts (answers_fts, rowid, text) VALUES ('delete', old.id, old.text);
-            INSERT INTO answers_fts (rowid, text) VALUES (new.id, new.text); END""",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-# Failures of the disk rather than of the data: full, read-only, I/O error, cannot open.
-# (SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN; sqlite3 names them only from Python 3.11.)
-_DISK_ERRORS = {8, 10, 13, 14}
-_SNIPPET_START, _SNIPPET_END = "\x02", "\x03"
-
-
-def _is_disk_error(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DISK_ERRORS
-
-
-def _is_unreadable(exc: sqlite3.Error) -> bool:
-    """SQLite says the file is corrupt or not a database at all (these map to the base DatabaseError)."""
-    return type(exc) is sqlite3.DatabaseError
-
-
-class _Unusable(Exception):
-    """The file opened but is not a database of ours that this version can use."""
-
-    def __init__(self, reason: str, *, move_aside: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.move_aside = move_aside
-
-
-def _connect(target: str | Path) -> sqlite3.Connection:
-    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) and short.
-    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=5.0)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-def _check_ours(conn: sqlite3.Connection) -> None:
-    """Raise `_Unusable` unless the database is empty (version 0) or one of ours this version can read."""
-    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if application_id == APPLICATION_ID:
-        if version > SCHEMA_VERSION:
-            raise _Unusable(f"it was written by a newer version of {APP_NAME} (schema {version})", move_aside=False)
-    elif application_id != 0 or objects:
-        raise _Unusable("it is not a MedGemma Desktop history (another application's database)", move_aside=True)
-
-
-def _read_only(path: Path) -> sqlite3.Connection | None:
-    """Our database opened for reading only, so its history can be copied into memory when the disk refuses
-    writes; `immutable` because a read-only folder cannot hold the WAL index file."""
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-    except sqlite3.Error:
-        return None
-    try:
-        _check_ours(conn)
-    except (sqlite3.Error, _Unusable):
-        conn.close()
-        return None
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for target, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-
-def _prepare(conn: sqlite3.Connection, *, on_disk: bool) -> None:
-    """Bring an opened database up to date and mark answers cut off by a crash."""
-    if on_disk:
-        # WAL: readers never block the writer. FULL: a committed question survives a power cut or an OS crash
-        # (a GPU driver can take the machine down), at the price of one fsync per commit.
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-    _migrate(conn)
-    conn.execute("UPDATE answers SET status = ? WHERE status = ?",
-                 (AnswerStatus.INTERRUPTED.value, AnswerStatus.STREAMING.value))
-
-
-def _move_aside(path: Path) -> Path:
-    """Rename the database (and its WAL files, which would otherwise be replayed into the new one) with a
-    timestamp suffix; nothing is deleted."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.moved-aside-{stamp}")
-    count = 1
-    while target.exists():
-        count += 1
-        target = path.with_name(f"{path.name}.moved-aside-{stamp}-{count}")
-    path.replace(target)
-    for suffix in ("-wal", "-shm", "-journal"):
-        companion = path.with_name(path.name + suffix)
-        if companion.exists():
-            companion.replace(target.with_name(target.name + suffix))
-    return target
-
-
 def _png(image_input: ImageInput) -> bytes:
     buffer = io.BytesIO()
     image_input.image.save(buffer, format="PNG", compress_level=1)  # fast: this may run on the UI thread
     return buffer.getvalue()
-
-
-def _fts_query(text: str) -> str:
-    """User text as an FTS5 query that cannot be a syntax error: every word quoted, the last one a prefix."""
-    words = re.findall(r"\w+", text)
-    return " ".join(f'"{word}"' for word in words) + ("*" if words else "")
-
-
-def _snippet_html(snippet: str) -> str:
-    return escape(snippet).replace(_SNIPPET_START, "<b>").replace(_SNIPPET_END, "</b>")
 
 
 def _json(value: Any) -> str:
@@ -334,9 +83,11 @@ class ConversationStore:
     lock is never held for long.
     """
 
-    def __init__(self, path: Path | str | None = None, *, save_interval: float = DEFAULT_SAVE_INTERVAL) -> None:
+    def __init__(self, path: Path | str | None = None, *, save_interval: float = DEFAULT_SAVE_INTERVAL,
+                 keep_patient_data: bool = False) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self.save_interval = save_interval
+        self.keep_patient_data = keep_patient_data  # the user's choice (Settings.keep_patient_data)
         self._lock = threading.RLock()
         self._notices: list[StoreProblem] = []
         self._pending: dict[int, str] = {}  # answer id -> newest text not yet written
@@ -349,35 +100,57 @@ class ConversationStore:
     def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = _connect(self.path)
+            conn = connect(self.path)
         except (OSError, sqlite3.Error) as exc:
-            return self._memory(_read_only(self.path), f"cannot open it ({exc})")
+            return self._memory(read_only(self.path), f"cannot open it ({exc})")
         try:
-            _check_ours(conn)
-            _prepare(conn, on_disk=True)
+            check_ours(conn)
+            problem = quick_check(conn)
+            if problem is not None:
+                return self._salvaged(conn, problem)
+            prepare(conn, on_disk=True)
             return conn
-        except _Unusable as exc:
+        except Unusable as exc:
             conn.close()
             if not exc.move_aside:
                 return self._memory(None, exc.reason)
             return self._fresh_after_moving_aside(exc.reason)
         except sqlite3.Error as exc:
             conn.close()
-            if _is_unreadable(exc):
+            if is_unreadable(exc):
                 return self._fresh_after_moving_aside(f"it is damaged or not a database ({exc})")
-            return self._memory(_read_only(self.path), f"cannot write to it ({exc})")
+            return self._memory(read_only(self.path), f"cannot write to it ({exc})")
+
+    def _salvaged(self, damaged: sqlite3.Connection, problem: str) -> sqlite3.Connection:
+        """Copy what still reads into a new file, keep the damaged one aside, and say so once."""
+        rescue = self.path.with_name(self.path.name + ".salvaged")
+        try:
+            saved = salvage(damaged, rescue)
+            damaged.close()
+            moved = move_aside(self.path)
+            rescue.replace(self.path)
+        except (OSError, sqlite3.Error) as exc:
+            damaged.close()
+            rescue.unlink(missing_ok=True)
+            return self._fresh_after_moving_aside(f"it is damaged ({problem}) and could not be salvaged ({exc})")
+        self._notices.append(StoreProblem(
+            f"the conversation history file was damaged (SQLite's check found: {problem[:200]}); {saved.summary()}",
+            path=self.path, fix=f"The damaged file was kept as {moved.name}."))
+        conn = connect(self.path)
+        prepare(conn, on_disk=True)
+        return conn
 
     def _fresh_after_moving_aside(self, reason: str) -> sqlite3.Connection:
         try:
-            moved = _move_aside(self.path)
+            moved = move_aside(self.path)
         except OSError as exc:
             return self._memory(None, f"{reason}, and it cannot be renamed ({exc})")
         self._notices.append(StoreProblem(
             f"the conversation history could not be used: {reason}", path=self.path,
             fix=f"It was kept as {moved.name} and a new, empty history was started."))
-        conn = _connect(self.path)
+        conn = connect(self.path)
         try:
-            _prepare(conn, on_disk=True)
+            prepare(conn, on_disk=True)
             return conn
         except sqlite3.Error as exc:
             conn.close()
@@ -385,15 +158,15 @@ class ConversationStore:
 
     def _memory(self, source: sqlite3.Connection | None, reason: str) -> sqlite3.Connection:
         """Switch to an in-memory database, copying what `source` holds so history stays visible."""
-        conn = _connect(":memory:")
+        conn = connect(":memory:")
         if source is not None:
             try:
                 source.backup(conn)
             except sqlite3.Error:
                 conn.close()
-                conn = _connect(":memory:")
+                conn = connect(":memory:")
             source.close()
-        _prepare(conn, on_disk=False)
+        prepare(conn, on_disk=False)
         self.in_memory = True
         self._notices.append(StoreProblem(
             f"the conversation history cannot be saved to disk: {reason}", path=self.path,
@@ -429,7 +202,7 @@ class ConversationStore:
             try:
                 return self._transaction(work)
             except sqlite3.Error as exc:
-                if self.in_memory or not _is_disk_error(exc):
+                if self.in_memory or not is_disk_error(exc):
                     raise
                 self._conn = self._memory(self._conn, f"writing failed ({exc})")
                 return self._transaction(work)
@@ -504,8 +277,10 @@ class ConversationStore:
 
     def add_question(self, conversation_id: int, question: str, images: Sequence[ImageInput] = (),
                      task_mode: str = "") -> Message:
-        """Commit a question and its images; call before generation starts so a crash cannot lose it."""
+        """Commit a question and its images; call before generation starts so a crash cannot lose it. The images'
+        identifying tags and source paths are stored only while `keep_patient_data` is set."""
         now = time.time()
+        keep = self.keep_patient_data
         with self._reading() as conn:
             known = {row[0] for row in conn.execute(
                 f"SELECT sha256 FROM images WHERE sha256 IN ({','.join('?' * len(images))})",
@@ -525,7 +300,7 @@ class ConversationStore:
                     "INSERT INTO message_images (message_id, position, sha256, label, metadata, patient, source) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (message_id, position, image.sha256, image.label, _json(dict(image.metadata)),
-                     _json(dict(image.patient)), str(image.source)))
+                     _json(dict(image.patient) if keep else {}), str(image.source) if keep else ""))
             conn.execute("UPDATE conversations SET updated_at = ?, "
                          "title = CASE title WHEN '' THEN ? ELSE title END WHERE id = ?",
                          (now, _title_from(question), conversation_id))
@@ -664,26 +439,43 @@ class ConversationStore:
     def search(self, text: str, limit: int = 50) -> list[SearchHit]:
         """Questions and answers of conversations not deleted that contain every word (the last as a prefix),
         best match first."""
-        query = _fts_query(text)
+        query = fts_query(text)
         if not query:
             return []
-        marks = (_SNIPPET_START, _SNIPPET_END, "…", 12)
         sql = """
-            SELECT m.conversation_id, c.title, m.id AS message_id, NULL AS answer_id,
-                   snippet(questions_fts, 0, ?, ?, ?, ?) AS snippet, questions_fts.rank AS rank
+            SELECT m.conversation_id, c.title, m.id AS message_id, NULL AS answer_id, m.question AS text,
+                   questions_fts.rank AS rank
             FROM questions_fts JOIN messages m ON m.id = questions_fts.rowid
                  JOIN conversations c ON c.id = m.conversation_id
             WHERE questions_fts MATCH ? AND c.deleted_at IS NULL
             UNION ALL
-            SELECT m.conversation_id, c.title, m.id, a.id,
-                   snippet(answers_fts, 0, ?, ?, ?, ?), answers_fts.rank
+            SELECT m.conversation_id, c.title, m.id, a.id, a.text, answers_fts.rank
             FROM answers_fts JOIN answers a ON a.id = answers_fts.rowid
                  JOIN messages m ON m.id = a.message_id JOIN conversations c ON c.id = m.conversation_id
             WHERE answers_fts MATCH ? AND c.deleted_at IS NULL
             ORDER BY rank LIMIT ?"""
         with self._reading() as conn:
-            rows = conn.execute(sql, (*marks, query, *marks, query, limit)).fetchall()
-        return [SearchHit(r[0], r[1], r[2], r[3], _snippet_html(r[4])) for r in rows]
+            rows = conn.execute(sql, (query, query, limit)).fetchall()
+        return [SearchHit(r[0], r[1], r[2], r[3], snippet_html(r[4], text)) for r in rows]
+
+    # -- patient data -------------------------------------------------------------------------------------------
+
+    def forget_patient_data(self) -> int:
+        """Remove identifying DICOM tags and original file paths from every stored image reference (what versions
+        before the `keep_patient_data` choice stored); the images themselves stay. Overwritten, not just
+        unlinked: SQLite's secure delete zeroes the old values and the WAL is emptied. Returns how many image
+        references were cleaned."""
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete = ON")
+            try:
+                cleaned = self._write(lambda c: c.execute(
+                    "UPDATE message_images SET patient = '{}', source = '' WHERE patient != '{}' OR source != ''"
+                ).rowcount)
+                if not self.in_memory:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.execute("PRAGMA secure_delete = OFF")
+        return cleaned
 
 
 def _title_from(question: str, length: int = 60) -> str:

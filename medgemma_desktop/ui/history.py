@@ -1,8 +1,9 @@
 """The history sidebar: past conversations (newest first), full-text search with snippets, rename, delete with
-Undo, and the store's notices (a history moved aside, or kept in memory only).
+Undo, removing patient details, and the store's notices (a history moved aside or salvaged, or kept in memory).
 
 It works directly on the `ConversationStore` (every call is one short transaction) and tells the main window
-which conversation to open; the window decides what opening means.
+which conversation to open; the window decides what opening means. Searches run on a background job, so typing
+never waits for the database; when the text changed meanwhile, a finished search is dropped (the latest wins).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from medgemma_desktop.core.store import ConversationStore
+from medgemma_desktop.core.store import ConversationStore, SearchHit
+from medgemma_desktop.ui.background import BackgroundJobs
 from medgemma_desktop.ui.buttons import labelled_button
 
 CONVERSATION_ROLE = Qt.ItemDataRole.UserRole + 1  # the conversation id of a row
@@ -40,6 +43,7 @@ class HistoryPanel(QWidget):
     conversation_chosen = Signal(int)
     new_requested = Signal()
     deleted = Signal(int)  # the conversation just deleted (the window closes it if it is open)
+    search_shown = Signal(str)  # the query whose hits the list now shows
 
     def __init__(self, store: ConversationStore, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -48,6 +52,8 @@ class HistoryPanel(QWidget):
         self._current: int | None = None
         self._deleted: int | None = None
         self._filling = False
+        self._searches = BackgroundJobs(self)
+        self._search_serial = 0  # bumped by every search started: only the latest one's hits are shown
 
         self.new_button = labelled_button("New conversation", "Start a new conversation (Ctrl+N)")
         self.new_button.clicked.connect(self.new_requested)
@@ -88,6 +94,14 @@ class HistoryPanel(QWidget):
         self._undo_timer.setSingleShot(True)
         self._undo_timer.setInterval(UNDO_MS)
         self._undo_timer.timeout.connect(self.undo_bar.hide)
+        self.forget_button = labelled_button("Remove patient details…",
+                                             "Remove the names, IDs, dates and file paths of DICOM images from the "
+                                             "whole history; the images and conversations stay")
+        self.forget_button.clicked.connect(self.forget_patient_data)
+        self.privacy_label = QLabel()
+        self.privacy_label.setAccessibleName("Patient details")
+        self.privacy_label.setWordWrap(True)
+        self.privacy_label.hide()
         self.notice = QLabel()
         self.notice.setObjectName("errorLabel")
         self.notice.setAccessibleName("History problem")
@@ -105,6 +119,8 @@ class HistoryPanel(QWidget):
         layout.addWidget(self.list, 1)
         layout.addLayout(actions)
         layout.addWidget(self.undo_bar)
+        layout.addWidget(self.forget_button)
+        layout.addWidget(self.privacy_label)
         layout.addWidget(self.notice)
         self.refresh()
 
@@ -126,18 +142,44 @@ class HistoryPanel(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
-        """List conversations, or search hits while the search box holds text; then show any store notices."""
+        """List conversations, or (on a background job) search hits while the search box holds text; then show
+        any store notices."""
         self._search_timer.stop()
-        self._filling = True
-        self.list.clear()
+        self._search_serial += 1
         query = self.search_box.text().strip()
         if query:
-            self._fill_hits(query)
+            serial, store = self._search_serial, self.store
+            self._searches.run(lambda: store.search(query),
+                               lambda hits: self._show_hits(serial, query, hits),
+                               lambda error: self._show_search_error(serial, query, error))
         else:
-            self._fill_conversations()
+            self._refill(self._fill_conversations)
+        self.show_notices()
+
+    def _refill(self, fill) -> None:
+        self._filling = True
+        self.list.clear()
+        fill()
         self._filling = False
         self._update_buttons()
-        self.show_notices()
+
+    def _show_hits(self, serial: int, query: str, hits: list[SearchHit]) -> None:
+        if serial != self._search_serial:
+            return  # the text changed while this search ran: a newer one is on its way
+        self._refill(lambda: self._fill_hits(query, hits))
+        self.search_shown.emit(query)
+
+    def _show_search_error(self, serial: int, query: str, error: Exception) -> None:
+        if serial != self._search_serial:
+            return
+        item = QListWidgetItem(f"Search failed: {error}")
+        item.setFlags(Qt.ItemFlag.NoItemFlags)
+        self._refill(lambda: self.list.addItem(item))
+        self.search_shown.emit(query)
+
+    def wait_for_search(self, msecs: int = -1) -> bool:
+        """Wait for a running search (shutdown, tests)."""
+        return self._searches.wait(msecs)
 
     def show_notices(self) -> None:
         """Problems the store met (history moved aside, kept in memory only); they stay until the next store."""
@@ -177,6 +219,19 @@ class HistoryPanel(QWidget):
         self.refresh()
         self.conversation_chosen.emit(restored)
 
+    def forget_patient_data(self) -> None:
+        """After the user confirms, remove identifying DICOM tags and file paths from the whole history."""
+        answer = QMessageBox.question(
+            self, "Remove patient details",
+            "Remove the patient names, IDs, dates, places and original file paths stored with the images of every "
+            "conversation?\n\nThe images, questions and answers stay. This cannot be undone.")
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        cleaned = self.store.forget_patient_data()
+        self.privacy_label.setText(f"Patient details removed from {cleaned} image reference(s)." if cleaned
+                                   else "The history holds no patient details.")
+        self.privacy_label.show()
+
     # Internals -----------------------------------------------------------------------------------------------
 
     def _fill_conversations(self) -> None:
@@ -190,8 +245,7 @@ class HistoryPanel(QWidget):
             if conversation.id == self._current:
                 self.list.setCurrentItem(item)
 
-    def _fill_hits(self, query: str) -> None:
-        hits = self.store.search(query)
+    def _fill_hits(self, query: str, hits: list[SearchHit]) -> None:
         if not hits:
             empty = QListWidgetItem(f"Nothing found for “{query}”.")
             empty.setFlags(Qt.ItemFlag.NoItemFlags)

@@ -72,7 +72,7 @@ class MainWindow(QMainWindow):
         self._load_when_idle = False  # a load asked for while the model thread was busy
         self._switching_adapter = self._closed = False
         self._histories = HistoryFiles(data_folder or data_dir())
-        self.store = self._histories.open(DB_FILENAME)
+        self.store = self._histories.open(DB_FILENAME, self.settings.keep_patient_data)
         self.jobs = BackgroundJobs(self)
         self.demo = False
         self._demo_checkpoint: TinyCheckpoint | None = None
@@ -237,7 +237,7 @@ class MainWindow(QMainWindow):
     def _switch_history(self, filename: str) -> None:
         if self.host.state is ModelState.GENERATING:
             self.host.stop()  # the answer still lands in the history it was asked in
-        self.store = self._histories.open(filename)
+        self.store = self._histories.open(filename, self.settings.keep_patient_data)
         self.controller.new_conversation(self.store)
         self.chat.task.set_mode(TaskMode.FREE_CHAT)  # not the demo series' mode, with no series left
         self.history.set_store(self.store)
@@ -359,6 +359,7 @@ class MainWindow(QMainWindow):
 
     def _save_settings(self, settings: Settings) -> None:
         self.settings = settings
+        self._histories.keep_patient_data(settings.keep_patient_data)
         try:
             save_settings(settings, self._settings_path)
         except OSError as exc:

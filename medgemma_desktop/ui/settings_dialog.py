@@ -70,6 +70,10 @@ class SettingsDialog(QDialog):
         self.force_cpu = QCheckBox("Run on the CPU even when a GPU is available (slow)")
         self.force_cpu.setAccessibleName("Force CPU")
         self.force_cpu.setChecked(settings.force_cpu)
+        self.keep_patient_data = QCheckBox("Keep patient details of DICOM images (names, IDs, dates, file paths) "
+                                           "in the history")
+        self.keep_patient_data.setAccessibleName("Keep patient details")
+        self.keep_patient_data.setChecked(settings.keep_patient_data)
         self.error_label = QLabel()
         self.error_label.setObjectName("errorLabel")
         self.error_label.setAccessibleName("Settings error")
@@ -87,6 +91,7 @@ class SettingsDialog(QDialog):
         form.addRow("Theme:", self.theme)
         form.addRow("Text size:", self.text_size)
         form.addRow("", self.force_cpu)
+        form.addRow("", self.keep_patient_data)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
@@ -106,7 +111,7 @@ class SettingsDialog(QDialog):
             max_new_tokens=self.max_new_tokens.value(), greedy=bool(self.decoding.currentData()),
             temperature=round(self.temperature.value(), 2), context_limit=self.context_limit.value(),
             theme=self.theme.currentData(), text_size=self.text_size.currentData(),
-            force_cpu=self.force_cpu.isChecked(),
+            force_cpu=self.force_cpu.isChecked(), keep_patient_data=self.keep_patient_data.isChecked(),
         )
 
     def accept(self) -> None:
