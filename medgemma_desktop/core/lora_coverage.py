@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgemma_desktop.core.errors import AdapterFolderError
-from medgemma_desktop.core.model_folder import safetensors_header
+from medgemma_desktop.core.safetensors_file import read_header
 
 _LORA_KEY = re.compile(r"\.(?P<module>[A-Za-z0-9_]+)\.lora_[AB](?:\.[^.]+)?\.weight$")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -45,7 +45,7 @@ class LoraCoverage:
 def lora_coverage(adapter_dir: Path | str) -> LoraCoverage:
     weights = Path(adapter_dir) / "adapter_model.safetensors"
     try:
-        header = safetensors_header(weights)
+        header = read_header(weights)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AdapterFolderError(f"the adapter weights cannot be read ({type(exc).__name__})", path=weights,
                                  fix="Copy the adapter folder again.") from exc
