@@ -86,7 +86,7 @@ def make_cuda_env(venv: Path, index_url: str) -> Path:
     env["PIP_CONFIG_FILE"] = os.devnull
     # No cache: the wheels (3 GB) would stay on disk twice.
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir",
-                    "--index-url", index_url, TORCH_REQUIREMENT, "-e", str(ROOT), *BUILD_TOOLS, *CUDA_TEST_TOOLS],
+                    "--index-url", index_url, TORCH_REQUIREMENT, "-e", f"{ROOT}[server]", *BUILD_TOOLS, *CUDA_TEST_TOOLS],
                    check=True, env=env)
     return python
 
