@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QListWidget,
+    QMainWindow,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -32,6 +33,7 @@ from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.session.backend import Backend
 from medgemma_desktop.session.batch import AUTO, BatchSummary, BatchTask, batch_units, run_batch, unit_finished
 from medgemma_desktop.session.batch_results import ResultsFile, Row
+from medgemma_desktop.ui.worker import ModelHost
 
 COLUMNS = ("input", "label", "answer", "error")
 
@@ -59,6 +61,19 @@ class BatchRunner(QObject):
             self.failed.emit(str(exc))
             return
         self.done.emit(summary)
+
+
+def open_batch_dialog(window: QMainWindow, host: ModelHost, settings: GenerationSettings) -> BatchDialog | None:
+    """What File > Batch… does in the main window: the dialog on the loaded model, or one line saying why not."""
+    backend = host.idle_backend
+    if backend is None:
+        window.statusBar().showMessage("Load the model, and let the answer being written finish, before a batch.",
+                                       10_000)
+        return None
+    dialog = BatchDialog(backend, settings, window)
+    dialog.finished.connect(dialog.deleteLater)
+    dialog.open()
+    return dialog
 
 
 class BatchDialog(QDialog):

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QMenu
 
+from medgemma_desktop.ui.batch_dialog import open_batch_dialog
 from medgemma_desktop.ui.dicom_report_dialog import open_dicom_report_dialog
+from medgemma_desktop.ui.send_controller import generation_settings
 
 if TYPE_CHECKING:
     from medgemma_desktop.ui.main_window import MainWindow
@@ -36,6 +38,8 @@ def build_menus(window: MainWindow) -> QAction:
     export = _action(window, file_menu, "&Export conversation…", window.open_export, "Ctrl+Shift+E")
     _action(window, file_menu, "Save as &DICOM report…",
             lambda: open_dicom_report_dialog(window, window.controller.session))
+    _action(window, file_menu, "&Batch…",
+            lambda: open_batch_dialog(window, window.host, generation_settings(window.settings)), "Ctrl+B")
     file_menu.addSeparator()
     _action(window, file_menu, "&Load model", window.request_load, "Ctrl+L")
     _action(window, file_menu, "&Model manager…", window.open_model_manager, "Ctrl+M")

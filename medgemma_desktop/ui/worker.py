@@ -95,6 +95,11 @@ class ModelWorker(QObject):
         self._cache = cache
         self._fingerprints = fingerprints
 
+    @property
+    def engine(self) -> Engine | None:
+        """The loaded engine; use it from another thread only while this one is idle (`ModelHost.idle_backend`)."""
+        return self._engine
+
     @Slot(object)
     def load(self, request: LoadRequest) -> None:
         self._release()
@@ -207,6 +212,12 @@ class ModelHost(QObject):
     @property
     def busy(self) -> bool:
         return self.state in (ModelState.LOADING, ModelState.GENERATING)
+
+    @property
+    def idle_backend(self) -> Engine | None:
+        """The loaded engine while nothing runs on the model thread, for work the window keeps modal meanwhile
+        (File > Batch…); None without a model, while loading or while answering."""
+        return self.worker.engine if self.state is ModelState.READY else None
 
     def load(self, model_dir: Path, adapter_dir: Path | None, options: LoadOptions,
              more_adapters: tuple[Path, ...] = ()) -> None:
