@@ -4,11 +4,10 @@ The window runs for real: the tiny random checkpoint is loaded through the real 
 and a synthetic chest-X-ray-like picture is opened through the viewer. The answer on screen is a fixed
 illustrative sample, because the tiny model writes random characters; it is not MedGemma output. Each question
 goes through the window's send controller; its fixed answer is kept in the history and handed over the way the
-worker hands over a finished answer. The DICOM view
-shows a small CT series made of pydicom's test file CT_small.dcm; the localization view draws the boxes of a
-fixed sample answer, handed to the window the way the worker hands over a finished answer. Token counts are
-the tiny checkpoint's (16 tokens per image, not MedGemma's 256). The demo view is the app's own demo mode (its
-synthetic CT phantom series in the lung window); the large-text view is the window at 150 % text size on a screen
+worker hands over a finished answer. The DICOM view shows a small CT series made of pydicom's test file
+CT_small.dcm; the localization view draws the boxes of such a fixed answer. Token counts are the tiny
+checkpoint's (16 tokens per image, not MedGemma's 256). The demo view is the app's own demo mode (its synthetic
+CT phantom series in the lung window); the large-text view is the window at 150 % text size on a screen
 of 1067 x 667 logical pixels (a 1600 x 1000 screen at 150 % scaling), the size the window now opens at there.
 The model manager shows an adapter check refused under its field. Caches and demo files go to a temporary folder,
 not the user's.
