@@ -2,11 +2,12 @@
 
 The window runs for real: the tiny random checkpoint is loaded through the real worker (the status bar says so)
 and a synthetic chest-X-ray-like picture is opened through the viewer. The answer on screen is a fixed
-illustrative sample, because the tiny model writes random characters; it is not MedGemma output. The DICOM view
-shows a small CT series made of pydicom's test file CT_small.dcm; the localization view draws the boxes of a
-fixed sample answer, handed to the window the way the worker hands over a finished answer. Token counts are
-the tiny checkpoint's (16 tokens per image, not MedGemma's 256). The demo view is the app's own demo mode (its
-synthetic CT phantom series in the lung window); the large-text view is the window at 150 % text size on a screen
+illustrative sample, because the tiny model writes random characters; it is not MedGemma output. Each question
+goes through the window's send controller; its fixed answer is kept in the history and handed over the way the
+worker hands over a finished answer. The DICOM view shows a small CT series made of pydicom's test file
+CT_small.dcm; the localization view draws the boxes of such a fixed answer. Token counts are the tiny
+checkpoint's (16 tokens per image, not MedGemma's 256). The demo view is the app's own demo mode (its synthetic
+CT phantom series in the lung window); the large-text view is the window at 150 % text size on a screen
 of 1067 x 667 logical pixels (a 1600 x 1000 screen at 150 % scaling), the size the window now opens at there.
 The model manager shows an adapter check refused under its field. Caches and demo files go to a temporary folder,
 not the user's.
@@ -20,7 +21,7 @@ import argparse
 import os
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -37,11 +38,12 @@ from medgemma_desktop.core.prompts import TaskMode
 from medgemma_desktop.core.settings import Settings, save_settings
 from medgemma_desktop.core.tiny_checkpoint import write_tiny_checkpoint
 from medgemma_desktop.core.windowing import CT_WINDOW_PRESETS
+from medgemma_desktop.session.recording import Answer
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_desktop.ui.settings_dialog import SettingsDialog
 from medgemma_desktop.ui.theme import apply_theme
 from medgemma_desktop.ui.viewer import ViewerPanel
-from medgemma_desktop.ui.worker import Answer, ModelState
+from medgemma_desktop.ui.worker import GenerateRequest, ModelState
 
 QUESTION = "Describe the findings on this chest X-ray."
 SAMPLE_ANSWER = """**Findings** (illustrative sample text)
@@ -110,6 +112,26 @@ def spin_until(done, timeout_s: float = 30) -> None:
         raise RuntimeError("the window did not reach the expected state in time")
 
 
+def hand_over_answer(window: MainWindow, question: str, text: str) -> None:
+    """Ask `question` through the window's send controller as a user would (checked, images rendered, the
+    exchange begun), then keep and hand over `text` the way the worker keeps and hands over a finished answer.
+    The worker never generates (`main` disconnects it: the tiny model writes noise)."""
+    requests: list[GenerateRequest] = []
+    window.host.generate_requested.connect(requests.append)
+    window.controller.ask(question)
+    spin_until(lambda: bool(requests))
+    window.host.generate_requested.disconnect(requests.append)
+    record, identity, worker = requests[0].job.record, window.host.identity, window.host.worker
+    message_id = record.store.add_question(record.conversation_id, record.question, record.images,
+                                           record.mode.value).id
+    answer_id = record.store.begin_answer(message_id, identity.model, identity.adapter, {})
+    worker.recorded.emit(message_id, answer_id)  # as `AnswerJob.run` records it: the history names it
+    record.store.finish_answer(answer_id, text, asdict(SAMPLE_STATS))
+    worker.finished.emit(Answer(text, "", SAMPLE_STATS, answer_id, identity, message_id, requests[0].job.settings))
+    spin_until(lambda: window.host.state is ModelState.READY)
+    window.controller.update_budget()
+
+
 def viewer_screenshots(out: Path, work: Path, app: QApplication) -> list[Path]:
     """The viewer alone with its radiology tools: a measurement in mm, corner overlays, the lung preset, the
     slice slider and a tag search; then the same slice inverted, rotated and flipped."""
@@ -159,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     first = MainWindow(work / "empty-settings.json")
     first.resize(1180, 760)
     first.show()
+    spin_until(lambda: not first.first_run.machine_label.text().startswith("Checking"))  # the machine check
     first.grab().save(str(args.out / "first_run.png"))
     first.close()
 
@@ -170,12 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     window.resize(1180, 760)
     window.show()
     spin_until(lambda: window.host.state is ModelState.READY)
+    window.host.generate_requested.disconnect(window.host.worker.generate)  # the tiny model writes noise
     window.viewer.open_paths([synthetic_chest_film(work / "synthetic_chest.png")])
     spin_until(lambda: window.viewer.model.rowCount() == 1)
-    window.chat.begin(QUESTION, window.viewer.model.pending())
-    window.viewer.model.mark_sent()
-    window.chat.finish(Answer(SAMPLE_ANSWER, "", SAMPLE_STATS))
-    window._update_controls()
+    hand_over_answer(window, QUESTION, SAMPLE_ANSWER)
     window.chat.question.setPlainText("Is the heart size normal?")
     app.processEvents()
     window.grab().save(str(args.out / "window.png"))
@@ -189,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     window.viewer.open_paths([ct_series_folder(work / "ct")])
     spin_until(lambda: window.viewer.model.rowCount() == 1)
     window.viewer.set_window(CT_WINDOW_PRESETS["lung"])
+    window.chat.question.setPlainText("Is there a pulmonary nodule?")
     window.viewer.tags.toggle.setChecked(True)
-    window.update_budget()
+    window.controller.update_budget()
     app.processEvents()
     window.grab().save(str(args.out / "window_ct.png"))
 
@@ -198,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     window.chat.task.set_mode(TaskMode.LOCALIZATION)
     window.viewer.open_paths([synthetic_chest_film(work / "synthetic_chest.png")])
     spin_until(lambda: window.viewer.model.rowCount() == 1)
-    window.host.generate_requested.disconnect(window.host.worker.generate)  # the tiny model writes noise
-    window.ask("left lung")
-    spin_until(lambda: window.host.state is ModelState.GENERATING)
-    window.host.worker.finished.emit(Answer(BOXES_ANSWER, "", SAMPLE_STATS))
-    window.update_budget()
+    hand_over_answer(window, "left lung", BOXES_ANSWER)
     app.processEvents()
     window.grab().save(str(args.out / "window_boxes.png"))
     manager = window.open_model_manager()  # a refused adapter folder: the reason shows under its field
@@ -219,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_theme(app, "light", 150)
     window.viewer.open_paths([synthetic_chest_film(work / "synthetic_chest.png")])
     spin_until(lambda: window.viewer.model.rowCount() == 1)
-    window.chat.begin(QUESTION, window.viewer.model.pending())
-    window.viewer.model.mark_sent()
-    window.chat.finish(Answer(SAMPLE_ANSWER, "", SAMPLE_STATS))
-    window._update_controls()
+    hand_over_answer(window, QUESTION, SAMPLE_ANSWER)
     app.processEvents()
     window.grab().save(str(args.out / "window_large_text.png"))
     apply_theme(app, "light", 100)
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.viewer.strip.setCurrentIndex(demo.viewer.model.index(0))
     demo.viewer.set_window(CT_WINDOW_PRESETS["lung"])
     demo.chat.question.setPlainText("Any nodules?")
-    demo.update_budget()
+    demo.controller.update_budget()
     app.processEvents()
     demo.grab().save(str(args.out / "window_demo.png"))
     settings = SettingsDialog(demo.settings, demo)
