@@ -4,6 +4,7 @@ status bar names the server, the history records it, and a server that is down i
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,8 @@ def test_the_settings_dialog_chooses_a_server_and_keeps_the_key_out_of_repr(qtbo
     assert (chosen.server_url, chosen.api_key()) == ("http://127.0.0.1:8080", "secret-key")
     assert "secret-key" not in repr(chosen)
     save_settings(chosen, tmp_path / "s.json")
+    if os.name == "posix":  # the saved key is readable by the user's account only
+        assert (tmp_path / "s.json").stat().st_mode & 0o077 == 0
     assert load_settings(tmp_path / "s.json").settings == chosen
     dialog.source.setCurrentIndex(0)
     assert dialog.settings().server_url is None
