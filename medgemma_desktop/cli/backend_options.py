@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medgemma_desktop.core.errors import UserFacingError
+from medgemma_desktop.core.settings import API_KEY_VARIABLE
 
 if TYPE_CHECKING:  # imported when used: `--help` and `--version` stay fast (no torch)
     from medgemma_desktop.core.engine import Engine, GenerationSettings
     from medgemma_desktop.core.remote import RemoteBackend
-
-API_KEY_VARIABLE = "MEDGEMMA_DESKTOP_API_KEY"  # keeps the key out of the process list and the shell history
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, remote: bool) -> None:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 UNVERSIONED = 0  # a file without schema_version: written by hand (an administrator pre-setting the model folder)
 THEMES = ("system", "light", "dark")
+SERVER_FIELDS = ("server_url", "server_model", "server_api_key")  # what says which server answers
+API_KEY_VARIABLE = "MEDGEMMA_DESKTOP_API_KEY"  # a server's key, kept out of the process list and the shell history
 Theme = Literal["system", "light", "dark"]
 
 
@@ -44,10 +46,18 @@ class Settings:
     text_size: int = 100  # percent of the platform's text size
     force_cpu: bool = False
     keep_patient_data: bool = False  # store DICOM images' identifying tags and file paths in the history
+    server_url: str | None = None  # answer on this OpenAI-compatible server instead of the local model
+    server_model: str | None = None  # which of the server's models (None: its only one)
+    server_api_key: str | None = field(default=None, repr=False)  # None: $MEDGEMMA_DESKTOP_API_KEY; never logged
 
     @property
     def has_model(self) -> bool:
-        return bool(self.model_dir)
+        """Something answers: a local model folder or a server."""
+        return bool(self.model_dir or self.server_url)
+
+    def api_key(self) -> str | None:
+        """The server's key: the one saved in settings, else the environment's (never logged)."""
+        return self.server_api_key or os.environ.get(API_KEY_VARIABLE)
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ def _checked(data: dict[str, Any]) -> tuple[Settings, list[str]]:
         if item.name not in data:
             continue
         value, default = data[item.name], getattr(defaults, item.name)
-        if item.name in ("model_dir", "adapter_dir"):
+        if item.name in ("model_dir", "adapter_dir", "server_url", "server_model", "server_api_key"):
             ok = value is None or isinstance(value, str)
         elif item.name == "attached_adapter_dirs":
             ok = isinstance(value, list) and all(isinstance(entry, str) for entry in value)

@@ -26,7 +26,7 @@ from medgemma_desktop.core.export import DISCLAIMER
 from medgemma_desktop.core.gpu import GpuMonitor
 from medgemma_desktop.core.imaging import load_any
 from medgemma_desktop.core.prompts import TaskMode
-from medgemma_desktop.core.settings import Settings, load_settings, save_settings
+from medgemma_desktop.core.settings import SERVER_FIELDS, Settings, load_settings, save_settings
 from medgemma_desktop.core.store import DB_FILENAME
 from medgemma_desktop.core.tiny_checkpoint import TinyCheckpoint
 from medgemma_desktop.session.inputs import ImageLoader
@@ -53,7 +53,7 @@ from medgemma_desktop.ui.worker import AdapterRequest, ModelHost, ModelState
 
 log = logging.getLogger(__name__)
 QUEUED = Qt.ConnectionType.QueuedConnection
-RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit")
+RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit", *SERVER_FIELDS)
 DEMO_DB_FILENAME = "demo-history.sqlite3"  # demo answers never mix with real history
 TITLE = "MedGemma Desktop"
 
@@ -69,8 +69,7 @@ class MainWindow(QMainWindow):
         self._settings_path, loaded = settings_path, load_settings(settings_path)
         self.settings = loaded.settings
         self._monitor = monitor or GpuMonitor()
-        self._load_when_idle = False  # a load asked for while the model thread was busy
-        self._switching_adapter = self._closed = False
+        self._load_when_idle = self._switching_adapter = self._closed = False  # _load_when_idle: asked while busy
         self._histories = HistoryFiles(data_folder or data_dir(), self.settings.keep_patient_data)
         self.store = self._histories.open(DB_FILENAME)
         self.jobs = BackgroundJobs(self)
@@ -147,7 +146,7 @@ class MainWindow(QMainWindow):
     def _start(self) -> None:
         problem = folders_problem(self.settings.model_dir or "", self.settings.adapter_dir or "")
         self.first_run.set_folders(self.settings.model_dir, self.settings.adapter_dir)
-        if problem is None:
+        if problem is None or self.settings.server_url:
             self.pages.setCurrentWidget(self.workspace)
             self.request_load()
         else:
@@ -173,17 +172,19 @@ class MainWindow(QMainWindow):
         return Path(self.settings.model_dir), Path(self.settings.adapter_dir) if self.settings.adapter_dir else None
 
     def request_load(self) -> None:
-        """Load the current folders; if the model thread is busy, stop it and load once it is idle."""
-        folders = self._model_folders()
-        if folders is None:
+        """Load the model folders or connect to the server; if the model thread is busy, stop it, load when idle."""
+        folders, server = self._model_folders(), None if self.demo else self.settings.server_url
+        if folders is None and not server:
             return
         if self.host.busy:
             self._load_when_idle = True
             self.host.stop()
-            return
-        more = () if self.demo else tuple(Path(path) for path in self.settings.attached_adapter_dirs)
-        self.host.load(*folders, LoadOptions(force_cpu=self.settings.force_cpu,
-                                             context_limit=self.settings.context_limit), more)
+        elif server:
+            self.host.connect_server(server, self.settings.api_key(), self.settings.server_model)
+        elif folders is not None:
+            more = () if self.demo else tuple(Path(path) for path in self.settings.attached_adapter_dirs)
+            self.host.load(*folders, LoadOptions(force_cpu=self.settings.force_cpu,
+                                                 context_limit=self.settings.context_limit), more)
 
     def start_demo(self) -> None:
         """The normal window on the tiny random model with the sample study loaded, its own history, a banner."""

@@ -1,11 +1,13 @@
 """The Settings dialog: edits a copy of `Settings` and refuses folders the core's checks reject.
 
 With no folders chosen there is nothing to check: the demo (or a user still waiting for the weights) can change
-the theme, text size, decoding and limits without naming a model folder."""
+the theme, text size, decoding and limits without naming a model folder. "Answers from" chooses between this
+computer's model and an OpenAI-compatible server (`medgemma-desktop serve`, vLLM) at a URL."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -16,12 +18,13 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QLabel,
+    QLineEdit,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from medgemma_desktop.core.settings import THEMES, Settings
+from medgemma_desktop.core.settings import API_KEY_VARIABLE, THEMES, Settings
 from medgemma_desktop.ui.folder_field import FolderField, folders_problem
 from medgemma_desktop.ui.theme import TEXT_SIZES
 
@@ -36,6 +39,22 @@ class SettingsDialog(QDialog):
         self.model_field.set_path(settings.model_dir)
         self.adapter_field = FolderField("Adapter folder", "Choose the LoRA adapter folder")
         self.adapter_field.set_path(settings.adapter_dir)
+        self.source = QComboBox()
+        self.source.setAccessibleName("Answers from")
+        self.source.addItem("This computer's model", False)
+        self.source.addItem("A server (OpenAI-compatible)", True)
+        self.source.setCurrentIndex(1 if settings.server_url else 0)
+        self.server_url = QLineEdit(settings.server_url or "")
+        self.server_url.setAccessibleName("Server address")
+        self.server_url.setPlaceholderText("http://127.0.0.1:8080")
+        self.server_model = QLineEdit(settings.server_model or "")
+        self.server_model.setAccessibleName("Server model")
+        self.server_model.setPlaceholderText("its only model")
+        self.server_key = QLineEdit(settings.server_api_key or "")
+        self.server_key.setAccessibleName("Server API key")
+        self.server_key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.server_key.setPlaceholderText(f"none, or ${API_KEY_VARIABLE}")
+        self.source.currentIndexChanged.connect(self._update_source)
         self.max_new_tokens = QSpinBox()
         self.max_new_tokens.setAccessibleName("Max new tokens")
         self.max_new_tokens.setRange(1, 8192)
@@ -82,6 +101,10 @@ class SettingsDialog(QDialog):
         self.error_label.hide()
 
         form = QFormLayout()
+        form.addRow("Answers from:", self.source)
+        form.addRow("Server address:", self.server_url)
+        form.addRow("Server model:", self.server_model)
+        form.addRow("Server API key:", self.server_key)
         form.addRow("Model folder:", self.model_field)
         form.addRow("Adapter folder:", self.adapter_field)
         form.addRow("Max new tokens:", self.max_new_tokens)
@@ -100,13 +123,22 @@ class SettingsDialog(QDialog):
         layout.addWidget(self.error_label)
         layout.addWidget(self.buttons)
         self._update_temperature()
+        self._update_source()
+
+    def _update_source(self) -> None:
+        on_server = bool(self.source.currentData())
+        for field in (self.server_url, self.server_model, self.server_key):
+            field.setEnabled(on_server)
 
     def _update_temperature(self) -> None:
         self.temperature.setEnabled(not self.decoding.currentData())
 
     def settings(self) -> Settings:
+        on_server = bool(self.source.currentData())
         return replace(
             self._original,
+            server_url=(self.server_url.text().strip() or None) if on_server else None,
+            server_model=self.server_model.text().strip() or None, server_api_key=self.server_key.text() or None,
             model_dir=self.model_field.path() or None, adapter_dir=self.adapter_field.path() or None,
             max_new_tokens=self.max_new_tokens.value(), greedy=bool(self.decoding.currentData()),
             temperature=round(self.temperature.value(), 2), context_limit=self.context_limit.value(),
@@ -117,6 +149,10 @@ class SettingsDialog(QDialog):
     def accept(self) -> None:
         model_dir, adapter_dir = self.model_field.path(), self.adapter_field.path()
         problem = folders_problem(model_dir, adapter_dir) if model_dir or adapter_dir else None
+        if self.source.currentData():
+            url = urlsplit(self.server_url.text().strip())
+            if url.scheme not in ("http", "https") or not url.netloc:
+                problem = "Give the server's address as http://HOST:PORT (for example http://127.0.0.1:8080)."
         if problem:
             self.error_label.setText(problem)
             self.error_label.show()

@@ -80,12 +80,16 @@ class ModelStatusLabel(QLabel):
         if identity is not None and state in (ModelState.READY, ModelState.GENERATING):
             adapter = f" + {identity.adapter_name}" if identity.adapter_name else ""
             text += f" · {shortened(identity.model_name + adapter)}"
+            remote = identity.device.startswith("server ")  # `core.remote.RemoteBackend` answers
+            if remote:
+                text += f" · {shortened(identity.device, 2 * SHORT_LIMIT)}"  # where answers come from
             if not identity.vision_active:
                 text += " · VISION NOT WORKING"
             details += [f"{identity.model_name}{adapter}",
                         f"{identity.device} {identity.dtype} · {identity.quantization}",
                         "vision active" if identity.vision_active else "VISION NOT WORKING: images do not reach "
                                                                        "the model",
+                        identity.decoder if remote else
                         f"{'fast' if identity.decoder.startswith('fast') else 'plain'} decoding: {identity.decoder}"]
         self.setText(text)
         self.setToolTip("\n".join(details))

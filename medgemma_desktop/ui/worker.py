@@ -1,4 +1,5 @@
-"""The model thread: one long-lived QThread with one worker QObject that owns the `Engine`.
+"""The model thread: one long-lived QThread with one worker QObject that owns the backend: the local `Engine`, or a
+`RemoteBackend` when the settings name a server (`ServerRequest`).
 
 As in GPT4All's ChatLLM, the UI talks to the worker only through queued signals (`load_requested`,
 `generate_requested`) and hears back through the worker's signals. Stop and cancel are not signals: a queued
@@ -27,6 +28,7 @@ from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.fingerprint import FingerprintCache
 from medgemma_desktop.core.prompts import ChatTurn
 from medgemma_desktop.core.quant_cache import QuantizedModelCache
+from medgemma_desktop.core.remote import RemoteBackend
 from medgemma_desktop.session.backend import PromptCounter
 from medgemma_desktop.session.recording import Answer, AnswerJob
 from medgemma_desktop.ui.hooks import report_unexpected
@@ -44,6 +46,22 @@ class LoadRequest:
     options: LoadOptions
     more_adapters: tuple[Path, ...] = ()  # attached too, to switch to without reloading
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class ServerRequest:
+    """Answer on an OpenAI-compatible server instead of a local model."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def server_counter(remote: RemoteBackend) -> PromptCounter:
+    """The UI thread's budget count for a server: no HTTP per key press, so text is estimated cautiously (three
+    characters a token, as `RemoteBackend` does without /tokenize); the server counts exactly before answering."""
+    return PromptCounter(remote.tokens_per_image, lambda text: len(text) // 3 + 1, remote.context_limit)
 
 
 @dataclass(frozen=True)
@@ -91,18 +109,22 @@ class ModelWorker(QObject):
 
     def __init__(self, cache: QuantizedModelCache | None, fingerprints: FingerprintCache) -> None:
         super().__init__()
-        self._engine: Engine | None = None
+        self._engine: Engine | RemoteBackend | None = None
         self._cache = cache
         self._fingerprints = fingerprints
 
     @property
-    def engine(self) -> Engine | None:
-        """The loaded engine; use it from another thread only while this one is idle (`ModelHost.idle_backend`)."""
+    def engine(self) -> Engine | RemoteBackend | None:
+        """The loaded engine or server; use it from another thread only while this one is idle
+        (`ModelHost.idle_backend`)."""
         return self._engine
 
     @Slot(object)
-    def load(self, request: LoadRequest) -> None:
+    def load(self, request: LoadRequest | ServerRequest) -> None:
         self._release()
+        if isinstance(request, ServerRequest):
+            self._connect(request)
+            return
         try:
             self._engine = Engine.load(request.model_dir, request.adapter_dir, request.options,
                                        progress=self.loading_progress.emit, cancel=request.cancel,
@@ -117,10 +139,26 @@ class ModelWorker(QObject):
             self._engine.processor.tokenizer, self._engine.tokens_per_image, self._engine.context_limit))
         self._report_model()
 
+    def _connect(self, request: ServerRequest) -> None:
+        self.loading_progress.emit(0, f"asking {request.url} for its models")
+        try:
+            remote = RemoteBackend(request.url, api_key=request.api_key, model=request.model)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        if request.cancel.is_set():
+            remote.close()
+            self.failed.emit("cancelled", "Connecting to the server was cancelled.")
+            return
+        self._engine = remote
+        self.token_counter_ready.emit(server_counter(remote))
+        self._report_model()
+
     @Slot(object)
     def change_adapter(self, request: AdapterRequest) -> None:
-        if self._engine is None:
-            self.failed.emit("adapter", "No model is loaded. Load the base model before choosing an adapter.")
+        if not isinstance(self._engine, Engine):
+            self.failed.emit("adapter", "No local model is loaded. Load the base model before choosing an adapter "
+                                        "(a server answers with the adapter it serves).")
             return
         try:
             if request.add is not None:
@@ -134,7 +172,8 @@ class ModelWorker(QObject):
 
     def _report_model(self) -> None:
         assert self._engine is not None
-        self.adapters_changed.emit({name: adapter.path for name, adapter in self._engine.adapters.items()})
+        adapters = self._engine.adapters if isinstance(self._engine, Engine) else {}
+        self.adapters_changed.emit({name: adapter.path for name, adapter in adapters.items()})
         self.model_ready.emit(self._engine.identity)
 
     @Slot(object)
@@ -198,7 +237,7 @@ class ModelHost(QObject):
         self.worker.adapters_changed.connect(self._on_adapters, Qt.ConnectionType.QueuedConnection)
         self.worker.finished.connect(self._on_finished, Qt.ConnectionType.QueuedConnection)
         self.worker.failed.connect(self._on_failed, Qt.ConnectionType.QueuedConnection)
-        self._pending: LoadRequest | GenerateRequest | None = None
+        self._pending: LoadRequest | ServerRequest | GenerateRequest | None = None
         self._identity: ModelIdentity | None = None
         self.adapters: dict[str, Path] = {}  # attached to the loaded base, by name
         self.model_dir: Path | None = None  # of the last load request
@@ -214,19 +253,25 @@ class ModelHost(QObject):
         return self.state in (ModelState.LOADING, ModelState.GENERATING)
 
     @property
-    def idle_backend(self) -> Engine | None:
+    def idle_backend(self) -> Engine | RemoteBackend | None:
         """The loaded engine while nothing runs on the model thread, for work the window keeps modal meanwhile
         (File > Batch…); None without a model, while loading or while answering."""
         return self.worker.engine if self.state is ModelState.READY else None
 
     def load(self, model_dir: Path, adapter_dir: Path | None, options: LoadOptions,
              more_adapters: tuple[Path, ...] = ()) -> None:
+        self._request_load(LoadRequest(model_dir, adapter_dir, options, more_adapters))
+
+    def connect_server(self, url: str, api_key: str | None, model: str | None) -> None:
+        """Answer on the server at `url` from now on (the local model, if any, is released)."""
+        self._request_load(ServerRequest(url, api_key, model))
+
+    def _request_load(self, request: LoadRequest | ServerRequest) -> None:
         self._cancel_pending()
-        request = LoadRequest(model_dir, adapter_dir, options, more_adapters)
         self._pending = request
         self._identity = None
         self.adapters = {}
-        self.model_dir = model_dir
+        self.model_dir = request.model_dir if isinstance(request, LoadRequest) else None
         self._set_state(ModelState.LOADING, "0%")
         self.load_requested.emit(request)
 
