@@ -46,6 +46,8 @@ STDERR_ALLOWLIST = [
     # `ask` reports load progress and the closing statistics on stderr by design.
     r"\[\s*\d+%\] .*",
     r"-- \d+ prompt \+ \d+ new tokens; .*",
+    r"-- kept as conversation \d+ \(medgemma-desktop history show \d+\)",  # `ask` keeps it in the history
+    r"-- [A-Za-z -]+: .*",  # the task `ask` chose for a series, with its label
     # Xvfb has no GL: Qt falls back to software rendering and says so.
     r"qt\.glx: qglx_findConfig: Failed to finding matching FBConfig.*",
     r"Could not initialize GLX",
