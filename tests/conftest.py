@@ -74,6 +74,19 @@ def tiny_settings_path(tmp_path: Path, tiny_checkpoint: TinyCheckpoint) -> Path:
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
+def write_mr_series(folder: Path) -> Path:
+    """Four slices of pydicom's MR_small, axial, written out of order (2, 0, 3, 1) with distinct pixels."""
+    folder.mkdir()
+    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    pixels = dataset.pixel_array
+    dataset.ImageOrientationPatient = AXIAL
+    for number in (2, 0, 3, 1):
+        dataset.ImagePositionPatient = [0.0, 0.0, float(number)]
+        dataset.PixelData = (pixels + number * 10).astype(pixels.dtype).tobytes()
+        dataset.save_as(folder / f"{number}.dcm")
+    return folder
+
+
 def write_ct_series(folder: Path, positions: list[float], orientation: list[float] = AXIAL,
                     offsets: list[int] | None = None, instance_numbers: list[int] | None = None) -> None:
     """Copies of pydicom's CT_small as one series (its own SeriesInstanceUID): slice i at positions[i] mm along
@@ -101,6 +114,12 @@ def write_ct_series(folder: Path, positions: list[float], orientation: list[floa
 def ct_slices() -> Callable[..., None]:
     """`write_ct_series`, for tests that place the slices themselves."""
     return write_ct_series
+
+
+@pytest.fixture
+def mr_series() -> Callable[[Path], Path]:
+    """`write_mr_series`: four MR slices of one series in a folder, written out of order."""
+    return write_mr_series
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -32,16 +31,6 @@ def _picture(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) ->
     return path
 
 
-def _mr_series(folder: Path) -> Path:
-    folder.mkdir()
-    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    pixels = dataset.pixel_array
-    dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    for number in (2, 0, 3, 1):
-        dataset.ImagePositionPatient = [0.0, 0.0, float(number)]
-        dataset.PixelData = (pixels + number * 10).astype(pixels.dtype).tobytes()
-        dataset.save_as(folder / f"{number}.dcm")
-    return folder
 
 
 def _model_inputs(engine: Engine, turns: Sequence[ChatTurn]) -> dict[str, torch.Tensor]:
@@ -133,14 +122,14 @@ def test_a_series_that_does_not_fit_offers_the_slices_that_do(tiny_engine: Engin
     assert not check.fits and check.slices_that_fit == fit and f"A CT series of {fit} slices fits" in check.problem
 
 
-def _inputs_for(mode: TaskMode, tmp_path: Path, ct_slices) -> tuple[list[InputItem], str, InputItem | None]:
+def _inputs_for(mode: TaskMode, tmp_path: Path, ct_slices, mr_series) -> tuple[list[InputItem], str, InputItem | None]:
     first = _picture(tmp_path / "first.png", (64, 48), (200, 10, 10))
     second = _picture(tmp_path / "second.png", (48, 64), (10, 200, 10))
     if mode is TaskMode.CT_SERIES:
         ct_slices(tmp_path / "ct", [2.5 * i for i in range(5)], offsets=[0, 50, 100, 150, 200])
         return open_inputs([tmp_path / "ct"]), "", None
     if mode is TaskMode.MRI_SERIES:
-        return open_inputs([_mr_series(tmp_path / "mr")]), "", None
+        return open_inputs([mr_series(tmp_path / "mr")]), "", None
     if mode is TaskMode.LONGITUDINAL_CXR:
         items = open_inputs([first, second])
         return items, "", items[1]
@@ -154,8 +143,8 @@ def _inputs_for(mode: TaskMode, tmp_path: Path, ct_slices) -> tuple[list[InputIt
 @pytest.mark.parametrize("mode", list(TaskMode), ids=lambda mode: mode.value)
 def test_reopen_continue_and_regenerate_send_the_turns_of_the_original(mode: TaskMode, tiny_engine: Engine,
                                                                        store: ConversationStore, tmp_path: Path,
-                                                                       ct_slices) -> None:
-    items, text, prior = _inputs_for(mode, tmp_path, ct_slices)
+                                                                       ct_slices, mr_series) -> None:
+    items, text, prior = _inputs_for(mode, tmp_path, ct_slices, mr_series)
     fresh = Session(tiny_engine, store, settings=SETTINGS)
     asked = fresh.begin(prepare_question(mode, items, text, prior, max_slices=3))
     fresh.run(asked)

@@ -11,10 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 from PySide6.QtCore import QRectF, Qt
 
 from medgemma_desktop.core.dicom import load_dicom_folder
@@ -174,16 +172,8 @@ def test_ct_series_sends_three_window_slices_then_the_question_and_follow_ups_ke
 
 
 def test_mri_series_sends_the_volume_normalised_slices(qtbot, window: MainWindow, requests: list[GenerateRequest],
-                                                       tmp_path: Path) -> None:
-    folder = tmp_path / "mr"
-    folder.mkdir()
-    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    pixels = dataset.pixel_array
-    dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    for number in (2, 0, 3, 1):
-        dataset.ImagePositionPatient = [0.0, 0.0, float(number)]
-        dataset.PixelData = (pixels + number * 10).astype(pixels.dtype).tobytes()
-        dataset.save_as(folder / f"{number}.dcm")
+                                                       tmp_path: Path, mr_series) -> None:
+    folder = mr_series(tmp_path / "mr")
     open_files(qtbot, window, [folder])
     assert window.chat.task.mode is TaskMode.MRI_SERIES
     send(qtbot, window, "")
