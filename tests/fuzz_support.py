@@ -1,9 +1,6 @@
-"""The property every fuzz test checks, for any reader of untrusted input (a picture, a DICOM file, later an API
-request): within a time bound, it returns a result or raises the app's own one-line `UserFacingError`; any other
-exception, a message over several lines, or a hang fails the case.
-
-A request-parser property is one more call of `answers_or_refuses` with the parser and its hostile input, e.g.
-`answers_or_refuses(lambda: parse_chat_request(body))` under the same `FUZZ_SETTINGS`.
+"""The property every fuzz test checks, for any reader of untrusted input (a picture, a DICOM file, an API
+request): within a time bound, it returns a result or raises the app's own one-line refusal (`UserFacingError`, or
+the server's `ApiError`); any other exception, a message over several lines, or a hang fails the case.
 """
 
 from __future__ import annotations
@@ -29,8 +26,9 @@ FUZZ_SETTINGS = settings(derandomize=True, database=None, deadline=None, print_b
                                                 HealthCheck.function_scoped_fixture])
 
 
-def answers_or_refuses(call: Callable[[], T], within_s: float = CASE_TIME_LIMIT_S) -> T | UserFacingError:
-    """Run `call` on a helper thread: its result, or the `UserFacingError` it raised (checked to be one line).
+def answers_or_refuses(call: Callable[[], T], within_s: float = CASE_TIME_LIMIT_S,
+                       refusal: type[Exception] = UserFacingError) -> T | Exception:
+    """Run `call` on a helper thread: its result, or the `refusal` it raised (checked to be one line).
     Anything else it raises is re-raised here, and a call still running after `within_s` fails the case."""
     outcome: list[tuple[bool, object]] = []
 
@@ -48,11 +46,11 @@ def answers_or_refuses(call: Callable[[], T], within_s: float = CASE_TIME_LIMIT_
     succeeded, value = outcome[0]
     if succeeded:
         return value  # type: ignore[return-value]
-    if isinstance(value, UserFacingError):
+    if isinstance(value, refusal):
         message = str(value)
         assert message and "\n" not in message and "\r" not in message, f"not one line: {message!r}"
         assert "Traceback" not in message
         return value
     elapsed = time.perf_counter() - started
-    raise AssertionError(f"raised {type(value).__name__} after {elapsed:.2f} s instead of a UserFacingError: "
+    raise AssertionError(f"raised {type(value).__name__} after {elapsed:.2f} s instead of a {refusal.__name__}: "
                          f"{value}") from value  # type: ignore[misc]

@@ -124,8 +124,9 @@ def _turns(messages: Any, max_image_pixels: int) -> list[ChatTurn]:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise bad_request(f"{where} must be an object with a role and content", param=where)
-        role = {"developer": "system"}.get(message.get("role"), message.get("role"))
-        if role not in ("system", "user", "assistant"):
+        role = message.get("role")
+        role = "system" if role == "developer" else role
+        if not isinstance(role, str) or role not in ("system", "user", "assistant"):
             raise bad_request(f"{where}.role must be system, user or assistant (tools are not supported)",
                               param=f"{where}.role")
         if role == "system" and index != 0:
