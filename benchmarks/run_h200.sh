@@ -7,8 +7,10 @@
 #           compiled step built in the background, decode rate, adapter switches with the logits check after
 #           each, time to first token alternating with the recipe); writes summary.json. After `load` it uses
 #           the compile cache that `load` filled.
-#   tools:  the compiled step's kernel profile (profile_step.py) and the NF4 matrix-vector kernel against
-#           bitsandbytes' (nf4_gemv.py).
+#   kernel: the NF4 matrix-vector kernel (core/nf4_matvec.py) against bitsandbytes' (nf4_gemv.py).
+#   serve:  batch items/s and the server's latency with 1 and 4 clients (bench_serve.py; needs the openai,
+#           starlette and uvicorn wheels and theirs in .whl too).
+#   tools:  the compiled step's kernel profile (profile_step.py).
 # `all` (the default) runs load, then decode (about eight minutes on an H200). Needs .whl with bitsandbytes,
 # platformdirs and pydicom (carry [".whl"]).
 set -o pipefail
@@ -20,7 +22,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 PYTHON=$(command -v python3)
 COLD=/tmp/inductor-cold EMPTY=/tmp/inductor-empty
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $OUT/gpu.txt
-$PYTHON benchmarks/bench_decode.py $OUT --build-only
+[ $PART = kernel ] || $PYTHON benchmarks/bench_decode.py $OUT --build-only
 if [ $PART = load ] || [ $PART = all ]; then
   # Every command on PATH except C/C++ compilers, assemblers and linkers (hiding all of PATH also hides `file`,
   # which changes Triton's cache key for its compiled helper module: run 14's no-compiler rows are that artefact).
@@ -61,7 +63,12 @@ if [ $PART = decode ] || [ $PART = all ]; then
   $PYTHON -c "import json; print(json.dumps([r for r in json.load(open('$OUT/bench_decode.json')) \
     if r.get('event') == 'summary'], indent=1))" | tee $OUT/summary.json
 fi
+if [ $PART = kernel ]; then
+  timeout 120 $PYTHON benchmarks/nf4_gemv.py $OUT 2>&1 | tail -60 | tee $OUT/kernel.log
+fi
+if [ $PART = serve ]; then
+  timeout 400 $PYTHON benchmarks/bench_serve.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/serve.log
+fi
 if [ $PART = tools ]; then
-  timeout 120 $PYTHON benchmarks/nf4_gemv.py $OUT 2>&1 | tail -40 >> $OUT/tools.log
   timeout 200 $PYTHON benchmarks/profile_step.py $OUT 2>&1 | tail -30 >> $OUT/tools.log
 fi

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from bitsandbytes.functional import QuantState
 from torch.compiler import is_compiling
 
+from medgemma_desktop.core import nf4_matvec
+
 QKV = ("q_proj", "k_proj", "v_proj")
 GATE_UP = ("gate_proj", "up_proj")
 # The step's 4-bit matmuls per decoder layer: (submodule, projections that read the same input).
@@ -170,6 +172,9 @@ class FusedLinear:
         self.sizes = [int(state.shape[0]) for state in self.states]
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.shape = [sum(self.sizes), int(self.states[0].shape[1])]
+        state = self.states[0]
+        self.nf4_kernel = nf4_matvec.ENABLED and nf4_matvec.matvec_supported(
+            self.weight.device, self.shape[1], state.quant_type, state.blocksize)
         slotted = [i for i, name in enumerate(names) if name in slots.targets]
         self._slot_rows = {i: k * slots.rank for k, i in enumerate(slotted)}  # member -> first row of its slot
         self.lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -217,9 +222,11 @@ class FusedLinear:
                 scale[rows] = scaling
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.states) > 1 and is_compiling():  # the scales fuse into one small kernel
-            state = self.states[0]
+        state = self.states[0]
+        if is_compiling() and (self.nf4_kernel or len(self.states) > 1):  # the scales fuse into one small kernel
             scales = torch.cat([_block_scales(s) for s in self.states])
+            if self.nf4_kernel and x.numel() == self.shape[1] and x.dtype == torch.bfloat16:
+                return torch.ops.medgemma.nf4_matvec(x, self.weight, scales, self.shape[0])
             return torch.ops.bitsandbytes.gemm_4bit.default(x, self.weight, self.shape, scales, state.blocksize,
                                                             state.quant_type)
         # Uncompiled, computing the scales takes more launches than one matmul per member with its own scales.

@@ -1,0 +1,151 @@
+"""One token times a bitsandbytes NF4 weight, in a CUDA kernel built at run time by NVRTC (no C compiler needed).
+
+The decode step reads every 4-bit weight once per token, so its speed is the speed of this matrix-vector product.
+bitsandbytes' kernel reaches about a sixth of an H200's memory bandwidth; this one reads each row's packed bytes
+16 at a time per lane (a warp per `ROWS` rows), looks the 16 NF4 levels up in shared memory (16 words in 16
+banks: no bank conflicts), keeps x in registers across the rows, and sums in float32 as bitsandbytes does, with
+one scale per 64 weights. The weight layout is bitsandbytes' own (rows packed flat, the first of two weights in
+the high nibble), so nothing is repacked and the same bytes serve both kernels.
+
+NVRTC ships with PyTorch's CUDA libraries (`torch.cuda._compile_kernel`); the kernel is compiled once per process
+in well under a second. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes it does not cover) the
+caller keeps bitsandbytes' kernel: `matvec_supported` says which.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ROWS = 2  # rows per warp: x is read once for all of them
+THREADS = 128  # four warps per block: small blocks spread the 2,560-row projections over every SM
+ENABLED = True  # False: bitsandbytes' kernel everywhere (the benchmark compares the two in one run)
+
+KERNEL = r"""
+typedef unsigned short bf16_t;
+
+__device__ __forceinline__ float low_bf16(unsigned v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float high_bf16(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ bf16_t to_bf16(float f) {  // round to nearest even, as torch rounds
+    unsigned u = __float_as_uint(f);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+extern "C" __global__ void nf4_matvec(const uint4* __restrict__ x, const uint4* __restrict__ w,
+                                      const float* __restrict__ scales, const float* __restrict__ code,
+                                      bf16_t* __restrict__ y, int n, int k) {
+    __shared__ float lut[16];
+    if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int row0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * ROWS;
+    const int chunks = k >> 5;  // 16 packed bytes (32 weights) per chunk
+    float acc[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) acc[r] = 0.f;
+    for (int c = lane; c < chunks; c += 32) {
+        uint4 packed[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) packed[r] = __ldg(w + (size_t)min(row0 + r, n - 1) * chunks + c);
+        float xs[32];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const uint4 v = __ldg(x + c * 4 + q);
+            xs[8 * q + 0] = low_bf16(v.x); xs[8 * q + 1] = high_bf16(v.x);
+            xs[8 * q + 2] = low_bf16(v.y); xs[8 * q + 3] = high_bf16(v.y);
+            xs[8 * q + 4] = low_bf16(v.z); xs[8 * q + 5] = high_bf16(v.z);
+            xs[8 * q + 6] = low_bf16(v.w); xs[8 * q + 7] = high_bf16(v.w);
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const unsigned words[4] = {packed[r].x, packed[r].y, packed[r].z, packed[r].w};
+            float sum = 0.f;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+#pragma unroll
+                for (int b = 0; b < 4; ++b) {
+                    const unsigned byte = (words[q] >> (8 * b)) & 0xffu;
+                    sum = fmaf(xs[8 * q + 2 * b], lut[byte >> 4], sum);
+                    sum = fmaf(xs[8 * q + 2 * b + 1], lut[byte & 15u], sum);
+                }
+            }
+            acc[r] = fmaf(sum, __ldg(scales + (size_t)min(row0 + r, n - 1) * (k >> 6) + (c >> 1)), acc[r]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+        if (lane == 0 && row0 + r < n) y[row0 + r] = to_bf16(acc[r]);
+    }
+}
+"""
+
+
+@cache
+def _kernel(device_index: int, rows: int):
+    """The compiled kernel for one GPU (NVRTC targets its architecture); raises where NVRTC cannot build it."""
+    with torch.cuda.device(device_index):
+        major, minor = torch.cuda.get_device_capability(device_index)
+        return torch.cuda._compile_kernel(KERNEL, "nf4_matvec", compute_capability=f"{major}{minor}",
+                                          nvcc_options=[f"-DROWS={rows}", "-std=c++17"])
+
+
+@cache
+def _nf4_levels(device_index: int) -> torch.Tensor:
+    from bitsandbytes.functional import get_4bit_type
+
+    return get_4bit_type("nf4", device=torch.device("cuda", device_index)).float().contiguous()
+
+
+def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: int) -> bool:
+    """Whether `nf4_matvec` can run products with this weight: an sm_80+ GPU, NF4 with blocks of 64, a row
+    length that fills whole 16-byte chunks, and a kernel NVRTC could build. (Per call, the input must also be one
+    bfloat16 token.)"""
+    if device.type != "cuda" or quant_type != "nf4" or blocksize != 64 or k % 64:
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if torch.cuda.get_device_capability(index)[0] < 8:
+        return False
+    try:
+        _kernel(index, ROWS)
+    except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
+        log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
+        return False
+    return True
+
+
+def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int, rows: int = ROWS,
+           threads: int = THREADS) -> torch.Tensor:
+    """The kernel on the current stream (so a CUDA graph being captured records it); `rows` and `threads` are
+    the tiling (the benchmark tries others)."""
+    k = x.shape[-1]
+    x, weight, scales = _aligned(x), _aligned(weight), scales.contiguous()
+    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+    warps = -(-n // rows)
+    _kernel(x.device.index, rows)(grid=(-(-warps * 32 // threads), 1, 1), block=(threads, 1, 1),
+                                  args=[x, weight, scales, _nf4_levels(x.device.index), out, n, k])
+    return out
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """Contiguous, starting on a 16-byte boundary (the kernel reads 16 bytes at a time)."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.data_ptr() % 16 == 0 else tensor.clone()
+
+
+@torch.library.custom_op("medgemma::nf4_matvec", mutates_args=())
+def nf4_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    """x (one token of k bfloat16 values, any leading shape) times the (n, k) NF4 `weight` (bitsandbytes'
+    packed bytes) with float32 `scales` per 64 weights: (..., n) in bfloat16. Check `matvec_supported` first."""
+    return launch(x, weight, scales, n)
+
+
+@nf4_matvec.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], n)
