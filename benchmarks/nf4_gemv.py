@@ -53,10 +53,11 @@ def check(configs: list[tuple[int, int]]) -> dict:
         scales = scales_of(state)
         bnb = torch.ops.bitsandbytes.gemm_4bit.default(x, packed, [n, k], scales, QBLOCK, "nf4").float()
         result[f"{name}_bitsandbytes"] = round(float((bnb - reference).norm() / reference.norm()), 6)
-        for rows, threads in configs:
-            got = launch(x, packed, scales, n, rows, threads).float()
-            result[f"{name}_{rows}x{threads}"] = round(float((got - reference).norm() / reference.norm()), 6)
-            result[f"{name}_{rows}x{threads}_max_vs_bnb"] = round(float((got - bnb).abs().max()), 6)
+        for rows, ksplit in configs:
+            got = launch(x, packed, scales, n, rows, ksplit).float()
+            tag = f"{name}_{rows}x{ksplit}"
+            result[tag] = round(float((got - reference).norm() / reference.norm()), 6)
+            result[f"{tag}_max_vs_bnb"] = round(float((got - bnb).abs().max()), 6)
     return result
 
 
@@ -85,9 +86,9 @@ def bench(configs: list[tuple[int, int]]) -> dict:
     packed_bytes = sum(p.numel() + s.numel() * 4 for name in layers for (p, _), s in zip(layers[name], scales[name],
                                                                                        strict=True))
 
-    def run_with(matvec):
+    def run_with(matvec, shapes=SHAPES):
         def run() -> None:
-            for name, (n, k) in SHAPES.items():
+            for name, (n, k) in shapes.items():
                 for (packed, _), scale in zip(layers[name], scales[name], strict=True):
                     matvec(xs[name], packed, scale, n, k)
         return run
@@ -96,21 +97,28 @@ def bench(configs: list[tuple[int, int]]) -> dict:
         return torch.ops.bitsandbytes.gemm_4bit.default(x, packed, [n, k], scale, QBLOCK, "nf4")
 
     result = {"bytes_read_gb": round(packed_bytes / 1e9, 3),
-              "bitsandbytes_ms": round(graph_time(run_with(bnb)) * 1e3, 3)}
-    for rows, threads in configs:
+              "bitsandbytes_ms": round(graph_time(run_with(bnb)) * 1e3, 3),
+              "bitsandbytes_per_shape_ms": {name: round(graph_time(run_with(bnb, {name: shape})) * 1e3, 3)
+                                            for name, shape in SHAPES.items()}}
+    for rows, ksplit in configs:
+        tag = f"nvrtc_{rows}x{ksplit}"
         try:
-            ours = run_with(lambda x, packed, scale, n, k, r=rows, t=threads: launch(x, packed, scale, n, r, t))
-            result[f"nvrtc_{rows}x{threads}_ms"] = round(graph_time(ours) * 1e3, 3)
+            def ours(x, packed, scale, n, k, r=rows, s=ksplit):
+                return launch(x, packed, scale, n, r, s)
+            result[f"{tag}_ms"] = round(graph_time(run_with(ours)) * 1e3, 3)
+            result[f"{tag}_per_shape_ms"] = {name: round(graph_time(run_with(ours, {name: shape})) * 1e3, 3)
+                                             for name, shape in SHAPES.items()}
         except Exception as exc:  # a tiling that does not build or launch is only skipped
-            result[f"nvrtc_{rows}x{threads}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            result[f"{tag}_error"] = f"{type(exc).__name__}: {exc}"[:200]
     for key in list(result):
-        if key.endswith("_ms"):
+        if key.endswith("_ms") and not isinstance(result[key], dict):
             result[key.replace("_ms", "_tb_s")] = round(packed_bytes / (result[key] / 1e3) / 1e12, 2)
     return result
 
 
 def main() -> None:
-    configs = [(1, 128), (2, 128), (4, 128), (1, 256), (2, 256), (2, 64), (4, 64)]
+    # (outputs per block, warps per block splitting each row)
+    configs = [(1, 1), (2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (4, 4)]
     started = time.perf_counter()
     launch(torch.zeros(1, 64, dtype=torch.bfloat16, device="cuda"), torch.zeros(32, 1, dtype=torch.uint8,
            device="cuda"), torch.ones(1, device="cuda"), 1)

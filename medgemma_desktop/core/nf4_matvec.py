@@ -21,8 +21,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-ROWS = 2  # rows per warp: x is read once for all of them
-THREADS = 128  # four warps per block: small blocks spread the 2,560-row projections over every SM
+ROWS = 4  # outputs per block: x is read once for all of them
+KSPLIT = 2  # warps per block, splitting each row
 ENABLED = True  # False: bitsandbytes' kernel everywhere (the benchmark compares the two in one run)
 
 KERNEL = r"""
@@ -36,22 +36,25 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {  // round to nearest even, 
     return (bf16_t)(u >> 16);
 }
 
-extern "C" __global__ void nf4_matvec(const uint4* __restrict__ x, const uint4* __restrict__ w,
-                                      const float* __restrict__ scales, const float* __restrict__ code,
-                                      bf16_t* __restrict__ y, int n, int k) {
+// A block of KSPLIT warps computes ROWS outputs: the warps split the row's 16-byte chunks among them, each lane
+// reads one chunk of every row per step and x's 32 values for it once.
+extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
+        const uint4* __restrict__ x, const uint4* __restrict__ w, const float* __restrict__ scales,
+        const float* __restrict__ code, bf16_t* __restrict__ y, int n, int k) {
     __shared__ float lut[16];
+    __shared__ float partial[KSPLIT][ROWS];
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
-    const int lane = threadIdx.x & 31;
-    const int row0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * ROWS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row0 = blockIdx.x * ROWS;
     const int chunks = k >> 5;  // 16 packed bytes (32 weights) per chunk
     float acc[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) acc[r] = 0.f;
-    for (int c = lane; c < chunks; c += 32) {
+    for (int c = threadIdx.x; c < chunks; c += 32 * KSPLIT) {
         uint4 packed[ROWS];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) packed[r] = __ldg(w + (size_t)min(row0 + r, n - 1) * chunks + c);
+        for (int r = 0; r < ROWS; ++r) packed[r] = __ldcs(w + (size_t)min(row0 + r, n - 1) * chunks + c);
         float xs[32];
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -64,36 +67,45 @@ extern "C" __global__ void nf4_matvec(const uint4* __restrict__ x, const uint4* 
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             const unsigned words[4] = {packed[r].x, packed[r].y, packed[r].z, packed[r].w};
-            float sum = 0.f;
+            float sums[4];  // four independent chains: the lookups' latency overlaps
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
+                sums[q] = 0.f;
 #pragma unroll
                 for (int b = 0; b < 4; ++b) {
                     const unsigned byte = (words[q] >> (8 * b)) & 0xffu;
-                    sum = fmaf(xs[8 * q + 2 * b], lut[byte >> 4], sum);
-                    sum = fmaf(xs[8 * q + 2 * b + 1], lut[byte & 15u], sum);
+                    sums[q] = fmaf(xs[8 * q + 2 * b], lut[byte >> 4], sums[q]);
+                    sums[q] = fmaf(xs[8 * q + 2 * b + 1], lut[byte & 15u], sums[q]);
                 }
             }
-            acc[r] = fmaf(sum, __ldg(scales + (size_t)min(row0 + r, n - 1) * (k >> 6) + (c >> 1)), acc[r]);
+            const float scale = __ldg(scales + (size_t)min(row0 + r, n - 1) * (k >> 6) + (c >> 1));
+            acc[r] = fmaf((sums[0] + sums[1]) + (sums[2] + sums[3]), scale, acc[r]);
         }
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
-        if (lane == 0 && row0 + r < n) y[row0 + r] = to_bf16(acc[r]);
+        if (lane == 0) partial[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (threadIdx.x < ROWS && row0 + threadIdx.x < n) {
+        float total = 0.f;
+#pragma unroll
+        for (int i = 0; i < KSPLIT; ++i) total += partial[i][threadIdx.x];
+        y[row0 + threadIdx.x] = to_bf16(total);
     }
 }
 """
 
 
 @cache
-def _kernel(device_index: int, rows: int):
+def _kernel(device_index: int, rows: int, ksplit: int):
     """The compiled kernel for one GPU (NVRTC targets its architecture); raises where NVRTC cannot build it."""
     with torch.cuda.device(device_index):
         major, minor = torch.cuda.get_device_capability(device_index)
         return torch.cuda._compile_kernel(KERNEL, "nf4_matvec", compute_capability=f"{major}{minor}",
-                                          nvcc_options=[f"-DROWS={rows}", "-std=c++17"])
+                                          nvcc_options=[f"-DROWS={rows}", f"-DKSPLIT={ksplit}", "-std=c++17"])
 
 
 @cache
@@ -113,7 +125,7 @@ def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: i
     if torch.cuda.get_device_capability(index)[0] < 8:
         return False
     try:
-        _kernel(index, ROWS)
+        _kernel(index, ROWS, KSPLIT)
     except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
         log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
         return False
@@ -121,15 +133,14 @@ def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: i
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int, rows: int = ROWS,
-           threads: int = THREADS) -> torch.Tensor:
-    """The kernel on the current stream (so a CUDA graph being captured records it); `rows` and `threads` are
+           ksplit: int = KSPLIT) -> torch.Tensor:
+    """The kernel on the current stream (so a CUDA graph being captured records it); `rows` and `ksplit` are
     the tiling (the benchmark tries others)."""
     k = x.shape[-1]
     x, weight, scales = _aligned(x), _aligned(weight), scales.contiguous()
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
-    warps = -(-n // rows)
-    _kernel(x.device.index, rows)(grid=(-(-warps * 32 // threads), 1, 1), block=(threads, 1, 1),
-                                  args=[x, weight, scales, _nf4_levels(x.device.index), out, n, k])
+    _kernel(x.device.index, rows, ksplit)(grid=(-(-n // rows), 1, 1), block=(32 * ksplit, 1, 1),
+                                          args=[x, weight, scales, _nf4_levels(x.device.index), out, n, k])
     return out
 
 
