@@ -40,7 +40,7 @@ def scales_of(state) -> torch.Tensor:
     return dequantize_blockwise(state.absmax, state.state2) + state.offset
 
 
-def check(configs: list[tuple[int, int]]) -> dict:
+def check(configs: list[tuple[str, int, int]]) -> dict:
     """Relative error against the dequantised weight (float32 matvec), per shape and tiling, beside
     bitsandbytes' own; and the largest difference from bitsandbytes' output in bfloat16 steps of its size."""
     import bitsandbytes.functional as bf
@@ -53,9 +53,13 @@ def check(configs: list[tuple[int, int]]) -> dict:
         scales = scales_of(state)
         bnb = torch.ops.bitsandbytes.gemm_4bit.default(x, packed, [n, k], scales, QBLOCK, "nf4").float()
         result[f"{name}_bitsandbytes"] = round(float((bnb - reference).norm() / reference.norm()), 6)
-        for rows, ksplit in configs:
-            got = launch(x, packed, scales, n, rows, ksplit).float()
-            tag = f"{name}_{rows}x{ksplit}"
+        for kind, a, b in configs:
+            tag = f"{name}_{kind}_{a}x{b}"
+            try:
+                got = launch(x, packed, scales, n, a, b).float()
+            except Exception as exc:  # reported, and the timing loop skips it too
+                result[f"{tag}_error"] = f"{type(exc).__name__}: {exc}"[:400]
+                continue
             result[tag] = round(float((got - reference).norm() / reference.norm()), 6)
             result[f"{tag}_max_vs_bnb"] = round(float((got - bnb).abs().max()), 6)
     return result
@@ -79,7 +83,7 @@ def graph_time(fn, replays: int = 20) -> float:
     return (time.perf_counter() - start) / replays
 
 
-def bench(configs: list[tuple[int, int]]) -> dict:
+def bench(configs: list[tuple[str, int, int]]) -> dict:
     layers = {name: [random_layer(n, k, "cuda") for _ in range(LAYERS)] for name, (n, k) in SHAPES.items()}
     scales = {name: [scales_of(state) for _, state in group] for name, group in layers.items()}
     xs = {name: torch.randn(1, k, dtype=torch.bfloat16, device="cuda") for name, (n, k) in SHAPES.items()}
@@ -100,11 +104,11 @@ def bench(configs: list[tuple[int, int]]) -> dict:
               "bitsandbytes_ms": round(graph_time(run_with(bnb)) * 1e3, 3),
               "bitsandbytes_per_shape_ms": {name: round(graph_time(run_with(bnb, {name: shape})) * 1e3, 3)
                                             for name, shape in SHAPES.items()}}
-    for rows, ksplit in configs:
-        tag = f"nvrtc_{rows}x{ksplit}"
+    for kind, a, b in configs:
+        tag = f"{kind}_{a}x{b}"
         try:
-            def ours(x, packed, scale, n, k, r=rows, s=ksplit):
-                return launch(x, packed, scale, n, r, s)
+            def ours(x, packed, scale, n, k, a=a, b=b):
+                return launch(x, packed, scale, n, a, b)
             result[f"{tag}_ms"] = round(graph_time(run_with(ours)) * 1e3, 3)
             result[f"{tag}_per_shape_ms"] = {name: round(graph_time(run_with(ours, {name: shape})) * 1e3, 3)
                                              for name, shape in SHAPES.items()}
@@ -117,8 +121,10 @@ def bench(configs: list[tuple[int, int]]) -> dict:
 
 
 def main() -> None:
-    # (outputs per block, warps per block splitting each row)
-    configs = [(1, 1), (2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (4, 4)]
+    # (outputs per block, warps per block splitting each row); 0 x 0: the app's choice per row length
+    configs = [("lut", 0, 0), ("lut", 1, 1), ("lut", 2, 1), ("lut", 4, 4), ("lut", 2, 2), ("lut", 8, 4)]
+    torch.zeros(1, device="cuda")  # CUDA's own start-up, not the kernel's build
+    torch.cuda.synchronize()
     started = time.perf_counter()
     launch(torch.zeros(1, 64, dtype=torch.bfloat16, device="cuda"), torch.zeros(32, 1, dtype=torch.uint8,
            device="cuda"), torch.ones(1, device="cuda"), 1)

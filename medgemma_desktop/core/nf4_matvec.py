@@ -2,13 +2,13 @@
 
 The decode step reads every 4-bit weight once per token, so its speed is the speed of this matrix-vector product.
 bitsandbytes' kernel reaches about a sixth of an H200's memory bandwidth; this one reads each row's packed bytes
-16 at a time per lane (a warp per `ROWS` rows), looks the 16 NF4 levels up in shared memory (16 words in 16
-banks: no bank conflicts), keeps x in registers across the rows, and sums in float32 as bitsandbytes does, with
-one scale per 64 weights. The weight layout is bitsandbytes' own (rows packed flat, the first of two weights in
+16 at a time per lane (a block of warps for a few rows, `TILING`), looks the 16 NF4 levels up in shared memory
+(16 words in 16 banks: no bank conflicts), reads x once for all the block's rows, and sums in float32 with one
+scale per 64 weights, more exactly than bitsandbytes (which rounds each product to bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two weights in
 the high nibble), so nothing is repacked and the same bytes serve both kernels.
 
 NVRTC ships with PyTorch's CUDA libraries (`torch.cuda._compile_kernel`); the kernel is compiled once per process
-in well under a second. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes it does not cover) the
+when the fast path is built. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes it does not cover) the
 caller keeps bitsandbytes' kernel: `matvec_supported` says which.
 """
 
@@ -21,8 +21,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-ROWS = 4  # outputs per block: x is read once for all of them
-KSPLIT = 2  # warps per block, splitting each row
+# The tiling (outputs per block, warps per block splitting each row) by row length, the fastest of those tried on
+# an H200 (benchmarks/nf4_gemv.py): long rows (MLP down, 10,240) split over four warps, the others a warp for two.
+LONG_ROW = 8192
+TILING = {False: (2, 1), True: (4, 4)}
 ENABLED = True  # False: bitsandbytes' kernel everywhere (the benchmark compares the two in one run)
 
 KERNEL = r"""
@@ -100,12 +102,12 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
 
 
 @cache
-def _kernel(device_index: int, rows: int, ksplit: int):
-    """The compiled kernel for one GPU (NVRTC targets its architecture); raises where NVRTC cannot build it."""
+def _kernel(device_index: int, source: str, defines: tuple[str, ...]):
+    """A kernel compiled for one GPU (NVRTC targets its architecture); raises where NVRTC cannot build it."""
     with torch.cuda.device(device_index):
         major, minor = torch.cuda.get_device_capability(device_index)
-        return torch.cuda._compile_kernel(KERNEL, "nf4_matvec", compute_capability=f"{major}{minor}",
-                                          nvcc_options=[f"-DROWS={rows}", f"-DKSPLIT={ksplit}", "-std=c++17"])
+        return torch.cuda._compile_kernel(source, "nf4_matvec", compute_capability=f"{major}{minor}",
+                                          nvcc_options=[*(f"-D{d}" for d in defines), "-std=c++17"])
 
 
 @cache
@@ -125,22 +127,26 @@ def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: i
     if torch.cuda.get_device_capability(index)[0] < 8:
         return False
     try:
-        _kernel(index, ROWS, KSPLIT)
+        for rows, ksplit in TILING.values():
+            _kernel(index, KERNEL, (f"ROWS={rows}", f"KSPLIT={ksplit}"))
     except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
         log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
         return False
     return True
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int, rows: int = ROWS,
-           ksplit: int = KSPLIT) -> torch.Tensor:
+def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int, rows: int | None = None,
+           ksplit: int | None = None) -> torch.Tensor:
     """The kernel on the current stream (so a CUDA graph being captured records it); `rows` and `ksplit` are
-    the tiling (the benchmark tries others)."""
+    the tiling, `TILING`'s unless given (the benchmark tries others)."""
     k = x.shape[-1]
+    default_rows, default_ksplit = TILING[k >= LONG_ROW]
+    rows, ksplit = rows or default_rows, ksplit or default_ksplit
     x, weight, scales = _aligned(x), _aligned(weight), scales.contiguous()
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
-    _kernel(x.device.index, rows, ksplit)(grid=(-(-n // rows), 1, 1), block=(32 * ksplit, 1, 1),
-                                          args=[x, weight, scales, _nf4_levels(x.device.index), out, n, k])
+    _kernel(x.device.index, KERNEL, (f"ROWS={rows}", f"KSPLIT={ksplit}"))(
+        grid=(-(-n // rows), 1, 1), block=(32 * ksplit, 1, 1),
+        args=[x, weight, scales, _nf4_levels(x.device.index), out, n, k])
     return out
 
 
