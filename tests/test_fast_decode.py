@@ -35,6 +35,7 @@ from medgemma_desktop.core.engine import Engine, GenerationSettings
 from medgemma_desktop.core.errors import ContextTooLongError
 from medgemma_desktop.core.fast_decode import FastDecoder, FastDecoderFactory, StepRunner, choose_decoder
 from medgemma_desktop.core.fast_linear import GATE_UP, QKV, FusedLinear, LoraSlots
+from medgemma_desktop.core.nf4_matvec import matvec_supported
 from medgemma_desktop.core.prompt_pass import image_features
 from medgemma_desktop.core.prompts import build_chat
 from medgemma_desktop.core.tiny_checkpoint import BASE_MODEL_ID, SLIDING_WINDOW, TOKENS_PER_IMAGE, TinyCheckpoint
@@ -217,6 +218,18 @@ def test_fused_projections_equal_the_modules_with_and_without_the_adapter(tiny_e
                     assert _inside(getattr(module, "base_layer", module).weight, fused.weight)
     finally:
         tiny_engine.use_adapter(name, prepare_decoder=False)
+
+
+def test_the_nf4_kernel_is_chosen_only_where_it_can_run(tiny_engine: Engine) -> None:
+    """The NVRTC kernel takes CUDA, NF4 with blocks of 64 and rows of whole 64-weight blocks; anything else keeps
+    bitsandbytes' kernel (on the CPU, every projection of the step). Its speed and exactness are measured on the
+    GPU (benchmarks/nf4_gemv.py, and bench_decode.py's per-step logits check)."""
+    assert not matvec_supported(torch.device("cpu"), 2560, "nf4", 64)
+    for quant_type, blocksize, k in (("fp4", 64, 2560), ("nf4", 128, 2560), ("nf4", 64, 2560 + 32)):
+        assert not matvec_supported(torch.device("cuda", 0), k, quant_type, blocksize)
+    layer = tiny_engine.model.get_base_model().model.language_model.layers[0]
+    fused = FusedLinear(fast_linear.projections(layer, "qkv"), QKV, LoraSlots.covering([layer]))
+    assert fused.nf4_kernel is False
 
 
 def test_adapter_disabled_at_capture_matches_eager_without_it(tiny_engine: Engine) -> None:

@@ -130,11 +130,13 @@ class GatedBackend:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.gate = threading.Event()
+        self.held = threading.Event()  # an answer is waiting at the gate
 
     def __getattr__(self, name: str):
         return getattr(self.engine, name)
 
     def generate(self, turns, settings, cancel=None):
+        self.held.set()
         self.gate.wait(120)
         return self.engine.generate(turns, settings, cancel)
 
@@ -148,8 +150,10 @@ def test_a_full_queue_is_waited_out_with_retry_after(tiny_engine, live_server) -
     headers = {"Authorization": f"Bearer {API_KEY}"}
     busy = [threading.Thread(target=httpx.post, args=(f"{url}/v1/chat/completions",),
                              kwargs={"json": body, "headers": headers, "timeout": 300}) for _ in range(2)]
-    for thread in busy:
-        thread.start()
+    # One at a time, so that the second is not refused while the first still waits in the queue (a busy machine).
+    busy[0].start()
+    assert backend.held.wait(60), "the first request never reached the model"
+    busy[1].start()
     deadline = time.monotonic() + 60
     while httpx.get(f"{url}/health", timeout=10).json()["waiting"] < 1:  # one held at the gate, one waiting: full
         assert time.monotonic() < deadline
