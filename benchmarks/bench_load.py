@@ -5,8 +5,9 @@ token, decode rate while the compiled step builds in the background), then the b
 depending on TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR; failing where no C compiler is found) and an answer
 with whatever step is then in place.
 
-Usage: python benchmarks/bench_load.py OUT NAME CACHE_DIR  (after bench_decode.py has built the random
-full-size checkpoint). Appends one JSON line to OUT/bench_load.json.
+Usage: python benchmarks/bench_load.py OUT NAME CACHE_DIR [--triton-helpers DIR]  (after bench_decode.py has built
+the random full-size checkpoint; DIR: Triton's prebuilt helper, packaging/triton_helper.py, used as the installed
+app uses it). Appends one JSON line to OUT/bench_load.json.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import ADAPTER, CKPT, CONTEXT, NEW_TOKENS, generate, prompt, wait_for_compiled
+from medgemma_desktop.core import triton_helpers
 from medgemma_desktop.core.engine import Engine, LoadOptions
 from medgemma_desktop.core.quant_cache import QuantizedModelCache
 
 
 def main() -> None:
     out, name, cache_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    if "--triton-helpers" in sys.argv:
+        assert triton_helpers.serve_prebuilt(Path(sys.argv[sys.argv.index("--triton-helpers") + 1]))
     marks: list[tuple[float, int, str]] = []
     start = time.perf_counter()
     engine = Engine.load(CKPT, ADAPTER, LoadOptions(context_limit=CONTEXT), cache=QuantizedModelCache(cache_dir),

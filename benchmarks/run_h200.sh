@@ -69,6 +69,23 @@ fi
 if [ $PART = serve ]; then
   timeout 400 $PYTHON benchmarks/bench_serve.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/serve.log
 fi
+if [ $PART = helper ]; then
+  # The installed app's compile path: Triton's helper built as the installer builds it (against a stand-in
+  # libcuda), then a fresh process with no C compiler and empty caches that uses it.
+  $PYTHON packaging/triton_helper.py /tmp/helpers | tee $OUT/helper.log
+  readelf -d /tmp/helpers/*.so | grep -i "needed\|path" | tee -a $OUT/helper.log
+  mkdir -p /tmp/nocc-bin
+  for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+    for f in $d/*; do
+      b=$(basename $f)
+      case $b in *gcc*|*g++*|cc|c++|*clang*|cpp|*-cc|*-c++|ld|ld.*|*-ld|as|*-as) ;;
+        *) [ -e /tmp/nocc-bin/$b ] || ln -s $f /tmp/nocc-bin/$b ;; esac
+    done
+  done
+  timeout 280 env PATH=/tmp/nocc-bin CC=/nonexistent/cc CXX=/nonexistent/c++ TORCHINDUCTOR_CACHE_DIR=/tmp/helper-cache \
+    TRITON_CACHE_DIR=/tmp/helper-cache/triton $PYTHON benchmarks/bench_load.py $OUT no_compiler_prebuilt_helper \
+    /tmp/qcache --triton-helpers /tmp/helpers 2>&1 | grep "^{\|Error" | tee -a $OUT/helper.log
+fi
 if [ $PART = tools ]; then
   timeout 200 $PYTHON benchmarks/profile_step.py $OUT 2>&1 | tail -30 >> $OUT/tools.log
 fi

@@ -29,6 +29,7 @@ from pathlib import Path
 import bitsandbytes as bnb
 import torch
 
+from medgemma_desktop.core import triton_helpers
 from medgemma_desktop.core.app_dirs import cache_dir
 from medgemma_desktop.core.decoding import Decoder, EagerDecoder
 from medgemma_desktop.core.device import DevicePlan
@@ -101,6 +102,9 @@ def _use_compile_cache() -> None:
     folder = compile_cache_dir()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
     os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    helpers = triton_helpers.bundled_folder()  # the installed app: no C compiler, Triton's helper prebuilt
+    if helpers is not None and not triton_helpers.serve_prebuilt(helpers):
+        log.warning("the installer's prebuilt Triton helper could not be used; compiling needs a C compiler")
 
 
 class StepRunner:

@@ -1,15 +1,16 @@
 """One token times a bitsandbytes NF4 weight, in a CUDA kernel built at run time by NVRTC (no C compiler needed).
 
 The decode step reads every 4-bit weight once per token, so its speed is the speed of this matrix-vector product.
-bitsandbytes' kernel reaches about a sixth of an H200's memory bandwidth; this one reads each row's packed bytes
-16 at a time per lane (a block of warps for a few rows, `TILING`), looks the 16 NF4 levels up in shared memory
-(16 words in 16 banks: no bank conflicts), reads x once for all the block's rows, and sums in float32 with one
-scale per 64 weights, more exactly than bitsandbytes (which rounds each product to bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two weights in
-the high nibble), so nothing is repacked and the same bytes serve both kernels.
+On an H200, bitsandbytes' kernel moves 0.84 TB/s over the step's weights; this one 1.24 TB/s (the decode step went
+from 256 to 295 tokens/s). It reads each row's packed bytes 16 at a time per lane (a block of warps for a few rows,
+`TILING`), looks the 16 NF4 levels up in shared memory (16 words in 16 banks: no bank conflicts), reads x once for
+all the block's rows, and sums in float32 with one scale per 64 weights, more exactly than bitsandbytes (which
+rounds each product to bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two
+weights in the high nibble), so nothing is repacked and the same bytes serve both kernels.
 
 NVRTC ships with PyTorch's CUDA libraries (`torch.cuda._compile_kernel`); the kernel is compiled once per process
-when the fast path is built. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes it does not cover) the
-caller keeps bitsandbytes' kernel: `matvec_supported` says which.
+when the fast path is built. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes it does not cover)
+the caller keeps bitsandbytes' kernel: `matvec_supported` says which.
 """
 
 from __future__ import annotations
