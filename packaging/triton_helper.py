@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medgemma_desktop.core.triton_helpers import DIGEST_SUFFIX, source_digest
+from medgemma_desktop.core.triton_helpers import DIGEST_SUFFIX, source_digest, triton_build
 
 
 def build_helpers(out: Path) -> list[Path]:
@@ -37,12 +37,11 @@ def build_helpers(out: Path) -> list[Path]:
         os.environ["TRITON_LIBCUDA_PATH"] = str(stub)
         os.environ["TRITON_CACHE_DIR"] = str(Path(scratch, "cache"))
         from triton import knobs
-        from triton.runtime import build
 
         def capture(name: str, src: str, srcdir: str, *rest: object) -> str:
             knobs.build.impl = None
             try:
-                module = Path(build._build(name, src, srcdir, *rest))
+                module = Path(triton_build(name, src, srcdir, *rest))
             finally:
                 knobs.build.impl = capture
             shutil.copy2(module, out / module.name)

@@ -11,6 +11,7 @@ compiler run, but only for the exact C source it was built from (a SHA-256 besid
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +33,15 @@ def source_digest(source: Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
+def triton_build(name: str, src: str, srcdir: str, *rest: object) -> str:
+    """Triton's own C build, from the arguments its build hook receives (Triton 3.6's `_build` takes one more, the
+    extra compiler flags, which its hook is not given: none)."""
+    from triton.runtime import build
+
+    missing = len(inspect.signature(build._build).parameters) - 3 - len(rest)
+    return build._build(name, src, srcdir, *rest, *([] for _ in range(missing)))
+
+
 def serve_prebuilt(folder: Path) -> bool:
     """Make Triton take its helper modules from `folder` instead of compiling them (other modules, and any whose
     source differs, are compiled as before). False when `folder` has none or this Triton cannot be told."""
@@ -40,7 +50,6 @@ def serve_prebuilt(folder: Path) -> bool:
         return False
     try:
         from triton import knobs
-        from triton.runtime import build
     except ImportError:  # no Triton (the CPU app), or one without build hooks
         return False
     if not hasattr(knobs, "build") or not hasattr(knobs.build, "impl"):
@@ -58,7 +67,7 @@ def serve_prebuilt(folder: Path) -> bool:
             return previous(name, src, srcdir, *rest)
         knobs.build.impl = None  # Triton's own build, which would otherwise call back here
         try:
-            return build._build(name, src, srcdir, *rest)
+            return triton_build(name, src, srcdir, *rest)
         finally:
             knobs.build.impl = build_or_serve
 
