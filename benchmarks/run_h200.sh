@@ -21,11 +21,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 PYTHON=$(command -v python3)
 COLD=/tmp/inductor-cold EMPTY=/tmp/inductor-empty
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $OUT/gpu.txt
-[ $PART = kernel ] || $PYTHON benchmarks/bench_decode.py $OUT --build-only
-if [ $PART = load ] || [ $PART = all ]; then
-  # Every command on PATH except C/C++ compilers, assemblers and linkers (hiding all of PATH also hides `file`,
-  # which changes Triton's cache key for its compiled helper module: run 14's no-compiler rows are that artefact).
+# /tmp/nocc-bin: every command on PATH except C/C++ compilers, assemblers and linkers, for PATH=/tmp/nocc-bin
+# (hiding all of PATH also hides `file`, which changes Triton's cache key for its compiled helper module: run 14's
+# no-compiler rows are that artefact).
+hide_compilers() {
   mkdir -p /tmp/nocc-bin
   for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
     for f in $d/*; do
@@ -34,6 +33,11 @@ if [ $PART = load ] || [ $PART = all ]; then
         *) [ -e /tmp/nocc-bin/$b ] || ln -s $f /tmp/nocc-bin/$b ;; esac
     done
   done
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $OUT/gpu.txt
+[ $PART = kernel ] || $PYTHON benchmarks/bench_decode.py $OUT --build-only
+if [ $PART = load ] || [ $PART = all ]; then
+  hide_compilers
   for path in quantize_cold_compile cache_warm_compile no_compiler_warm_cache no_compiler_empty_cache; do
     cache=$COLD; env=""
     case $path in
@@ -74,14 +78,7 @@ if [ $PART = helper ]; then
   # libcuda), then a fresh process with no C compiler and empty caches that uses it.
   $PYTHON packaging/triton_helper.py /tmp/helpers | tee $OUT/helper.log
   readelf -d /tmp/helpers/*.so | grep -i "needed\|path" | tee -a $OUT/helper.log
-  mkdir -p /tmp/nocc-bin
-  for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
-    for f in $d/*; do
-      b=$(basename $f)
-      case $b in *gcc*|*g++*|cc|c++|*clang*|cpp|*-cc|*-c++|ld|ld.*|*-ld|as|*-as) ;;
-        *) [ -e /tmp/nocc-bin/$b ] || ln -s $f /tmp/nocc-bin/$b ;; esac
-    done
-  done
+  hide_compilers
   timeout 280 env PATH=/tmp/nocc-bin CC=/nonexistent/cc CXX=/nonexistent/c++ TORCHINDUCTOR_CACHE_DIR=/tmp/helper-cache \
     TRITON_CACHE_DIR=/tmp/helper-cache/triton $PYTHON benchmarks/bench_load.py $OUT no_compiler_prebuilt_helper \
     /tmp/qcache --triton-helpers /tmp/helpers 2>&1 | grep "^{\|Error" | tee -a $OUT/helper.log
