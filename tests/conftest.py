@@ -200,7 +200,7 @@ class ScriptedBackend:
     def __init__(self, engine, text: str, failure: Exception | None = None) -> None:
         self.engine, self.text, self.failure = engine, text, failure
         self.context_limit, self.tokens_per_image = engine.context_limit, engine.tokens_per_image
-        self.identity = engine.identity
+        self.identity, self.counts_exactly = engine.identity, True
 
     def count_tokens(self, turns) -> int:
         return self.engine.count_tokens(turns)

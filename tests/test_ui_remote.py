@@ -59,8 +59,10 @@ def test_the_window_answers_a_picture_on_the_server_as_the_local_engine_does(qtb
     Image.new("RGB", (320, 240), (90, 140, 200)).save(picture)
     with qtbot.waitSignal(window.viewer.load_finished):
         window.viewer.open_paths([picture])
+    qtbot.keyClicks(window.chat.question, "Describe the image")
+    budget = window.chat.task.budget  # counted on the UI thread without the server's tokenizer: says so
+    qtbot.waitUntil(lambda: budget.text().startswith("Input about ") and budget.text().endswith("(estimated)"))
     with qtbot.waitSignal(window.answer_finished, timeout=TIMEOUT_MS) as finished:
-        qtbot.keyClicks(window.chat.question, "Describe the image")
         qtbot.keyClick(window.chat.question, Qt.Key.Key_Return)
     answer: Answer = finished.args[0]
     assert answer.stats.prompt_tokens > 256 // 8  # the picture's placeholder tokens reached the server

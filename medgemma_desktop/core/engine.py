@@ -362,6 +362,8 @@ class Engine:
         """The most tokens (prompt + answer) one generation may hold."""
         return self.options.context_limit
 
+    counts_exactly = True  # `count_tokens` uses the model's own tokenizer
+
     def count_tokens(self, turns: Sequence[ChatTurn]) -> int:
         """The prompt's length as `prepare` makes it, counted without preprocessing any image (an 85-slice series
         is counted before anything is resized): exact, see `estimate_prompt_tokens`."""

@@ -100,6 +100,10 @@ class RemoteBackend:
     def tokens_per_image(self) -> int:
         return int(self._extras.get("tokens_per_image", MEDGEMMA_TOKENS_PER_IMAGE))
 
+    @property
+    def counts_exactly(self) -> bool:
+        return self._can_tokenize
+
     def count_tokens(self, turns: Sequence[ChatTurn]) -> int:
         """The server's own count (vLLM's `POST /tokenize`, which `serve` offers too); a server without it gets a
         cautious estimate (three characters a token) so that the budget check errs on the safe side."""

@@ -28,6 +28,11 @@ class PromptCounting(Protocol):
 
     def count_tokens(self, turns: Sequence[ChatTurn]) -> int: ...
 
+    @property
+    def counts_exactly(self) -> bool:
+        """False where `count_tokens` estimates (a server without a tokenizer endpoint): the window says so."""
+        ...
+
 
 @runtime_checkable
 class Backend(PromptCounting, Protocol):
@@ -48,6 +53,7 @@ class PromptCounter:
     tokens_per_image: int
     count_text: TextTokenCounter
     context_limit: int
+    counts_exactly: bool = True
 
     @classmethod
     def for_tokenizer(cls, tokenizer: object, tokens_per_image: int, context_limit: int) -> PromptCounter:

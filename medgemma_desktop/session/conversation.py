@@ -208,7 +208,8 @@ class Session:
         counter, max_new = self.backend, self.settings.max_new_tokens
         prompt = counter.count_tokens(turns)
         check = BudgetCheck(prompt, max_new, counter.context_limit, len(turns[-1].images),
-                            "CT" if series == "CT" else "MRI" if series == "MRI" else None)
+                            "CT" if series == "CT" else "MRI" if series == "MRI" else None,
+                            estimated=not counter.counts_exactly)
         if check.series is not None and not check.fits:
             fit = slices_that_fit(counter, question, check.series, max_new_tokens=max_new, history=turns[:-1])
             check = replace(check, slices_that_fit=fit)

@@ -51,6 +51,7 @@ class BudgetCheck:
     images: int
     series: Literal["CT", "MRI"] | None = None  # the question sends a series of `images` slices
     slices_that_fit: int | None = None
+    estimated: bool = False  # counted without the model's tokenizer (a server's own count comes when it answers)
 
     @property
     def fits(self) -> bool:
@@ -60,8 +61,9 @@ class BudgetCheck:
     def summary(self) -> str:
         noun = "slice" if self.series else "image"
         images = f", {self.images} {noun}{'s' if self.images != 1 else ''}" if self.images else ""
-        return (f"Input {self.prompt_tokens:,} tokens{images} · limit {self.context_limit:,}, "
-                f"{self.max_new_tokens:,} kept for the answer")
+        about = "about " if self.estimated else ""
+        return (f"Input {about}{self.prompt_tokens:,} tokens{images} · limit {self.context_limit:,}, "
+                f"{self.max_new_tokens:,} kept for the answer{' (estimated)' if self.estimated else ''}")
 
     @property
     def problem(self) -> str:

@@ -61,7 +61,8 @@ class ServerRequest:
 def server_counter(remote: RemoteBackend) -> PromptCounter:
     """The UI thread's budget count for a server: no HTTP per key press, so text is estimated cautiously (three
     characters a token, as `RemoteBackend` does without /tokenize); the server counts exactly before answering."""
-    return PromptCounter(remote.tokens_per_image, lambda text: len(text) // 3 + 1, remote.context_limit)
+    return PromptCounter(remote.tokens_per_image, lambda text: len(text) // 3 + 1, remote.context_limit,
+                         counts_exactly=False)
 
 
 @dataclass(frozen=True)
