@@ -4,12 +4,14 @@ The frozen app bundles whatever torch its build environment holds, so the flavou
 - `cpu` (default): the environment running this script, which must hold the CPU torch wheel (the repository's
   .venv here and in CI);
 - `cuda`: a separate environment, build/venv-cuda, that this script makes (or updates) and then re-runs itself in:
-  PyPI's torch wheel for Linux x86-64, which is the CUDA build with the nvidia-* wheels it depends on.
+  PyPI's torch wheel for Linux x86-64, which is the CUDA build with the nvidia-* wheels it depends on. It keeps
+  Triton and first builds Triton's C driver helper there (packaging/triton_helper.py), which the bundle carries so
+  that the installed app compiles its decode step without a C compiler; `--without-triton` leaves both out.
 Artifacts go to packaging/dist/<flavour>/ (git-ignored); each step prints its duration so the build time can be
 tracked.
 
     python packaging/build.py                   # CPU: freeze + .deb + .tar.gz
-    python packaging/build.py --flavour cuda    # NVIDIA: the same, from build/venv-cuda
+    python packaging/build.py --flavour cuda    # NVIDIA: the same, from build/venv-cuda, with Triton and its helper
     python packaging/build.py --skip-freeze     # repackage an existing frozen folder
 """
 
@@ -86,17 +88,37 @@ def make_cuda_env(venv: Path, index_url: str) -> Path:
     env["PIP_CONFIG_FILE"] = os.devnull
     # No cache: the wheels (3 GB) would stay on disk twice.
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir",
-                    "--index-url", index_url, TORCH_REQUIREMENT, "-e", f"{ROOT}[server]", *BUILD_TOOLS, *CUDA_TEST_TOOLS],
-                   check=True, env=env)
+                    "--index-url", index_url, TORCH_REQUIREMENT, "-e", f"{ROOT}[server]", *BUILD_TOOLS,
+                    *CUDA_TEST_TOOLS], check=True, env=env)
     return python
 
 
-def freeze(out: Path, flavour: str, with_triton: bool) -> Path:
-    """Run PyInstaller on the spec (which checks that torch matches the flavour); returns the frozen folder."""
+def build_triton_helper(folder: Path) -> Path:
+    """Triton's C driver helper, built here (packaging/triton_helper.py, with this environment's Triton and Python)
+    so the installed app compiles its decode step without a C compiler; the spec bundles `folder` as
+    triton_helpers/. Fails the build in one line if the helper cannot be made."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    done = subprocess.run([sys.executable, str(PACKAGING / "triton_helper.py"), str(folder)], cwd=ROOT,
+                          capture_output=True, text=True)
+    modules = sorted(folder.glob("cuda_utils*.so")) if folder.is_dir() else []
+    if done.returncode != 0 or not modules or not all(m.with_name(m.name + ".src.sha256").is_file() for m in modules):
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no cuda_utils module"])[-1]
+        raise SystemExit(f"could not build Triton's C helper (packaging/triton_helper.py): {reason} "
+                         "(needs a C compiler and Triton here; or build --without-triton)")
+    for module in modules:
+        print(f"   {module.relative_to(ROOT) if module.is_relative_to(ROOT) else module}", flush=True)
+    return folder
+
+
+def freeze(out: Path, flavour: str, triton_helpers: Path | None) -> Path:
+    """Run PyInstaller on the spec (which checks that torch matches the flavour); returns the frozen folder.
+    `triton_helpers`: the CUDA flavour keeps Triton and bundles this folder; None leaves Triton out."""
     subprocess.run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
                     "--distpath", str(out / "pyinstaller"), "--workpath", str(out / "work"),
                     str(PACKAGING / "medgemma-desktop.spec"), "--", "--flavour", flavour,
-                    *(["--with-triton"] if with_triton else [])], check=True, cwd=ROOT)
+                    *(["--triton-helpers", str(triton_helpers)] if triton_helpers else
+                      ["--without-triton"] if flavour == "cuda" else [])], check=True, cwd=ROOT)
     return out / "pyinstaller" / NAME
 
 
@@ -209,8 +231,9 @@ def main() -> int:
                              "(default: %(default)s)")
     parser.add_argument("--index-url", default=PYPI,
                         help="where the cuda flavour's environment gets its packages (default: %(default)s)")
-    parser.add_argument("--with-triton", action="store_true",
-                        help="cuda: also bundle Triton (0.5 GB), which torch.compile needs (see the spec)")
+    parser.add_argument("--without-triton", action="store_true",
+                        help="cuda: leave out Triton (0.5 GB) and its prebuilt C helper, and with them the compiled "
+                             "decode step (see the spec)")
     parser.add_argument("--out", type=Path, help="artifact folder (default: packaging/dist/<flavour>)")
     parser.add_argument("--skip-freeze", action="store_true", help="reuse the frozen folder from a previous run")
     parser.add_argument("--freeze-only", action="store_true",
@@ -230,8 +253,15 @@ def main() -> int:
 
     frozen = out / "pyinstaller" / NAME
     if not args.skip_freeze:
-        with timed(f"PyInstaller one-folder build ({args.flavour})"):
-            frozen = freeze(out, args.flavour, args.with_triton)
+        helpers = None
+        if args.flavour == "cuda" and not args.without_triton:
+            if not sys.platform.startswith("linux"):
+                raise SystemExit("Triton's prebuilt C helper is built for Linux only: pass --without-triton")
+            with timed("Triton's C helper (packaging/triton_helper.py)"):
+                helpers = build_triton_helper(out / "triton_helpers")
+        without = ", without Triton" if args.flavour == "cuda" and helpers is None else ""
+        with timed(f"PyInstaller one-folder build ({args.flavour}{without})"):
+            frozen = freeze(out, args.flavour, helpers)
     if not any((frozen / exe).is_file() for exe in (NAME, f"{NAME}.exe")):
         raise SystemExit(f"no frozen app at {frozen}; run without --skip-freeze")
     if args.freeze_only:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -37,8 +38,8 @@ STDERR_ALLOWLIST = [
     r"Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'\..*",
     # transformers: no torchvision is bundled, so the Gemma 3 processor uses its PIL backend (the tested path).
     r"\[transformers\] `Gemma3ImageProcessor` requires torchvision \(not installed\); falling back to .*",
-    # The CUDA flavour leaves Triton out (it cannot run in a frozen app: see the spec); torch's CUDA build notes it
-    # once, at import of its flop counter.
+    # A CUDA package built --without-triton: torch's CUDA build notes the missing Triton once, at import of its flop
+    # counter.
     r"W\d{4} [\d:.]+ \d+ \S+/torch/utils/flop_counter\.py:\d+\] triton not found; flop counting will not work for "
     r"triton kernels",
     # tqdm progress bars (carriage-return separated) written by the checkpoint writer and the weight loader.
@@ -321,6 +322,34 @@ def check_gpu_code(exe: Path, cuobjdump: str) -> None:
           "kernels the app launches:\n       " + "\n       ".join(report))
 
 
+def check_triton_helper(exe: Path) -> None:
+    """The CUDA package's Triton C helper (see the spec): triton_helpers/cuda_utils*.so and its .src.sha256, needing
+    the driver by name (NEEDED libcuda.so.1, no RPATH/RUNPATH), built from the bundled triton/backends/nvidia/driver.c:
+    Triton 3.x writes that file's read_text() unchanged into the cuda_utils.c it compiles and the app hashes; for
+    ASCII with LF line ends (driver.c is) those are the file's bytes, so the digest must be sha256(driver.c)."""
+    internal = exe.parent / "_internal"
+    driver_c = internal / "triton" / "backends" / "nvidia" / "driver.c"
+    modules = sorted((internal / "triton_helpers").glob("cuda_utils*.so"))
+    if not driver_c.is_file() and not modules:
+        print("ok   no Triton and no Triton helper: a package built --without-triton")
+        return
+    if not driver_c.is_file() or not modules:
+        raise SmokeFailure(f"Triton's driver.c {'is' if driver_c.is_file() else 'is not'} bundled, with "
+                           f"{len(modules)} triton_helpers/cuda_utils*.so")
+    source = hashlib.sha256(driver_c.read_bytes()).hexdigest()
+    for module in modules:
+        digest = module.with_name(module.name + ".src.sha256")
+        dynamic = subprocess.run(["readelf", "-d", str(module)], capture_output=True, text=True).stdout
+        problems = re.findall(r"\((?:RPATH|RUNPATH)\).*", dynamic) + \
+            ([] if "libcuda.so.1" in _needed(module) else [f"NEEDED {sorted(_needed(module))} lacks libcuda.so.1"])
+        if not digest.is_file() or digest.read_text().strip() != source:
+            problems.append(f"{digest.name} missing or not sha256(triton/backends/nvidia/driver.c) = {source}")
+        if problems:
+            raise SmokeFailure(f"Triton helper {module.name}: " + "; ".join(problems))
+        print(f"ok   Triton helper {module.name}: needs libcuda.so.1, no RPATH/RUNPATH, built from the bundled "
+              f"driver.c (sha256 {source[:16]}...)")
+
+
 def _arch_key(code: str) -> tuple[int, str]:
     return int(re.sub(r"\D", "", code)), code
 
@@ -447,6 +476,7 @@ def main() -> int:
             check_libraries_resolve(exe)
             if cuda:
                 check_gpu_code(exe, args.cuobjdump or find_cuobjdump())
+                check_triton_helper(exe)
             env = clean_env(scratch / "home")
             expected_version = f"{NAME} {version('medgemma-desktop')}"
             check(run([str(exe), "--version"], env, scratch, 120), "--version", expected_version)
