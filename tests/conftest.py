@@ -71,6 +71,21 @@ def tiny_settings_path(tmp_path: Path, tiny_checkpoint: TinyCheckpoint) -> Path:
     return path
 
 
+
+@pytest.fixture
+def ready_window(qtbot, tiny_settings_path: Path, tmp_path: Path) -> Iterator[object]:
+    """The main window on the tiny checkpoint, shown, once its model is loaded (closed after the test)."""
+    from medgemma_desktop.ui.main_window import MainWindow
+    from medgemma_desktop.ui.worker import ModelState
+
+    main = MainWindow(tiny_settings_path, data_folder=tmp_path / "data")
+    qtbot.addWidget(main)
+    main.show()
+    qtbot.waitUntil(lambda: main.host.state is ModelState.READY, timeout=60_000)
+    yield main
+    main.close()
+
+
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 

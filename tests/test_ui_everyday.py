@@ -4,7 +4,6 @@ thumbnail labels never overlap, Settings has a shortcut, and the canvas is named
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,13 +39,8 @@ and
 
 
 @pytest.fixture
-def window(qtbot, tiny_settings_path: Path, tmp_path: Path) -> Iterator[MainWindow]:
-    main = MainWindow(tiny_settings_path, data_folder=tmp_path / "data")
-    qtbot.addWidget(main)
-    main.show()
-    qtbot.waitUntil(lambda: main.host.state is ModelState.READY, timeout=TIMEOUT_MS)
-    yield main
-    main.close()
+def window(ready_window: MainWindow) -> MainWindow:
+    return ready_window
 
 
 def tab_stops(qtbot, window: MainWindow, count: int) -> list[str]:

@@ -5,7 +5,6 @@ the next answer recording the adapter that produced it; and model loading shows 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,14 +25,9 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
-def window(qtbot, tiny_settings_path: Path, tmp_path: Path) -> Iterator[MainWindow]:
-    main = MainWindow(tiny_settings_path, data_folder=tmp_path / "data")
-    qtbot.addWidget(main)
-    main.show()
-    qtbot.waitUntil(lambda: main.host.state is ModelState.READY, timeout=TIMEOUT_MS)
-    main.settings = replace(main.settings, max_new_tokens=4)
-    yield main
-    main.close()
+def window(ready_window: MainWindow) -> MainWindow:
+    ready_window.settings = replace(ready_window.settings, max_new_tokens=4)
+    return ready_window
 
 
 @pytest.fixture
