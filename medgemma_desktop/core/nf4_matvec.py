@@ -124,12 +124,18 @@ def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: i
     bfloat16 token.)"""
     if device.type != "cuda" or quant_type != "nf4" or blocksize != 64 or k % 64:
         return False
-    index = torch.cuda.current_device() if device.index is None else device.index
-    if torch.cuda.get_device_capability(index)[0] < 8:
+    return _ready(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@cache
+def _ready(device_index: int) -> bool:
+    """Build every tiling and the level table now, once per GPU: at load, not inside a graph being captured."""
+    if torch.cuda.get_device_capability(device_index)[0] < 8:
         return False
     try:
         for rows, ksplit in TILING.values():
-            _kernel(index, KERNEL, (f"ROWS={rows}", f"KSPLIT={ksplit}"))
+            _kernel(device_index, KERNEL, (f"ROWS={rows}", f"KSPLIT={ksplit}"))
+        _nf4_levels(device_index)
     except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
         log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
         return False
