@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build one installer flavour's frozen app and .deb, then smoke-test the .deb (ldd over every bundled library, doctor
 # inside the frozen app, compressed DICOM through `ask`, the window on Xvfb; for CUDA also the GPU code per
-# architecture). Needs root for apt-get. Measured on 2 cores: see packaging/README.md for how long each part takes.
+# architecture and Triton's prebuilt C helper: triton_helpers/cuda_utils*.so with its .src.sha256, NEEDED libcuda.so.1,
+# no RPATH/RUNPATH, digest = sha256 of the bundled triton/backends/nvidia/driver.c). Needs root for apt-get. Measured on 2 cores: see packaging/README.md for how long each part takes.
 #   bash packaging/ci_smoke.sh        # CPU flavour, from the repository's .venv (run .ci/run first): the CI job
 #   bash packaging/ci_smoke.sh cuda   # NVIDIA flavour, from build/venv-cuda, which build.py makes from PyPI
 set -euo pipefail
@@ -21,10 +22,11 @@ cpu)
     .venv/bin/python packaging/smoke_test.py --install-depends packaging/dist/cpu/medgemma-desktop_*_"$arch".deb
     ;;
 cuda)
-    # The environment (5.5 GB), the frozen folder (3.7 GB), the .deb (2 GB) and the smoke test's unpacked copy.
+    # The environment (5.5 GB), the frozen folder (4.2 GB with Triton), the .deb (2.2 GB), the smoke test's copy.
     free_gb=$(df --output=avail -BG . | tail -1 | tr -dc 0-9)
-    if [ "$free_gb" -lt 15 ]; then echo "the CUDA build needs about 15 GB of free disk, $free_gb GB here" >&2; exit 1; fi
-    python3 packaging/build.py --flavour cuda --no-tarball  # makes or updates build/venv-cuda, then builds there
+    if [ "$free_gb" -lt 16 ]; then echo "the CUDA build needs about 16 GB of free disk, $free_gb GB here" >&2; exit 1; fi
+    # Makes or updates build/venv-cuda, then builds there: Triton's C helper (needs gcc), the frozen app, the .deb.
+    python3 packaging/build.py --flavour cuda --no-tarball
     build/venv-cuda/bin/python packaging/smoke_test.py --install-depends \
         packaging/dist/cuda/medgemma-desktop-cuda_*_"$arch".deb
     ;;
