@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.step_parts import graph_time_us
 from medgemma_desktop.core.nf4_matvec import launch
 
 SHAPES = {"qkv": (4096, 2560), "o": (2560, 2048), "gate_up": (20480, 2560), "down": (2560, 10240)}
@@ -65,22 +66,9 @@ def check(configs: list[tuple[str, int, int]]) -> dict:
     return result
 
 
-def graph_time(fn, replays: int = 20) -> float:
+def graph_time(fn) -> float:
     """Seconds per call of `fn` (many launches), captured once as a CUDA graph."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(replays):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / replays
+    return graph_time_us(fn) / 1e6
 
 
 def bench(configs: list[tuple[str, int, int]]) -> dict:
