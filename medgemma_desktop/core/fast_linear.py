@@ -1,5 +1,5 @@
-"""The fast step's projections: the 4-bit projections of one input as one bitsandbytes matmul, plus LoRA read
-from fixed slots.
+"""The fast step's projections: the 4-bit projections of one input as one 4-bit matmul (in the compiled step our
+NF4 kernel, `core.nf4_matvec`, where it runs; bitsandbytes' otherwise), plus LoRA read from fixed slots.
 
 A captured CUDA graph reads the memory it was captured with, so the LoRA matrices are not the adapter's own
 tensors but slots of a fixed shape (`LoraSlots`: a rank and the projections that have one) that switching an
@@ -148,12 +148,13 @@ def _matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class FusedLinear:
-    """Projections of one input (q/k/v, gate/up, or o or down alone) as one bitsandbytes 4-bit matmul plus the
-    active LoRA from fixed slots.
+    """Projections of one input (q/k/v, gate/up, or o or down alone) as one 4-bit matmul plus the active LoRA
+    from fixed slots.
 
-    Compiled (the fast path's normal case), the members' packed bytes are one matmul whose float32 scales are
-    computed per step (`_block_scales`: their double-quantised offsets differ per member); uncompiled, each
-    member runs with its own scales, which bitsandbytes' kernel expands itself.
+    Compiled (the fast path's normal case), the members' packed bytes are one matmul (`nf4_matvec` where it runs,
+    else bitsandbytes') whose float32 scales are computed per step (`_block_scales`: their double-quantised
+    offsets differ per member); uncompiled, each member runs bitsandbytes' kernel with its own scales, which it
+    expands itself.
     LoRA as PEFT computes it per member (`B(A(x.to(lora dtype))) * scaling`, cast back, added to the base
     output), with the members' A slots stacked into one matmul and their B slots block-diagonal in another.
     `load_adapter` copies the adapter active now into the slots (zeros for none), so a graph captured over them
