@@ -34,12 +34,18 @@ def source_digest(source: Path) -> str:
 
 
 def triton_build(name: str, src: str, srcdir: str, *rest: object) -> str:
-    """Triton's own C build, from the arguments its build hook receives (Triton 3.6's `_build` takes one more, the
-    extra compiler flags, which its hook is not given: none)."""
+    """Triton's own C build, from the arguments its build hook receives, with the hook lifted while it runs (the
+    build would otherwise call the hook again). Triton 3.6's `_build` takes one argument more than its hook is
+    given, the extra compiler flags: none."""
+    from triton import knobs
     from triton.runtime import build
 
-    missing = len(inspect.signature(build._build).parameters) - 3 - len(rest)
-    return build._build(name, src, srcdir, *rest, *([] for _ in range(missing)))
+    hook, knobs.build.impl = knobs.build.impl, None
+    try:
+        missing = len(inspect.signature(build._build).parameters) - 3 - len(rest)
+        return build._build(name, src, srcdir, *rest, *([] for _ in range(missing)))
+    finally:
+        knobs.build.impl = hook
 
 
 def serve_prebuilt(folder: Path) -> bool:
@@ -50,26 +56,22 @@ def serve_prebuilt(folder: Path) -> bool:
         return False
     try:
         from triton import knobs
-    except ImportError:  # no Triton (the CPU app), or one without build hooks
+    except ImportError:  # no Triton (the CPU app)
         return False
-    if not hasattr(knobs, "build") or not hasattr(knobs.build, "impl"):
+    if not hasattr(knobs, "build") or not hasattr(knobs.build, "impl"):  # a Triton without build hooks
         return False
     previous = knobs.build.impl
 
     def build_or_serve(name: str, src: str, srcdir: str, *rest: object) -> str:
+        wanted = source_digest(Path(src))
         for filename, path in modules.items():
             digest = path.with_name(filename + DIGEST_SUFFIX)
-            if filename.startswith(f"{name}.") and digest.is_file() and \
-                    digest.read_text().strip() == source_digest(Path(src)):
+            if filename.startswith(f"{name}.") and digest.is_file() and digest.read_text().strip() == wanted:
                 log.info("Triton's %s helper: prebuilt (%s)", name, path)
                 return str(path)
         if previous is not None:
             return previous(name, src, srcdir, *rest)
-        knobs.build.impl = None  # Triton's own build, which would otherwise call back here
-        try:
-            return triton_build(name, src, srcdir, *rest)
-        finally:
-            knobs.build.impl = build_or_serve
+        return triton_build(name, src, srcdir, *rest)
 
     knobs.build.impl = build_or_serve
     return True
