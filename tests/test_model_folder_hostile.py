@@ -244,12 +244,25 @@ def test_an_edited_config_json_is_not_served_the_old_4bit_model(model: Path, tmp
      "not Gemma 3's image processor"),
     ("config.json", lambda c: c.update(dtype="float99"), "dtype is 'float99'"),
     ("config.json", lambda c: c["text_config"].update(hidden_activation="nope"), "activation transformers does not"),
+    ("config.json", lambda c: c["vision_config"].update(hidden_act=["gelu"]), "activation transformers does not"),
     ("config.json", lambda c: c["text_config"].update(rope_parameters={"full_attention": {"rope_type": "zzz"}}),
      "rope type 'zzz'"),
 ])
 def test_fields_transformers_looks_up_by_name(model: Path, file: str, change, says: str) -> None:
     edit_json(model / file, change)
     refused(model, says)
+
+
+def test_activations_known_without_transformers_are_in_its_table(model: Path) -> None:
+    """Gemma's activations pass without importing `transformers.activations` (slow); this keeps that shortcut
+    true to transformers' own table, and any other name transformers knows still passes."""
+    from transformers.activations import ACT2FN
+
+    from medgemma_desktop.core.gemma3_layout import GEMMA_ACTIVATIONS
+
+    assert GEMMA_ACTIVATIONS.issubset(ACT2FN)
+    edit_json(model / "config.json", lambda c: c["text_config"].update(hidden_activation="gelu"))
+    assert check_model_folder(model).text_config["hidden_activation"] == "gelu"
 
 
 @pytest.mark.parametrize(("change", "says"), [

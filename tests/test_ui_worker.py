@@ -107,3 +107,28 @@ def test_unexpected_error_in_the_worker_is_reported_and_the_model_stays(qtbot, h
     assert [str(exc) for exc in reported] == ["boom"]
     qtbot.waitUntil(lambda: host.state is ModelState.READY)
     assert host.identity is not None
+
+
+def test_loading_collects_no_garbage_meanwhile_and_a_reload_frees_the_old_model(
+        qtbot, host: ModelHost, tiny_checkpoint: TinyCheckpoint) -> None:
+    """Loading defers Python's collections (full ones froze the window for 240-370 ms each) and freezes what it made
+    out of later ones; a reload must still free the old model (and with it its memory)."""
+    import gc
+    import weakref
+
+    collections_during_load: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start" and host.state is ModelState.LOADING:
+            collections_during_load.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        load(qtbot, host, tiny_checkpoint)
+        old_model = weakref.ref(host.worker.engine.model)
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        load(qtbot, host, tiny_checkpoint)
+    finally:
+        gc.callbacks.remove(count)
+    assert collections_during_load.count(2) == 1  # the one the old engine's close asked for, none automatic
+    assert old_model() is None

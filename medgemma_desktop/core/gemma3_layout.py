@@ -103,7 +103,6 @@ def config_problem(config: Mapping[str, Any]) -> str | None:
 
 def _names_problem(config: Mapping[str, Any]) -> str | None:
     """Fields transformers looks up by name in its own tables (a KeyError deep inside it otherwise)."""
-    from transformers.activations import ACT2FN
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     text, vision = config["text_config"], config["vision_config"]
@@ -113,7 +112,7 @@ def _names_problem(config: Mapping[str, Any]) -> str | None:
                 return f"{where}{key} is {str(section[key])[:30]!r}, not one of {', '.join(_DTYPES)}"
     for where, section, key in (("text_config", text, "hidden_activation"), ("text_config", text, "hidden_act"),
                                 ("vision_config", vision, "hidden_act")):
-        if section.get(key) is not None and section[key] not in ACT2FN:
+        if section.get(key) is not None and not _known_activation(section[key]):
             return f"{where}.{key} is {str(section[key])[:30]!r}, an activation transformers does not know"
     known_rope = {"default", *ROPE_INIT_FUNCTIONS}
     for key in ("rope_parameters", "rope_scaling"):
@@ -128,6 +127,19 @@ def _names_problem(config: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _known_activation(name: object) -> bool:
+    """Whether transformers has the activation. Gemma's own is known without importing `transformers.activations`,
+    which takes 1.5 s (it pulls in torch.distributed) and would hold up the window's start, which checks folders."""
+    if not isinstance(name, str):
+        return False
+    if name in GEMMA_ACTIVATIONS:
+        return True
+    from transformers.activations import ACT2FN
+
+    return name in ACT2FN
+
+
+GEMMA_ACTIVATIONS = frozenset({"gelu_pytorch_tanh"})  # MedGemma's text and vision towers
 _DTYPES = ("bfloat16", "float16", "float32")
 _LAYER_TYPES = ("sliding_attention", "full_attention")
 

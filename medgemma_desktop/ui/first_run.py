@@ -100,7 +100,10 @@ class FirstRunPage(QWidget):
         self._check_timer.start()
 
     def check_machine(self) -> None:
-        """Judge this computer for the chosen folders, off the UI thread (it asks CUDA for free memory)."""
+        """Judge this computer for the chosen folders, off the UI thread (it asks CUDA for free memory); only while
+        the page is shown (showing it checks), so a window that goes straight to loading does not import beside it."""
+        if not self.isVisible():
+            return
         model_dir, adapter_dir = self.model_field.path(), self.adapter_field.path()
         context_limit, force_cpu = self.context_limit, self.force_cpu
         self.jobs.run(lambda: check_machine(model_dir, adapter_dir, context_limit, force_cpu),
