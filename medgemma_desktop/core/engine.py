@@ -167,9 +167,8 @@ class Engine:
         """Check the folders, then load the base model in NF4 (from `cache` when it holds this model), attach the
         adapter (the active one) and `more_adapters` (to switch to later). Cancellable between steps. An extra
         adapter that no longer loads (moved, changed, made for another base) costs only itself: it is left out
-        and named in `skipped_adapters`."""
-        from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration, Gemma3Processor
-
+        and named in `skipped_adapters`. The folders are checked before transformers' model code is imported
+        (seconds), so a bad folder is refused at once and progress starts as soon as the command does."""
         options = options or LoadOptions()
         fingerprints = fingerprints or FingerprintCache()
         report = progress or (lambda percent, step: None)
@@ -182,7 +181,11 @@ class Engine:
         digest = fingerprints.folder_digest(
             folder.shards, lambda done, total: report(2 + 18 * done // max(total, 1), "checking the weights' hash"))
         _check_cancel(cancel)
-        report(20, "reading the processor")
+        report(20, "loading transformers")
+        from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration, Gemma3Processor
+
+        _check_cancel(cancel)
+        report(22, "reading the processor")
         processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
         key = cache_key(digest, options.double_quant, plan.dtype_name, folder.shaping_files)
         cached = cache.lookup(key) if cache is not None else None
