@@ -177,8 +177,8 @@ def test_the_next_start_attaches_the_added_adapters_and_names_a_gone_one(
 def test_loading_shows_progress_and_can_be_cancelled(qtbot, tiny_settings_path: Path, tmp_path: Path) -> None:
     window = MainWindow(tiny_settings_path, data_folder=tmp_path / "data")
     qtbot.addWidget(window)
-    window.show()
-    assert window.host.state is ModelState.LOADING and window.loading.isVisible()
+    window.show()  # loading starts once the window has painted
+    qtbot.waitUntil(lambda: window.host.state is ModelState.LOADING and window.loading.isVisible(), timeout=2000)
     qtbot.mouseClick(window.loading.cancel_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.host.state is ModelState.NO_MODEL, timeout=TIMEOUT_MS)
     assert not window.loading.isVisible() and "cancelled" in window.chat.notice.text()

@@ -246,10 +246,10 @@ def test_disclaimer_is_visible(window: MainWindow) -> None:
 
 
 def test_ui_thread_stays_responsive_while_loading_and_generating(qtbot, tiny_settings_path: Path) -> None:
-    main = MainWindow(tiny_settings_path)  # building the window is not "while loading": the load starts here
+    main = MainWindow(tiny_settings_path)
     qtbot.addWidget(main)
     main.show()
-    meter = GapMeter()
+    meter = GapMeter()  # from the first paint: the load starts after it
     wait_ready(qtbot, main)
     meter.stop()
     meter.assert_responsive("loading")
@@ -280,7 +280,7 @@ def test_closing_during_loading_cancels_and_joins_the_thread(qtbot, tiny_setting
     main = MainWindow(tiny_settings_path)
     qtbot.addWidget(main)
     main.show()
-    assert main.host.state is ModelState.LOADING
+    qtbot.waitUntil(lambda: main.host.state is ModelState.LOADING, timeout=2000)
     main.close()
     assert not main.host._thread.isRunning()
 
@@ -331,3 +331,22 @@ def test_the_thinking_trace_is_folded_until_asked_for(window: MainWindow) -> Non
     assert "Show the model's thinking" in transcript.toPlainText()
     transcript.anchorClicked.emit(QUrl("thinking:0"))
     assert "costophrenic" in transcript.toPlainText() and "Hide the model's thinking" in transcript.toPlainText()
+
+
+def test_the_first_load_starts_after_the_first_paint_or_without_one(qtbot, tiny_settings_path: Path) -> None:
+    """Loading waits for the window's first paint (it competed with it for the GIL); a window that is never
+    painted still loads."""
+    shown = MainWindow(tiny_settings_path)
+    qtbot.addWidget(shown)
+    painted_while_idle: list[bool] = []
+    shown.paintEvent = lambda event: (painted_while_idle.append(shown.host.state is ModelState.NO_MODEL),
+                                      MainWindow.paintEvent(shown, event))
+    shown.show()
+    wait_ready(qtbot, shown)
+    assert painted_while_idle[0] is True
+    shown.close()
+    hidden = MainWindow(tiny_settings_path)
+    qtbot.addWidget(hidden)
+    assert hidden.host.state is ModelState.NO_MODEL
+    wait_ready(qtbot, hidden)
+    hidden.close()

@@ -14,8 +14,8 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Slot
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtGui import QCloseEvent, QPaintEvent
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
 from medgemma_desktop.core.app_dirs import data_dir
@@ -56,6 +56,7 @@ QUEUED = Qt.ConnectionType.QueuedConnection
 RELOAD_FIELDS = ("model_dir", "adapter_dir", "force_cpu", "context_limit", *SERVER_FIELDS)
 DEMO_DB_FILENAME = "demo-history.sqlite3"  # demo answers never mix with real history
 TITLE = "MedGemma Desktop"
+FIRST_PAINT_WAIT_MS = 500  # a window not painted by then (hidden, minimised) starts its first load anyway
 
 
 class MainWindow(QMainWindow):
@@ -70,6 +71,7 @@ class MainWindow(QMainWindow):
         self.settings = loaded.settings
         self._monitor = monitor or GpuMonitor()
         self._load_when_idle = self._switching_adapter = self._closed = False  # _load_when_idle: asked while busy
+        self._painted = self._load_after_paint = False  # see paintEvent
         self._histories = HistoryFiles(data_folder or data_dir(), self.settings.keep_patient_data)
         self.store = self._histories.open(DB_FILENAME)
         self.jobs = BackgroundJobs(self)
@@ -172,7 +174,13 @@ class MainWindow(QMainWindow):
         return Path(self.settings.model_dir), Path(self.settings.adapter_dir) if self.settings.adapter_dir else None
 
     def request_load(self) -> None:
-        """Load the model folders or connect to the server; if the model thread is busy, stop it, load when idle."""
+        """Load the model folders or connect to the server; if the model thread is busy, stop it, load when idle;
+        before the window's first paint, after it (`paintEvent`)."""
+        if not self._painted:
+            if not self._load_after_paint:
+                self._load_after_paint = True
+                QTimer.singleShot(FIRST_PAINT_WAIT_MS, self._end_first_paint_wait)
+            return
         folders, server = self._model_folders(), None if self.demo else self.settings.server_url
         if folders is None and not server:
             return
@@ -384,11 +392,24 @@ class MainWindow(QMainWindow):
             self.pages.setCurrentWidget(self.workspace)
             self.request_load()
 
+    def paintEvent(self, event: QPaintEvent) -> None:
+        """The first paint lets a load asked for before it start: loading from the start competed with that paint
+        for the GIL, and the window appeared 50-120 ms later, half-drawn."""
+        super().paintEvent(event)
+        if not self._painted:
+            QTimer.singleShot(0, self._end_first_paint_wait)
+
+    def _end_first_paint_wait(self) -> None:
+        self._painted = True
+        if self._load_after_paint:
+            self._load_after_paint = False
+            self.request_load()
+
     def closeEvent(self, event: QCloseEvent) -> None:
         """Stop the model thread and join it before the window goes, so no QThread outlives its owner."""
         self.hide()
         log.info("closing: stopping the model thread")
-        self._load_when_idle = False
+        self._load_when_idle = self._load_after_paint = False
         self.host.shutdown()
         for jobs in (self.viewer.jobs, self.jobs, self.first_run.jobs):
             jobs.wait()
