@@ -229,7 +229,7 @@ def test_the_nf4_kernel_is_chosen_only_where_it_can_run(tiny_engine: Engine) -> 
         assert not matvec_supported(torch.device("cuda", 0), k, quant_type, blocksize)
     layer = tiny_engine.model.get_base_model().model.language_model.layers[0]
     fused = FusedLinear(fast_linear.projections(layer, "qkv"), QKV, LoraSlots.covering([layer]))
-    assert fused.nf4_kernel is False
+    assert fused.nf4_scales is None
 
 
 def test_adapter_disabled_at_capture_matches_eager_without_it(tiny_engine: Engine) -> None:

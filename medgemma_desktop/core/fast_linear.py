@@ -9,7 +9,7 @@ the slot's). Zeros add exactly nothing, so every adapter that fits computes as P
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import bitsandbytes as bnb
@@ -105,25 +105,46 @@ class LoraSlots:
         return cls(rank, frozenset(targets), dtypes[0] if dtypes else None)
 
 
+def _shared_concat(owner: object, attr: str, parts: list[torch.Tensor],
+                   adopt: Callable[[int, torch.Tensor], None]) -> torch.Tensor:
+    """`parts` concatenated flat, once per model: `adopt(i, view)` gives part i's holder its view of the result,
+    so the bytes exist once. The result is remembered on `owner` under `attr`, and reused while the parts are
+    still those views (a step built again for another adapter shape shares it)."""
+    if len(parts) == 1:
+        return parts[0].reshape(-1)
+    cached = getattr(owner, attr, None)
+    if cached is not None and [p.data_ptr() for p in parts] == cached[1]:
+        return cached[0]
+    joined = torch.cat([p.reshape(-1) for p in parts])
+    views, at = [], 0
+    for part in parts:
+        views.append(joined[at:at + part.numel()].view(part.shape))
+        at += part.numel()
+    for i, view in enumerate(views):
+        adopt(i, view)
+    setattr(owner, attr, (joined, [v.data_ptr() for v in views]))
+    return joined
+
+
 def _fuse_weights(bases: list[torch.nn.Module]) -> torch.Tensor:
     """One packed weight for `bases`, concatenated row-wise (NF4 packs rows flat and every member's size is a
     multiple of its block size, so each member's scales still cover its own bytes). The layers become views of
-    the fused storage, so the 4-bit bytes exist once; their quantisation states are left as they are. Done once
-    per model."""
-    if len(bases) == 1:
-        return bases[0].weight.data.view(-1, 1)
-    cached = getattr(bases[0], _FUSED_ATTR, None)
-    if cached is not None and [b.weight.data_ptr() for b in bases] == cached[1]:
-        return cached[0]
-    weight = torch.cat([b.weight.data.reshape(-1) for b in bases]).view(-1, 1)
-    at = 0
-    for base in bases:
-        size = base.weight.numel()
-        base.weight.data = weight[at:at + size]
-        base.support_avx512bf16_for_cpu = False  # a CPU repack would give the layer a private copy again
-        at += size
-    setattr(bases[0], _FUSED_ATTR, (weight, [b.weight.data_ptr() for b in bases]))
-    return weight
+    the fused storage; their quantisation states are left as they are. Done once per model."""
+    def adopt(i: int, view: torch.Tensor) -> None:
+        bases[i].weight.data = view
+        bases[i].support_avx512bf16_for_cpu = False  # a CPU repack would give the layer a private copy again
+
+    return _shared_concat(bases[0], _FUSED_ATTR, [b.weight.data for b in bases], adopt).view(-1, 1)
+
+
+def _nested_scales(states: list[QuantState]) -> nf4_matvec.NestedScales:
+    """The members' double-quantised scales as the NF4 kernel reads them, their 8-bit scales fused like the
+    weights (the states keep views)."""
+    def adopt(i: int, view: torch.Tensor) -> None:
+        states[i].absmax = view
+
+    absmax = _shared_concat(states[0], "_fast_decode_absmax", [s.absmax for s in states], adopt)
+    return nf4_matvec.NestedScales.of(states, absmax)
 
 
 def _block_scales(state: QuantState) -> torch.Tensor:
@@ -151,10 +172,12 @@ class FusedLinear:
     """Projections of one input (q/k/v, gate/up, or o or down alone) as one 4-bit matmul plus the active LoRA
     from fixed slots.
 
-    Compiled (the fast path's normal case), the members' packed bytes are one matmul (`nf4_matvec` where it runs,
-    else bitsandbytes') whose float32 scales are computed per step (`_block_scales`: their double-quantised
-    offsets differ per member); uncompiled, each member runs bitsandbytes' kernel with its own scales, which it
-    expands itself.
+    For one bfloat16 token on a GPU that runs it (the fast path's normal case), the members' packed bytes are one
+    launch of our NF4 kernel (`core.nf4_matvec`), which also decodes the 8-bit scales and adds LoRA's B product
+    (given `A @ x`, computed before) when the adapter is in float32, as PEFT loads adapters. Otherwise, compiled,
+    one bitsandbytes matmul whose float32 scales are computed per step (`_block_scales`: the members'
+    double-quantised offsets differ); uncompiled (and for the prompt's many tokens), each member runs
+    bitsandbytes' kernel with its own scales.
     LoRA as PEFT computes it per member (`B(A(x.to(lora dtype))) * scaling`, cast back, added to the base
     output), with the members' A slots stacked into one matmul and their B slots block-diagonal in another.
     `load_adapter` copies the adapter active now into the slots (zeros for none), so a graph captured over them
@@ -174,8 +197,9 @@ class FusedLinear:
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.shape = [sum(self.sizes), int(self.states[0].shape[1])]
         state = self.states[0]
-        self.nf4_kernel = nf4_matvec.ENABLED and nf4_matvec.matvec_supported(
-            self.weight.device, self.shape[1], state.quant_type, state.blocksize)
+        kernel = nf4_matvec.matvec_supported(self.weight.device, self.shape[1], state.quant_type, state.blocksize)
+        self.nf4_scales = _nested_scales(self.states) \
+            if kernel and nf4_matvec.NestedScales.readable(self.states) else None
         slotted = [i for i, name in enumerate(names) if name in slots.targets]
         self._slot_rows = {i: k * slots.rank for k, i in enumerate(slotted)}  # member -> first row of its slot
         self.lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -224,10 +248,8 @@ class FusedLinear:
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         state = self.states[0]
-        if is_compiling() and (self.nf4_kernel or len(self.states) > 1):  # the scales fuse into one small kernel
+        if is_compiling() and len(self.states) > 1:  # the scales fuse into one small kernel
             scales = torch.cat([_block_scales(s) for s in self.states])
-            if self.nf4_kernel and x.numel() == self.shape[1] and x.dtype == torch.bfloat16:
-                return torch.ops.medgemma.nf4_matvec(x, self.weight, scales, self.shape[0])
             return torch.ops.bitsandbytes.gemm_4bit.default(x, self.weight, self.shape, scales, state.blocksize,
                                                             state.quant_type)
         # Uncompiled, computing the scales takes more launches than one matmul per member with its own scales.
@@ -236,8 +258,17 @@ class FusedLinear:
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self._matmul(x)
-        if self.lora is not None:
-            a, b, scale = self.lora
+        lora = self.lora
+        if self.nf4_scales is not None and x.numel() == self.shape[1] and x.dtype == torch.bfloat16:
+            ax = b = scale = None
+            if lora is not None and lora[0].dtype == torch.float32:  # B's product in the kernel, after `A @ x`
+                (a, b, scale), lora = lora, None
+                ax = _matvec(x.to(a.dtype), a)
+            out = torch.ops.medgemma.nf4_matvec(x, self.weight, *self.nf4_scales.tensors,
+                                                list(self.nf4_scales.bounds), self.shape[0], ax, b, scale)
+        else:
+            out = self._matmul(x)
+        if lora is not None:
+            a, b, scale = lora
             out = out + (_matvec(_matvec(x.to(a.dtype), a), b).float() * scale).to(out.dtype)
         return out.split(self.sizes, dim=-1)

@@ -1,21 +1,33 @@
 """One token times a bitsandbytes NF4 weight, in a CUDA kernel built at run time by NVRTC (no C compiler needed).
 
 The decode step reads every 4-bit weight once per token, so its speed is the speed of this matrix-vector product.
-On an H200, bitsandbytes' kernel moves 0.84 TB/s over the step's weights; this one 1.24 TB/s (the decode step went
-from 256 to 295 tokens/s). It reads each row's packed bytes 16 at a time per lane (a block of warps for a few rows,
-`TILING`), looks the 16 NF4 levels up in shared memory (16 words in 16 banks: no bank conflicts), reads x once for
-all the block's rows, and sums in float32 with one scale per 64 weights, more exactly than bitsandbytes (which
+On an H200, bitsandbytes' kernel moves 0.84 TB/s over the step's weights; the first version of this one 1.24 TB/s
+(the decode step went from 256 to 295 tokens/s). It reads each row's packed bytes 16 at a time per lane (a block
+of warps for a few rows, `TILING`), looks the 16 NF4 levels up in shared memory (16 words in 16 banks: no bank
+conflicts), reads x once for all the block's rows, and sums in float32, more exactly than bitsandbytes (which
 rounds each product to bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two
 weights in the high nibble), so nothing is repacked and the same bytes serve both kernels.
 
+Two things the step used to launch separately happen inside the kernel, each saving a kernel per projection and
+per layer (136 and 68 launches per token) and, for the scales, most of their bytes:
+- **the double-quantised scales** (`NestedScales`): each block of 64 weights has an 8-bit scale, decoded as
+  bitsandbytes decodes it (`nested_code[byte] * group_scale + group_offset`, one group per 256 blocks). Reading
+  one byte per block instead of a float32 the step computed and wrote first cuts the scale traffic from 9 bytes
+  per block to 1.
+- **LoRA's second matrix**: given `ax = A @ x` (rank-wide, computed before), each row adds
+  `(B[row] . ax) * scale[row]` in float32, rounded to bfloat16 before the sum, as PEFT computes an adapter kept
+  in float32 (PEFT loads bfloat16 adapters as float32 too).
+
 NVRTC ships with PyTorch's CUDA libraries (`torch.cuda._compile_kernel`); the kernel is compiled once per process
-when the fast path is built. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes it does not cover)
-the caller keeps bitsandbytes' kernel: `matvec_supported` says which.
+when the fast path is built. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes or quantisation it
+does not cover) the caller keeps bitsandbytes' kernel: `matvec_supported` and `NestedScales.readable` say which.
+`reference` computes the same in PyTorch, for machines without a GPU.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -26,24 +38,33 @@ log = logging.getLogger(__name__)
 # an H200 (benchmarks/nf4_gemv.py): long rows (MLP down, 10,240) split over four warps, the others a warp for two.
 LONG_ROW = 8192
 TILING = {False: (2, 1), True: (4, 4)}
-ENABLED = True  # False: bitsandbytes' kernel everywhere (the benchmark compares the two in one run)
+BLOCK = 64  # weights per 8-bit scale
+GROUP = 256  # scales per second-level scale (bitsandbytes' nested block size)
+MEMBERS = 3  # fused projections of one input at most (q/k/v)
 
 KERNEL = r"""
 typedef unsigned short bf16_t;
 
 __device__ __forceinline__ float low_bf16(unsigned v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float high_bf16(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ float bf16_value(bf16_t v) { return __uint_as_float(((unsigned)v) << 16); }
 __device__ __forceinline__ bf16_t to_bf16(float f) {  // round to nearest even, as torch rounds
     unsigned u = __float_as_uint(f);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (bf16_t)(u >> 16);
 }
+__device__ __forceinline__ float round_bf16(float f) { return bf16_value(to_bf16(f)); }
 
 // A block of KSPLIT warps computes ROWS outputs: the warps split the row's 16-byte chunks among them, each lane
-// reads one chunk of every row per step and x's 32 values for it once.
+// reads one chunk of every row per step and x's 32 values for it once. Rows [0, row1) are the first fused member,
+// [row1, row2) the second, the rest the third; each member's second-level scales start at group 0, group1, group2.
 extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
-        const uint4* __restrict__ x, const uint4* __restrict__ w, const float* __restrict__ scales,
-        const float* __restrict__ code, bf16_t* __restrict__ y, int n, int k) {
+        const uint4* __restrict__ x, const uint4* __restrict__ w, const unsigned char* __restrict__ absmax,
+        const float* __restrict__ group_scale, const float* __restrict__ group_offset,
+        const float* __restrict__ nested_code, const float* __restrict__ code,
+        int row1, int row2, int group1, int group2,
+        const float* __restrict__ lora_ax, const float* __restrict__ lora_b, const float* __restrict__ lora_scale,
+        int lora_width, bf16_t* __restrict__ y, int n, int k) {
     __shared__ float lut[16];
     __shared__ float partial[KSPLIT][ROWS];
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
@@ -51,13 +72,26 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row0 = blockIdx.x * ROWS;
     const int chunks = k >> 5;  // 16 packed bytes (32 weights) per chunk
+    const int blocks = k >> 6;  // 8-bit scales per row
+    int first_block[ROWS], first_group[ROWS];  // the row's first scale, and its member's first second-level scale
     float acc[ROWS];
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = 0.f;
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = min(row0 + r, n - 1);
+        const int start = row >= row2 ? row2 : (row >= row1 ? row1 : 0);
+        first_block[r] = (row - start) * blocks;
+        first_group[r] = row >= row2 ? group2 : (row >= row1 ? group1 : 0);
+        acc[r] = 0.f;
+    }
     for (int c = threadIdx.x; c < chunks; c += 32 * KSPLIT) {
         uint4 packed[ROWS];
+        unsigned char scale_byte[ROWS];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) packed[r] = __ldcs(w + (size_t)min(row0 + r, n - 1) * chunks + c);
+        for (int r = 0; r < ROWS; ++r) {
+            const size_t row = (size_t)min(row0 + r, n - 1);
+            packed[r] = __ldcs(w + row * chunks + c);
+            scale_byte[r] = __ldg(absmax + row * blocks + (c >> 1));
+        }
         float xs[32];
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -81,7 +115,10 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
                     sums[q] = fmaf(xs[8 * q + 2 * b + 1], lut[byte & 15u], sums[q]);
                 }
             }
-            const float scale = __ldg(scales + (size_t)min(row0 + r, n - 1) * (k >> 6) + (c >> 1));
+            // bitsandbytes' decoding of a double-quantised scale: a product, then the offset (not one fma)
+            const int group = first_group[r] + ((first_block[r] + (c >> 1)) >> GROUP_SHIFT);
+            const float scale = __fadd_rn(__fmul_rn(__ldg(nested_code + scale_byte[r]), __ldg(group_scale + group)),
+                                          __ldg(group_offset + group));
             acc[r] = fmaf((sums[0] + sums[1]) + (sums[2] + sums[3]), scale, acc[r]);
         }
     }
@@ -92,14 +129,59 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
         if (lane == 0) partial[warp][r] = acc[r];
     }
     __syncthreads();
-    if (threadIdx.x < ROWS && row0 + threadIdx.x < n) {
+    const int row = row0 + threadIdx.x;
+    if (threadIdx.x < ROWS && row < n) {
         float total = 0.f;
 #pragma unroll
         for (int i = 0; i < KSPLIT; ++i) total += partial[i][threadIdx.x];
-        y[row0 + threadIdx.x] = to_bf16(total);
+        float out = round_bf16(total);
+        if (lora_width > 0) {  // PEFT, a float32 adapter: base + bf16((B . ax) * scaling)
+            const float* b = lora_b + (size_t)row * lora_width;
+            float lora = 0.f;
+            for (int j = 0; j < lora_width; ++j) lora = fmaf(__ldg(b + j), __ldg(lora_ax + j), lora);
+            out += round_bf16(__fmul_rn(lora, __ldg(lora_scale + row)));
+        }
+        y[row] = to_bf16(out);
     }
 }
 """
+
+
+@dataclass(frozen=True)
+class NestedScales:
+    """The double-quantised scales of up to `MEMBERS` fused NF4 projections, as the kernel reads them: the members'
+    8-bit scales concatenated (row order), their second-level scales and offsets one entry per group of `GROUP`
+    scales (each member's groups start afresh), the 256-entry code that decodes a byte, and where the second and
+    third members' rows and groups start (`bounds`: row1, row2, group1, group2; n where absent)."""
+
+    absmax: torch.Tensor
+    group_scale: torch.Tensor
+    group_offset: torch.Tensor
+    nested_code: torch.Tensor
+    bounds: tuple[int, int, int, int]
+
+    @staticmethod
+    def readable(states: list) -> bool:
+        """Whether the kernel can read these members' scales: double quantised with groups of `GROUP` and one
+        code, at most `MEMBERS` of them."""
+        return len(states) <= MEMBERS and all(s.nested and s.state2.blocksize == GROUP for s in states) and \
+            all(torch.equal(s.state2.code, states[0].state2.code) for s in states[1:])
+
+    @classmethod
+    def of(cls, states: list, absmax: torch.Tensor) -> NestedScales:
+        """From bitsandbytes' quantisation states of `readable` members in row order, and their 8-bit scales
+        concatenated (`absmax`, which the caller shares with the states so the bytes exist once)."""
+        rows = [int(s.shape[0]) for s in states]
+        groups = [s.state2.absmax.numel() for s in states]
+        row_starts = tuple(sum(rows[:i]) for i in range(1, MEMBERS))
+        group_starts = tuple(sum(groups[:i]) for i in range(1, MEMBERS))
+        offsets = [s.offset.float().reshape(1).expand(count) for s, count in zip(states, groups, strict=True)]
+        return cls(absmax, torch.cat([s.state2.absmax.float().reshape(-1) for s in states]), torch.cat(offsets),
+                   states[0].state2.code.float().contiguous(), row_starts + group_starts)
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.absmax, self.group_scale, self.group_offset, self.nested_code
 
 
 @cache
@@ -111,18 +193,22 @@ def _kernel(device_index: int, source: str, defines: tuple[str, ...]):
                                           nvcc_options=[*(f"-D{d}" for d in defines), "-std=c++17"])
 
 
+def _defines(rows: int, ksplit: int) -> tuple[str, ...]:
+    return f"ROWS={rows}", f"KSPLIT={ksplit}", f"GROUP_SHIFT={GROUP.bit_length() - 1}"
+
+
 @cache
-def _nf4_levels(device_index: int) -> torch.Tensor:
+def _nf4_levels(device: torch.device) -> torch.Tensor:
     from bitsandbytes.functional import get_4bit_type
 
-    return get_4bit_type("nf4", device=torch.device("cuda", device_index)).float().contiguous()
+    return get_4bit_type("nf4", device=device).float().contiguous()
 
 
 def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: int) -> bool:
     """Whether `nf4_matvec` can run products with this weight: an sm_80+ GPU, NF4 with blocks of 64, a row
-    length that fills whole 16-byte chunks, and a kernel NVRTC could build. (Per call, the input must also be one
-    bfloat16 token.)"""
-    if device.type != "cuda" or quant_type != "nf4" or blocksize != 64 or k % 64:
+    length that fills whole 16-byte chunks, and a kernel NVRTC could build. (The scales must also be double
+    quantised, `NestedScales.readable`; per call, the input must be one bfloat16 token.)"""
+    if device.type != "cuda" or quant_type != "nf4" or blocksize != BLOCK or k % BLOCK:
         return False
     return _ready(torch.cuda.current_device() if device.index is None else device.index)
 
@@ -134,27 +220,56 @@ def _ready(device_index: int) -> bool:
         return False
     try:
         for rows, ksplit in TILING.values():
-            _kernel(device_index, KERNEL, (f"ROWS={rows}", f"KSPLIT={ksplit}"))
-        _nf4_levels(device_index)
+            _kernel(device_index, KERNEL, _defines(rows, ksplit))
+        _nf4_levels(torch.device("cuda", device_index))
     except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
         log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
         return False
     return True
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int, rows: int | None = None,
+def launch(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: int,
+           lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, rows: int | None = None,
            ksplit: int | None = None) -> torch.Tensor:
-    """The kernel on the current stream (so a CUDA graph being captured records it); `rows` and `ksplit` are
-    the tiling, `TILING`'s unless given (the benchmark tries others)."""
+    """The kernel on the current stream (so a CUDA graph being captured records it). `lora` is (ax, B, scale per
+    row), all float32, or None; `rows` and `ksplit` are the tiling, `TILING`'s unless given (the benchmark tries
+    others)."""
     k = x.shape[-1]
     default_rows, default_ksplit = TILING[k >= LONG_ROW]
     rows, ksplit = rows or default_rows, ksplit or default_ksplit
-    x, weight, scales = _aligned(x), _aligned(weight), scales.contiguous()
+    ax, b, lora_scale = (t.contiguous() for t in lora) if lora is not None else (x, x, scales.group_scale)
+    width = ax.numel() if lora is not None else 0
+    x, weight = _aligned(x), _aligned(weight)
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
-    _kernel(x.device.index, KERNEL, (f"ROWS={rows}", f"KSPLIT={ksplit}"))(
+    _kernel(x.device.index, KERNEL, _defines(rows, ksplit))(
         grid=(-(-n // rows), 1, 1), block=(32 * ksplit, 1, 1),
-        args=[x, weight, scales, _nf4_levels(x.device.index), out, n, k])
+        args=[x, weight, *scales.tensors, _nf4_levels(x.device), *scales.bounds, ax, b, lora_scale, width, out, n, k])
     return out
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: int,
+              lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """What the kernel computes, in PyTorch on any device, rounding to x's dtype where the kernel rounds to
+    bfloat16 (the same for bfloat16 input): the check of `NestedScales` and of the LoRA epilogue where no GPU is."""
+    k = x.shape[-1]
+    blocks = k // BLOCK
+    row = torch.arange(n, device=x.device)
+    row1, row2, group1, group2 = scales.bounds
+    start = torch.where(row >= row2, row2, torch.where(row >= row1, row1, 0))
+    first_group = torch.where(row >= row2, group2, torch.where(row >= row1, group1, 0))
+    block = (row - start).view(-1, 1) * blocks + torch.arange(blocks, device=x.device)
+    group = first_group.view(-1, 1) + block // GROUP
+    block_scales = scales.nested_code[scales.absmax.view(n, blocks).long()] * scales.group_scale[group] \
+        + scales.group_offset[group]
+    packed = weight.reshape(n, k // 2)
+    nibbles = torch.stack([packed >> 4, packed & 15], dim=-1).view(n, k).long()
+    dense = _nf4_levels(x.device)[nibbles] * block_scales.repeat_interleave(BLOCK, dim=1)
+    out = (x.float().reshape(-1, k) @ dense.t()).to(x.dtype)
+    if lora is not None:
+        ax, b, lora_scale = lora
+        product = b.float() @ ax.float().reshape(-1)
+        out = (out.float() + (product * lora_scale).to(x.dtype).float()).to(x.dtype)
+    return out.view(*x.shape[:-1], n)
 
 
 def _aligned(tensor: torch.Tensor) -> torch.Tensor:
@@ -164,12 +279,21 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("medgemma::nf4_matvec", mutates_args=())
-def nf4_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
-    """x (one token of k bfloat16 values, any leading shape) times the (n, k) NF4 `weight` (bitsandbytes'
-    packed bytes) with float32 `scales` per 64 weights: (..., n) in bfloat16. Check `matvec_supported` first."""
-    return launch(x, weight, scales, n)
+def nf4_matvec(x: torch.Tensor, weight: torch.Tensor, absmax: torch.Tensor, group_scale: torch.Tensor,
+               group_offset: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
+               lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None,
+               lora_scale: torch.Tensor | None) -> torch.Tensor:
+    """x (one token of k values, any leading shape) times the (n, k) NF4 `weight` (bitsandbytes' packed bytes)
+    with `NestedScales`' tensors and bounds, plus LoRA's B product when `lora_ax` is given (float32 `lora_ax`,
+    `lora_b`, `lora_scale`): (..., n) in x's dtype.
+    The kernel on CUDA (bfloat16 only; check `matvec_supported` first), `reference` elsewhere."""
+    scales = NestedScales(absmax, group_scale, group_offset, nested_code, tuple(bounds))
+    lora = (lora_ax, lora_b, lora_scale) if lora_ax is not None else None
+    return (launch if x.is_cuda else reference)(x, weight, scales, n, lora)
 
 
 @nf4_matvec.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+def _(x: torch.Tensor, weight: torch.Tensor, absmax: torch.Tensor, group_scale: torch.Tensor,
+      group_offset: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
+      lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None, lora_scale: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], n)

@@ -1,0 +1,87 @@
+"""The NF4 kernel's arguments on the CPU, through `nf4_matvec.reference` (what the kernel computes, in PyTorch):
+fused members' 8-bit scales with each member's own second-level groups (sizes that cross group boundaries), and
+LoRA's B product added in the epilogue, against bitsandbytes' dequantised weights and the model's own modules.
+The CUDA kernel itself is checked against the same dequantised weights on the GPU (benchmarks/nf4_gemv.py) and,
+inside the step, against plain transformers (benchmarks/bench_decode.py's per-step logits)."""
+
+from __future__ import annotations
+
+import bitsandbytes.functional as bf
+import torch
+
+from medgemma_desktop.core import fast_linear, nf4_matvec
+from medgemma_desktop.core.engine import Engine
+from medgemma_desktop.core.fast_linear import STEP_PROJECTIONS, FusedLinear, LoraSlots, base_layer, projections
+
+BF16_STEP = 2.0**-7  # bfloat16's relative spacing: the kernel rounds its output once, the reference in float32
+
+
+def _quantized(rows: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, object]:
+    weight = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed)) * (0.02 * (seed + 1))
+    packed, state = bf.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=True)
+    return weight, packed, state
+
+
+def test_fused_members_scales_cross_group_boundaries() -> None:
+    """Three members of 300, 100 and 200 rows of 128 weights (600, 200 and 400 scales: groups of 256 that end
+    part-full inside each member) with different offsets: the fused product equals each member's own."""
+    k, x = 128, torch.randn(1, 128, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    members = [_quantized(rows, k, seed) for seed, rows in enumerate((300, 100, 200))]
+    states = [state for _, _, state in members]
+    assert nf4_matvec.NestedScales.readable(states)
+    assert len({float(s.offset) for s in states}) == 3  # each member's own offset must be used
+    absmax = torch.cat([s.absmax for s in states])
+    scales = nf4_matvec.NestedScales.of(states, absmax)
+    assert scales.bounds == (300, 400, 3, 4)
+    fused_weight = torch.cat([packed.reshape(-1) for _, packed, _ in members])
+    got = nf4_matvec.reference(x, fused_weight, scales, 600)
+    want = torch.cat([x.float() @ bf.dequantize_4bit(packed, state).float().t() for _, packed, state in members],
+                     dim=-1)
+    assert got.dtype == torch.bfloat16 and got.shape == (1, 600)
+    assert torch.allclose(got.float(), want, rtol=BF16_STEP, atol=BF16_STEP * float(want.abs().max()) / 64)
+
+
+def test_lora_epilogue_adds_b_times_ax_scaled_as_peft_rounds() -> None:
+    """A float32 adapter (PEFT loads adapters as float32): the base output plus bf16((B . ax) * scaling)."""
+    k, n, width = 128, 96, 16
+    _, packed, state = _quantized(n, k, 4)
+    scales = nf4_matvec.NestedScales.of([state], state.absmax)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(1, k, generator=generator).to(torch.bfloat16)
+    ax, b = torch.randn(1, width, generator=generator), torch.randn(n, width, generator=generator)
+    scale = torch.full((n,), 2.0)
+    base = nf4_matvec.reference(x, packed, scales, n)
+    got = nf4_matvec.reference(x, packed, scales, n, (ax, b, scale))
+    assert torch.equal(got, base + ((ax @ b.t()) * 2.0).to(torch.bfloat16))
+
+
+def test_fused_linear_through_the_kernels_arguments_equals_the_modules(tiny_engine: Engine) -> None:
+    """Every projection group of a decoder layer, one bfloat16 token as on a GPU: the kernel's path (the op's
+    CPU implementation is `reference`, the float32 adapter's B product in its epilogue) gives the modules'
+    outputs, and the members' 8-bit scales become views of the fused ones (their bytes exist once) with the
+    modules' own outputs unchanged."""
+    layer = tiny_engine.model.get_base_model().model.language_model.layers[1]
+    slots = LoraSlots.covering([layer])
+    assert slots.dtype == torch.float32
+    for group, (_, names) in STEP_PROJECTIONS.items():
+        modules = projections(layer, group)
+        x = torch.randn(1, 1, modules[0].in_features, generator=torch.Generator().manual_seed(6))
+        with torch.inference_mode():
+            before = [m(x) for m in modules]
+        fused = FusedLinear(modules, names, slots)
+        assert fused.nf4_scales is None  # no GPU here: bitsandbytes' path
+        fused.nf4_scales = fast_linear._nested_scales(fused.states)  # as where the kernel runs
+        shared = fused.nf4_scales.absmax
+        for module in modules:
+            absmax = base_layer(module).weight.quant_state.absmax
+            assert shared.data_ptr() <= absmax.data_ptr() < shared.data_ptr() + shared.numel()
+        with torch.inference_mode():
+            after = [m(x) for m in modules]
+            got = fused(x.to(torch.bfloat16))
+        for was, now, out in zip(before, after, got, strict=True):
+            assert torch.equal(was, now)
+            assert out.dtype == torch.bfloat16
+            tolerance = 4 * BF16_STEP * float(was.abs().max())
+            assert float((out.float() - was).abs().max()) <= tolerance, (group, out, was)
+        if fused.lora is not None:  # the adapter is really in the kernel's epilogue here
+            assert float(fused.lora[1].abs().max()) > 0
