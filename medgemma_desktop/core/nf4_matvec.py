@@ -35,9 +35,9 @@ import torch
 log = logging.getLogger(__name__)
 
 # The tiling (outputs per block, warps per block splitting each row) by row length, the fastest of those tried on
-# an H200 (benchmarks/nf4_gemv.py): long rows (MLP down, 10,240) split over four warps, the others a warp for two.
+# an H200 (benchmarks/nf4_gemv.py, run 16): two outputs per block, long rows (MLP down, 10,240) split over two warps.
 LONG_ROW = 8192
-TILING = {False: (2, 1), True: (4, 4)}
+TILING = {False: (2, 1), True: (2, 2)}
 BLOCK = 64  # weights per 8-bit scale
 GROUP = 256  # scales per second-level scale (bitsandbytes' nested block size)
 MEMBERS = 3  # fused projections of one input at most (q/k/v)
