@@ -5,9 +5,10 @@ position, the cache write index, the rotary angle, the attention masks and the s
 device tensors updated in place, and the LoRA matrices in fixed slots (`core.fast_linear`). So one CUDA graph,
 captured once per cache size, replays every token and follows adapter switches.
 
-Each layer's projections that read the same input run as one 4-bit matmul (`FusedLinear`), and attention as
-plain matmuls with a float32 softmax (the fused SDPA kernels run one thread block per head for a single query
-and cost a third of the step). The norms, the MLP activation and the tied lm_head are the model's own modules,
+Each layer's projections that read the same input run as one 4-bit matmul (`FusedLinear`), one token's query and
+key norms and rotation as one kernel (`core.qk_norm_rope`, where it runs), and attention as plain matmuls with a
+float32 softmax (the fused SDPA kernels run one thread block per head for a single query and cost a third of the
+step). The norms, the MLP activation and the tied lm_head are the model's own modules,
 with transformers' own rotary embedding. The prompt runs through the same layers (`StaticDecodeState.prefill`:
 transformers' masks, images through the model's own vision tower, K/V straight into the static cache):
 transformers' own forward spends twice the host time per layer.
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
+from medgemma_desktop.core import qk_norm_rope
 from medgemma_desktop.core.errors import ContextTooLongError
 from medgemma_desktop.core.fast_linear import STEP_PROJECTIONS, FusedLinear, LoraSlots, projections
 from medgemma_desktop.core.prompt_pass import by_tokens, image_features
@@ -59,6 +61,8 @@ class StaticDecodeState:
                  for group, (_, names) in STEP_PROJECTIONS.items()}
         self.qkv, self.o, self.gate_up, self.down = fused["qkv"], fused["o"], fused["gate_up"], fused["down"]
         self._allocate_cache()
+        self.norm_rope_kernel = all(qk_norm_rope.kernel_runs(layer.self_attn, self.head_dim) for layer in layers) \
+            and all(layer.self_attn.q_norm.eps == layer.self_attn.k_norm.eps for layer in layers)
 
     def _allocate_cache(self) -> None:
         """The per-token tensors the step reads and writes: token, position, ring positions and the K/V cache."""
@@ -129,10 +133,16 @@ class StaticDecodeState:
         layer = self.text.layers[i]
         attn, tokens = layer.self_attn, hidden.shape[1]
         q, k, v = self.qkv[i](layer.input_layernorm(hidden))
-        query = attn.q_norm(q.view(1, tokens, -1, self.head_dim).transpose(1, 2))
-        key = attn.k_norm(k.view(1, tokens, -1, self.head_dim).transpose(1, 2))
         value = v.view(1, tokens, -1, self.head_dim).transpose(1, 2)
         cos, sin = rotary[self.layer_types[i]]
+        if tokens == 1 and self.norm_rope_kernel:
+            heads = torch.ops.medgemma.qk_norm_rope(q, k, attn.q_norm.weight, attn.k_norm.weight, cos, sin,
+                                                    attn.q_norm.eps)
+            query_heads = q.shape[-1] // self.head_dim
+            return heads[:query_heads].view(1, -1, 1, self.head_dim), \
+                heads[query_heads:].view(1, -1, 1, self.head_dim), value
+        query = attn.q_norm(q.view(1, tokens, -1, self.head_dim).transpose(1, 2))
+        key = attn.k_norm(k.view(1, tokens, -1, self.head_dim).transpose(1, 2))
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         return query, key, value
 
