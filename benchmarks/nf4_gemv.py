@@ -1,11 +1,13 @@
 """The NF4 matrix-vector kernel (`core.nf4_matvec`, built by NVRTC) against bitsandbytes' for one token at
 MedGemma's text shapes (q/k/v fused, o, gate/up fused, down), each checked against the dequantised weights in
 float32 and against `nf4_matvec.reference`, and timed over 34 layers' worth of distinct weights (so the L2 cache
-does not hold them), replayed as a CUDA graph, for several tilings (rows per block x warps per block).
+does not hold them), replayed as a CUDA graph, for several tilings (rows per block x warps per block x chunk-loop
+unroll).
 
 Our kernel decodes the double-quantised 8-bit scales itself (one byte per 64 weights); bitsandbytes' reads float32
 scales, which the step had to compute and write first: its time here leaves that out. One LoRA case (rank 8 on
-two of q/k/v, B's product in the kernel's epilogue) is checked and timed too. Usage: python
+two of q/k/v, B's product in the kernel's epilogue) and gate/up with the activation in the epilogue (`paired`)
+are checked and timed too. Usage: python
 benchmarks/nf4_gemv.py OUT (CUDA). Writes OUT/nf4_gemv.json.
 """
 
@@ -69,7 +71,7 @@ def lora_for(layer: Layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return ax, b, torch.full((layer.n,), 2.0, device="cuda")
 
 
-def check(configs: list[tuple[int, int]]) -> dict:
+def check(configs: list[tuple[int, int, int]]) -> dict:
     """Relative error against the dequantised weights (float32 matvec), per shape and tiling, beside
     bitsandbytes'; the largest difference from `reference` in bfloat16 steps of the output's size; the same with
     LoRA's B product for q/k/v."""
@@ -85,9 +87,9 @@ def check(configs: list[tuple[int, int]]) -> dict:
 
         result[f"{name}_bitsandbytes"] = error(bitsandbytes_matvec(x, layer))
         expected = reference(x, layer.packed, layer.nested, layer.n).float()
-        for rows_per_block, ksplit in configs:
-            tag = f"{name}_{rows_per_block}x{ksplit}"
-            got = launch(x, layer.packed, layer.nested, layer.n, None, rows_per_block, ksplit)
+        for tiling in configs:
+            tag = f"{name}_{'x'.join(map(str, tiling))}"
+            got = launch(x, layer.packed, layer.nested, layer.n, tiling=tiling if any(tiling) else None)
             result[tag] = error(got)
             result[f"{tag}_max_vs_reference_steps"] = round(float((got.float() - expected).abs().max()) / step, 3)
         if name == "qkv":
@@ -96,10 +98,15 @@ def check(configs: list[tuple[int, int]]) -> dict:
             want = reference(x, layer.packed, layer.nested, layer.n, lora).float()
             result["qkv_lora_max_vs_reference_steps"] = round(float((got.float() - want).abs().max()) / step, 3)
             result["qkv_lora_change_steps"] = round(float((want - expected).abs().max()) / step, 1)
+        if name == "gate_up":
+            got = launch(x, layer.packed, layer.nested, layer.n, paired=True).float()
+            want = reference(x, layer.packed, layer.nested, layer.n, paired=True).float()
+            paired_step = float(want.abs().max()) * 2.0**-8
+            result["gate_up_paired_max_vs_reference_steps"] = round(float((got - want).abs().max()) / paired_step, 3)
     return result
 
 
-def bench(configs: list[tuple[int, int]]) -> dict:
+def bench(configs: list[tuple[int, int, int]]) -> dict:
     layers = {name: [Layer(rows, k) for _ in range(LAYERS)] for name, (rows, k) in SHAPES.items()}
     xs = {name: torch.randn(1, k, dtype=torch.bfloat16, device="cuda") for name, (_, k) in SHAPES.items()}
     loras = [lora_for(layer, xs["qkv"]) for layer in layers["qkv"]]
@@ -120,11 +127,12 @@ def bench(configs: list[tuple[int, int]]) -> dict:
     result = {"bytes_read_gb": round(ours_bytes / 1e9, 3), "bitsandbytes_bytes_read_gb": round(bnb_bytes / 1e9, 3),
               "bitsandbytes_ms": bnb_ms, "bitsandbytes_tb_s": round(bnb_bytes / bnb_ms / 1e9, 2),
               "bitsandbytes_per_shape_ms": {n: ms(run_with(bitsandbytes_matvec, (n,))) for n in SHAPES}}
-    for rows_per_block, ksplit in configs:
-        tag = f"{rows_per_block}x{ksplit}"
+    for tiling in configs:
+        tag = "x".join(map(str, tiling))
+        chosen = tiling if any(tiling) else None
 
-        def ours(x, layer, a=rows_per_block, b=ksplit):
-            return launch(x, layer.packed, layer.nested, layer.n, None, a, b)
+        def ours(x, layer, chosen=chosen):
+            return launch(x, layer.packed, layer.nested, layer.n, tiling=chosen)
 
         result[f"{tag}_ms"] = ms(run_with(ours))
         result[f"{tag}_tb_s"] = round(ours_bytes / result[f"{tag}_ms"] / 1e9, 2)
@@ -134,13 +142,18 @@ def bench(configs: list[tuple[int, int]]) -> dict:
         for layer, lora in zip(layers["qkv"], loras, strict=True):
             launch(xs["qkv"], layer.packed, layer.nested, layer.n, lora)
 
+    def gate_up_paired() -> None:
+        for layer in layers["gate_up"]:
+            launch(xs["gate_up"], layer.packed, layer.nested, layer.n, paired=True)
+
     result["qkv_with_lora_epilogue_ms"] = ms(qkv_lora)
+    result["gate_up_with_activation_epilogue_ms"] = ms(gate_up_paired)
     return result
 
 
 def main() -> None:
-    # (outputs per block, warps per block splitting each row); 0 x 0: the app's choice per row length
-    configs = [(0, 0), (1, 1), (2, 1), (4, 4), (2, 2), (8, 4)]
+    # (rows per block, warps per block splitting each row, unroll); 0 x 0 x 0: the app's choice per row length
+    configs = [(0, 0, 0), (2, 1, 1), (2, 1, 2), (2, 2, 1), (2, 2, 2), (4, 2, 2), (8, 4, 1)]
     layer = Layer((64,), 128)  # CUDA's own start-up and the quantisation, not the kernel's build
     torch.cuda.synchronize()
     started = time.perf_counter()

@@ -85,3 +85,26 @@ def test_fused_linear_through_the_kernels_arguments_equals_the_modules(tiny_engi
             assert float((out.float() - was).abs().max()) <= tolerance, (group, out, was)
         if fused.lora is not None:  # the adapter is really in the kernel's epilogue here
             assert float(fused.lora[1].abs().max()) > 0
+        assert fused.fuses_activation(x.to(torch.bfloat16)) == (group == "gate_up")
+        if group == "gate_up":  # the MLP's activation in the epilogue: act_fn(gate) * up
+            with torch.inference_mode():
+                activated = fused.gelu_product(x.to(torch.bfloat16))
+                want = layer.mlp.act_fn(before[0]) * before[1]
+            assert activated.dtype == torch.bfloat16 and activated.shape == want.shape
+            assert float((activated.float() - want).abs().max()) <= 4 * BF16_STEP * float(want.abs().max())
+
+
+def test_paired_rows_give_the_activation_of_gate_times_up() -> None:
+    """`paired`: the first half of the rows is the gate, the second the up projection; the output is
+    gelu_tanh(gate) * up of the unpaired output (rounded once), with LoRA added to both halves first."""
+    k, n = 128, 96
+    _, packed, state = _quantized(n, k, 7)
+    scales = nf4_matvec.NestedScales.of([state], state.absmax)
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(1, k, generator=generator).to(torch.bfloat16)
+    lora = (torch.randn(1, 8, generator=generator), torch.randn(n, 8, generator=generator), torch.full((n,), 0.5))
+    for given in (None, lora):
+        gate, up = nf4_matvec.reference(x, packed, scales, n, given).float().chunk(2, dim=-1)
+        got = nf4_matvec.reference(x, packed, scales, n, given, paired=True)
+        assert got.shape == (1, n // 2)
+        assert torch.equal(got, (torch.nn.functional.gelu(gate, approximate="tanh") * up).to(torch.bfloat16))

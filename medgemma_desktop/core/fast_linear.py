@@ -257,17 +257,36 @@ class FusedLinear:
                 for weight, state in zip(self.member_weights, self.states, strict=True)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
+    def takes_kernel(self, x: torch.Tensor) -> bool:
+        """Whether `x` runs through our NF4 kernel: one bfloat16 token, where the kernel runs."""
+        return self.nf4_scales is not None and x.numel() == self.shape[1] and x.dtype == torch.bfloat16
+
+    def fuses_activation(self, x: torch.Tensor) -> bool:
+        """Whether `gelu_product` runs for `x`: through the kernel, two members of one size (gate and up), any
+        adapter in float32 (so that all of LoRA is inside the kernel)."""
+        return self.takes_kernel(x) and len(self.sizes) == 2 and self.sizes[0] == self.sizes[1] and \
+            (self.lora is None or self.lora[0].dtype == torch.float32)
+
+    def gelu_product(self, x: torch.Tensor) -> torch.Tensor:
+        """gelu_tanh(gate) * up for gate and up in one launch, the activation in the kernel's epilogue. Check
+        `fuses_activation` first."""
+        return self._kernel(x, paired=True)[0]
+
+    def _kernel(self, x: torch.Tensor, paired: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The kernel's output, and the LoRA term it could not take (an adapter not in float32) or None."""
+        lora, ax, b, scale = self.lora, None, None, None
+        if lora is not None and lora[0].dtype == torch.float32:  # B's product in the kernel, after `A @ x`
+            (a, b, scale), lora = lora, None
+            ax = _matvec(x.to(a.dtype), a)
+        out = torch.ops.medgemma.nf4_matvec(x, self.weight, *self.nf4_scales.tensors, list(self.nf4_scales.bounds),
+                                            self.shape[0], ax, b, scale, paired)
+        return out, lora
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        lora = self.lora
-        if self.nf4_scales is not None and x.numel() == self.shape[1] and x.dtype == torch.bfloat16:
-            ax = b = scale = None
-            if lora is not None and lora[0].dtype == torch.float32:  # B's product in the kernel, after `A @ x`
-                (a, b, scale), lora = lora, None
-                ax = _matvec(x.to(a.dtype), a)
-            out = torch.ops.medgemma.nf4_matvec(x, self.weight, *self.nf4_scales.tensors,
-                                                list(self.nf4_scales.bounds), self.shape[0], ax, b, scale)
+        if self.takes_kernel(x):
+            out, lora = self._kernel(x)
         else:
-            out = self._matmul(x)
+            out, lora = self._matmul(x), self.lora
         if lora is not None:
             a, b, scale = lora
             out = out + (_matvec(_matvec(x.to(a.dtype), a), b).float() * scale).to(out.dtype)

@@ -9,8 +9,8 @@ conflicts), reads x once for all the block's rows, and sums in float32, more exa
 rounds each product to bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two
 weights in the high nibble), so nothing is repacked and the same bytes serve both kernels.
 
-Two things the step used to launch separately happen inside the kernel, each saving a kernel per projection and
-per layer (136 and 68 launches per token) and, for the scales, most of their bytes:
+Three things the step used to launch separately happen inside the kernel, each saving a kernel per projection or
+per layer (136, 68 and 34 launches per token) and, for the scales, most of their bytes:
 - **the double-quantised scales** (`NestedScales`): each block of 64 weights has an 8-bit scale, decoded as
   bitsandbytes decodes it (`nested_code[byte] * group_scale + group_offset`, one group per 256 blocks). Reading
   one byte per block instead of a float32 the step computed and wrote first cuts the scale traffic from 9 bytes
@@ -18,6 +18,8 @@ per layer (136 and 68 launches per token) and, for the scales, most of their byt
 - **LoRA's second matrix**: given `ax = A @ x` (rank-wide, computed before), each row adds
   `(B[row] . ax) * scale[row]` in float32, rounded to bfloat16 before the sum, as PEFT computes an adapter kept
   in float32 (PEFT loads bfloat16 adapters as float32 too).
+- **the MLP's activation**, for gate and up fused (`paired`): a block takes matching gate and up rows and writes
+  `gelu_tanh(gate) * up`, the input of the down projection, so the separate activation kernel goes too.
 
 NVRTC ships with PyTorch's CUDA libraries (`torch.cuda._compile_kernel`); the kernel is compiled once per process
 when the fast path is built. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes or quantisation it
@@ -32,13 +34,15 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-# The tiling (outputs per block, warps per block splitting each row) by row length, the fastest of those tried on
-# an H200 (benchmarks/nf4_gemv.py, run 16): two outputs per block, long rows (MLP down, 10,240) split over two warps.
+# The tiling (rows per block, warps per block splitting each row, chunk loop unrolled) by row length, the fastest of
+# those tried on an H200 (benchmarks/nf4_gemv.py, run 16): two rows per block; long rows (MLP down, 10,240) split
+# over two warps, shorter ones a warp with the loop unrolled twice.
 LONG_ROW = 8192
-TILING = {False: (2, 1), True: (2, 2)}
+TILING = {False: (2, 1, 2), True: (2, 2, 1)}
 BLOCK = 64  # weights per 8-bit scale
 GROUP = 256  # scales per second-level scale (bitsandbytes' nested block size)
 MEMBERS = 3  # fused projections of one input at most (q/k/v)
@@ -55,10 +59,30 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {  // round to nearest even, 
     return (bf16_t)(u >> 16);
 }
 __device__ __forceinline__ float round_bf16(float f) { return bf16_value(to_bf16(f)); }
+__device__ __forceinline__ float gelu_tanh(float g) {  // as PyTorch's tanh GELU, in float32
+    const float inner = 0.7978845608028654f * (g + 0.044715f * (g * g * g));
+    return 0.5f * g * (1.f + tanhf(inner));
+}
+// A row's output: its sum rounded to bfloat16, plus LoRA's B product (PEFT with a float32 adapter:
+// base + bf16((B . ax) * scaling)), as a bfloat16 value held in a float.
+__device__ __forceinline__ float finish(float total, int row, const float* __restrict__ lora_ax,
+                                        const float* __restrict__ lora_b, const float* __restrict__ lora_scale,
+                                        int lora_width) {
+    float out = round_bf16(total);
+    if (lora_width > 0) {
+        const float* b = lora_b + (size_t)row * lora_width;
+        float lora = 0.f;
+        for (int j = 0; j < lora_width; ++j) lora = fmaf(__ldg(b + j), __ldg(lora_ax + j), lora);
+        out = round_bf16(out + round_bf16(__fmul_rn(lora, __ldg(lora_scale + row))));
+    }
+    return out;
+}
 
-// A block of KSPLIT warps computes ROWS outputs: the warps split the row's 16-byte chunks among them, each lane
-// reads one chunk of every row per step and x's 32 values for it once. Rows [0, row1) are the first fused member,
+// A block of KSPLIT warps computes ROWS rows: the warps split the row's 16-byte chunks among them, each lane reads
+// one chunk of every row per step and x's 32 values for it once. Rows [0, row1) are the first fused member,
 // [row1, row2) the second, the rest the third; each member's second-level scales start at group 0, group1, group2.
+// PAIRED (gate and up fused, n = 2 x half): a block's rows are ROWS / 2 gate rows and the matching up rows, and y
+// gets gelu_tanh(gate) * up, half outputs.
 extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
         const uint4* __restrict__ x, const uint4* __restrict__ w, const unsigned char* __restrict__ absmax,
         const float* __restrict__ group_scale, const float* __restrict__ group_offset,
@@ -71,25 +95,34 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row0 = blockIdx.x * ROWS;
     const int chunks = k >> 5;  // 16 packed bytes (32 weights) per chunk
     const int blocks = k >> 6;  // 8-bit scales per row
+    int rows[ROWS];  // the block's rows (clamped: rows past the end are read, never written)
     int first_block[ROWS], first_group[ROWS];  // the row's first scale, and its member's first second-level scale
     float acc[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-        const int row = min(row0 + r, n - 1);
+#if PAIRED
+        const int pair = blockIdx.x * (ROWS / 2) + r % (ROWS / 2);
+        const int row = min(r < ROWS / 2 ? pair : (n >> 1) + pair, n - 1);
+#else
+        const int row = min(blockIdx.x * ROWS + r, n - 1);
+#endif
+        rows[r] = row;
         const int start = row >= row2 ? row2 : (row >= row1 ? row1 : 0);
         first_block[r] = (row - start) * blocks;
         first_group[r] = row >= row2 ? group2 : (row >= row1 ? group1 : 0);
         acc[r] = 0.f;
     }
+#if UNROLL > 1
+#pragma unroll 2
+#endif
     for (int c = threadIdx.x; c < chunks; c += 32 * KSPLIT) {
         uint4 packed[ROWS];
         unsigned char scale_byte[ROWS];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            const size_t row = (size_t)min(row0 + r, n - 1);
+            const size_t row = (size_t)rows[r];
             packed[r] = __ldcs(w + row * chunks + c);
             scale_byte[r] = __ldg(absmax + row * blocks + (c >> 1));
         }
@@ -130,20 +163,28 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
         if (lane == 0) partial[warp][r] = acc[r];
     }
     __syncthreads();
-    const int row = row0 + threadIdx.x;
-    if (threadIdx.x < ROWS && row < n) {
-        float total = 0.f;
+#if PAIRED
+    const int at = blockIdx.x * (ROWS / 2) + threadIdx.x;  // the pair: gate row `at`, up row half + at
+    if (threadIdx.x < ROWS / 2 && at < (n >> 1)) {
+        float gate_sum = 0.f, up_sum = 0.f;
 #pragma unroll
-        for (int i = 0; i < KSPLIT; ++i) total += partial[i][threadIdx.x];
-        float out = round_bf16(total);
-        if (lora_width > 0) {  // PEFT, a float32 adapter: base + bf16((B . ax) * scaling)
-            const float* b = lora_b + (size_t)row * lora_width;
-            float lora = 0.f;
-            for (int j = 0; j < lora_width; ++j) lora = fmaf(__ldg(b + j), __ldg(lora_ax + j), lora);
-            out += round_bf16(__fmul_rn(lora, __ldg(lora_scale + row)));
+        for (int i = 0; i < KSPLIT; ++i) {
+            gate_sum += partial[i][threadIdx.x];
+            up_sum += partial[i][threadIdx.x + ROWS / 2];
         }
-        y[row] = to_bf16(out);
+        const float gate = finish(gate_sum, at, lora_ax, lora_b, lora_scale, lora_width);
+        const float up = finish(up_sum, (n >> 1) + at, lora_ax, lora_b, lora_scale, lora_width);
+        y[at] = to_bf16(gelu_tanh(gate) * up);
     }
+#else
+    const int at = blockIdx.x * ROWS + threadIdx.x;
+    if (threadIdx.x < ROWS && at < n) {
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < KSPLIT; ++i) sum += partial[i][threadIdx.x];
+        y[at] = to_bf16(finish(sum, at, lora_ax, lora_b, lora_scale, lora_width));
+    }
+#endif
 }
 """
 
@@ -194,8 +235,9 @@ def _kernel(device_index: int, source: str, defines: tuple[str, ...]):
                                           nvcc_options=[*(f"-D{d}" for d in defines), "-std=c++17"])
 
 
-def _defines(rows: int, ksplit: int) -> tuple[str, ...]:
-    return f"ROWS={rows}", f"KSPLIT={ksplit}", f"GROUP_SHIFT={GROUP.bit_length() - 1}"
+def _defines(rows: int, ksplit: int, unroll: int, paired: bool) -> tuple[str, ...]:
+    return (f"ROWS={rows}", f"KSPLIT={ksplit}", f"UNROLL={unroll}", f"PAIRED={int(paired)}",
+            f"GROUP_SHIFT={GROUP.bit_length() - 1}")
 
 
 @cache
@@ -220,8 +262,9 @@ def _ready(device_index: int) -> bool:
     if torch.cuda.get_device_capability(device_index)[0] < 8:
         return False
     try:
-        for rows, ksplit in TILING.values():
-            _kernel(device_index, KERNEL, _defines(rows, ksplit))
+        for long_rows, tiling in TILING.items():
+            for paired in (False, True) if not long_rows else (False,):
+                _kernel(device_index, KERNEL, _defines(*tiling, paired))
         _nf4_levels(torch.device("cuda", device_index))
     except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
         log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
@@ -230,26 +273,28 @@ def _ready(device_index: int) -> bool:
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: int,
-           lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, rows: int | None = None,
-           ksplit: int | None = None) -> torch.Tensor:
+           lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, paired: bool = False,
+           tiling: tuple[int, int, int] | None = None) -> torch.Tensor:
     """The kernel on the current stream (so a CUDA graph being captured records it). `lora` is (ax, B, scale per
-    row), all float32, or None; `rows` and `ksplit` are the tiling, `TILING`'s unless given (the benchmark tries
-    others)."""
+    row), all float32, or None; `paired`: the rows are gate then up, of equal size, and the output is
+    gelu_tanh(gate) * up; `tiling` is (rows, warps, unroll), `TILING`'s unless given (the benchmark tries others)."""
     k = x.shape[-1]
-    default_rows, default_ksplit = TILING[k >= LONG_ROW]
-    rows, ksplit = rows or default_rows, ksplit or default_ksplit
+    rows, ksplit, unroll = tiling or TILING[k >= LONG_ROW]
     ax, b, lora_scale = (t.contiguous() for t in lora) if lora is not None else (x, x, scales.group_scale)
     width = ax.numel() if lora is not None else 0
     x, weight = _aligned(x), _aligned(weight)
-    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
-    _kernel(x.device.index, KERNEL, _defines(rows, ksplit))(
-        grid=(-(-n // rows), 1, 1), block=(32 * ksplit, 1, 1),
+    outputs = n // 2 if paired else n
+    out = torch.empty(*x.shape[:-1], outputs, dtype=x.dtype, device=x.device)
+    per_block = rows // 2 if paired else rows
+    _kernel(x.device.index, KERNEL, _defines(rows, ksplit, unroll, paired))(
+        grid=(-(-outputs // per_block), 1, 1), block=(32 * ksplit, 1, 1),
         args=[x, weight, *scales.tensors, _nf4_levels(x.device), *scales.bounds, ax, b, lora_scale, width, out, n, k])
     return out
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: int,
-              lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+              paired: bool = False) -> torch.Tensor:
     """What the kernel computes, in PyTorch on any device, rounding to x's dtype where the kernel rounds to
     bfloat16 (the same for bfloat16 input): the check of `NestedScales` and of the LoRA epilogue where no GPU is."""
     k = x.shape[-1]
@@ -270,6 +315,9 @@ def reference(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: in
         ax, b, lora_scale = lora
         product = b.float() @ ax.float().reshape(-1)
         out = (out.float() + (product * lora_scale).to(x.dtype).float()).to(x.dtype)
+    if paired:
+        gate, up = out.float().chunk(2, dim=-1)
+        return (F.gelu(gate, approximate="tanh") * up).to(x.dtype).view(*x.shape[:-1], n // 2)
     return out.view(*x.shape[:-1], n)
 
 
@@ -282,19 +330,20 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("medgemma::nf4_matvec", mutates_args=())
 def nf4_matvec(x: torch.Tensor, weight: torch.Tensor, absmax: torch.Tensor, group_scale: torch.Tensor,
                group_offset: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
-               lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None,
-               lora_scale: torch.Tensor | None) -> torch.Tensor:
+               lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None, lora_scale: torch.Tensor | None,
+               paired: bool) -> torch.Tensor:
     """x (one token of k values, any leading shape) times the (n, k) NF4 `weight` (bitsandbytes' packed bytes)
     with `NestedScales`' tensors and bounds, plus LoRA's B product when `lora_ax` is given (float32 `lora_ax`,
-    `lora_b`, `lora_scale`): (..., n) in x's dtype.
+    `lora_b`, `lora_scale`): (..., n) in x's dtype, or (..., n / 2) of gelu_tanh(gate) * up when `paired`.
     The kernel on CUDA (bfloat16 only; check `matvec_supported` first), `reference` elsewhere."""
     scales = NestedScales(absmax, group_scale, group_offset, nested_code, tuple(bounds))
     lora = (lora_ax, lora_b, lora_scale) if lora_ax is not None else None
-    return (launch if x.is_cuda else reference)(x, weight, scales, n, lora)
+    return (launch if x.is_cuda else reference)(x, weight, scales, n, lora, paired)
 
 
 @nf4_matvec.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, absmax: torch.Tensor, group_scale: torch.Tensor,
       group_offset: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
-      lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None, lora_scale: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], n)
+      lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None, lora_scale: torch.Tensor | None,
+      paired: bool) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], n // 2 if paired else n)

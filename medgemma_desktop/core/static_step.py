@@ -61,6 +61,7 @@ class StaticDecodeState:
                  for group, (_, names) in STEP_PROJECTIONS.items()}
         self.qkv, self.o, self.gate_up, self.down = fused["qkv"], fused["o"], fused["gate_up"], fused["down"]
         self._allocate_cache()
+        self.tanh_gelu = config.hidden_activation == "gelu_pytorch_tanh"
         self.norm_rope_kernel = all(qk_norm_rope.kernel_runs(layer.self_attn, self.head_dim) for layer in layers) \
             and all(layer.self_attn.q_norm.eps == layer.self_attn.k_norm.eps for layer in layers)
 
@@ -154,9 +155,14 @@ class StaticDecodeState:
         return by_tokens(lambda part: self._mlp_block(i, part), hidden)
 
     def _mlp_block(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
-        layer = self.text.layers[i]
-        gate, up = self.gate_up[i](layer.pre_feedforward_layernorm(hidden))
-        (mlp_out,) = self.down[i](layer.mlp.act_fn(gate) * up)
+        layer, gate_up = self.text.layers[i], self.gate_up[i]
+        normed = layer.pre_feedforward_layernorm(hidden)
+        if self.tanh_gelu and gate_up.fuses_activation(normed):  # the activation in the NF4 kernel's epilogue
+            activated = gate_up.gelu_product(normed)
+        else:
+            gate, up = gate_up(normed)
+            activated = layer.mlp.act_fn(gate) * up
+        (mlp_out,) = self.down[i](activated)
         return hidden + layer.post_feedforward_layernorm(mlp_out)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
