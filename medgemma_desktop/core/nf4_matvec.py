@@ -1,9 +1,9 @@
 """One token times a bitsandbytes NF4 weight, in a CUDA kernel built at run time by NVRTC (no C compiler needed).
 
 The decode step reads every 4-bit weight once per token, so its speed is the speed of this matrix-vector product.
-On an H200, bitsandbytes' kernel takes 2.15 ms per token over the step's weights with float32 scales; this one
-1.45 ms with the 8-bit scales it decodes itself (benchmarks/README.md, run 16: the step went from 256 tokens/s with
-bitsandbytes' kernel to 338). It reads each row's packed bytes 16 at a time per lane (a block
+On an H200, bitsandbytes' kernel takes 2.17 ms per token over the step's weights with float32 scales; this one
+1.46 ms with the 8-bit scales it decodes itself (benchmarks/README.md, run 16: the step went from 256 tokens/s with
+bitsandbytes' kernel to 344). It reads each row's packed bytes 16 at a time per lane (a block
 of warps for a few rows, `TILING`), looks the 16 NF4 levels up in shared memory (16 words in 16 banks: no bank
 conflicts), reads x once for all the block's rows, and sums in float32, more exactly than bitsandbytes (which
 rounds each product to bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two
