@@ -5,13 +5,14 @@ position, the cache write index, the rotary angle, the attention masks and the s
 device tensors updated in place, and the LoRA matrices in fixed slots (`core.fast_linear`). So one CUDA graph,
 captured once per cache size, replays every token and follows adapter switches.
 
-Each layer's projections that read the same input run as one 4-bit matmul (`FusedLinear`), one token's query and
-key norms and rotation as one kernel (`core.qk_norm_rope`, where it runs), and attention as plain matmuls with a
-float32 softmax (the fused SDPA kernels run one thread block per head for a single query and cost a third of the
-step). The norms, the MLP activation and the tied lm_head are the model's own modules,
-with transformers' own rotary embedding. The prompt runs through the same layers (`StaticDecodeState.prefill`:
-transformers' masks, images through the model's own vision tower, K/V straight into the static cache):
-transformers' own forward spends twice the host time per layer.
+Each layer's projections that read the same input run as one 4-bit matmul (`FusedLinear`), and attention as
+plain matmuls with a float32 softmax (the fused SDPA kernels run one thread block per head for a single query
+and cost a third of the step). The norms, the MLP activation, the rotary embedding and the tied lm_head are the
+model's own modules and transformers' functions, except where our kernels take a token's part on the GPU: the
+query and key norms with the rotation (`core.qk_norm_rope`), and the activation inside the gate/up product
+(`FusedLinear.gelu_product`). The prompt runs through the same layers (`StaticDecodeState.prefill`: transformers'
+masks, images through the model's own vision tower, K/V straight into the static cache): transformers' own
+forward spends twice the host time per layer.
 """
 
 from __future__ import annotations
