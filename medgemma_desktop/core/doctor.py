@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgemma_desktop import __version__
+from medgemma_desktop.core.bitsandbytes_import import import_bitsandbytes
 from medgemma_desktop.core.device import choose_device
 
 
@@ -43,8 +44,7 @@ def system_report() -> list[tuple[str, str]]:
     else:
         rows.append(("GPU", "none usable by torch"))
     try:
-        import bitsandbytes
-
+        bitsandbytes = import_bitsandbytes()
         backend = "CUDA" if torch.cuda.is_available() else "CPU"
         rows.append(("bitsandbytes", f"{bitsandbytes.__version__} ({backend} backend)"))
     except Exception as exc:  # a broken native library raises all sorts of errors at import

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from medgemma_desktop.core.bitsandbytes_import import import_bitsandbytes
 from medgemma_desktop.core.decoding import (
     Decoder,
     EagerDecoder,
@@ -182,6 +183,7 @@ class Engine:
             folder.shards, lambda done, total: report(2 + 18 * done // max(total, 1), "checking the weights' hash"))
         _check_cancel(cancel)
         report(20, "loading transformers")
+        import_bitsandbytes()  # before transformers' quantizer imports it
         from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration, Gemma3Processor
 
         _check_cancel(cancel)
@@ -458,10 +460,9 @@ def _keep_float32_on_cpu(model: torch.nn.Module) -> None:
     """On CPUs with AVX512-BF16, bitsandbytes repacks each NF4 layer at its first forward for a kernel that
     computes in bfloat16. The app computes in float32 on the CPU (the plan says so), identically on every machine,
     and the fast decoder is checked against that path, so the repacking is switched off."""
-    import bitsandbytes as bnb
-
+    nf4_layer = import_bitsandbytes().nn.Linear4bit
     for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
+        if isinstance(module, nf4_layer):
             module.support_avx512bf16_for_cpu = False
 
 
