@@ -2,11 +2,11 @@
 
 The decode step reads every 4-bit weight once per token, so its speed is the speed of this matrix-vector product.
 On an H200, bitsandbytes' kernel takes 2.17 ms per token over the step's weights with float32 scales; this one
-1.46 ms with the 8-bit scales it decodes itself (benchmarks/README.md, run 16: the step went from 256 tokens/s with
-bitsandbytes' kernel to 344). It reads each row's packed bytes 16 at a time per lane (a block
-of warps for a few rows, `TILING`), looks the 16 NF4 levels up in shared memory (16 words in 16 banks: no bank
-conflicts), reads x once for all the block's rows, and sums in float32, more exactly than bitsandbytes (which
-rounds each product to bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two
+1.46 ms with the 8-bit scales it decodes itself (benchmarks/README.md, run 16: the step went from 256 tokens/s
+with bitsandbytes' kernel to 344). It reads each row's packed bytes 16 at a time per lane (a block of warps for a
+few rows, `TILING`), looks the 16 NF4 levels up in shared memory (16 words in 16 banks: no bank conflicts), reads
+x once for all the block's rows, and sums in float32, more exactly than bitsandbytes (which rounds each product to
+bfloat16). The weight layout is bitsandbytes' own (rows packed flat, the first of two
 weights in the high nibble), so nothing is repacked and the same bytes serve both kernels.
 
 Three things the step used to launch separately happen inside the kernel, each saving a kernel per projection or
@@ -22,9 +22,10 @@ per layer (136, 68 and 34 launches per token) and, for the scales, most of their
   `gelu_tanh(gate) * up`, the input of the down projection, so the separate activation kernel goes too.
 
 NVRTC ships with PyTorch's CUDA libraries (`torch.cuda._compile_kernel`); the kernel is compiled once per process
-when the fast path is built. Where it is unavailable (no NVRTC, a GPU older than sm_80, shapes or quantisation it
-does not cover) the caller keeps bitsandbytes' kernel: `matvec_supported` and `NestedScales.readable` say which.
-`reference` computes the same in PyTorch, for machines without a GPU.
+and variant (tiling, paired) when the fast path is built, on the thread that loaded the model (a thread with no
+CUDA context current cannot load the compiled module). Where it is unavailable (no NVRTC, a GPU older than
+sm_80, shapes or quantisation it does not cover) the caller keeps bitsandbytes' kernel: `matvec_supported` and
+`NestedScales.readable` say which. `reference` computes the same in PyTorch, for machines without a GPU.
 """
 
 from __future__ import annotations
