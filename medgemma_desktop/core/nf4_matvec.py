@@ -21,9 +21,8 @@ per layer (136, 68 and 34 launches per token) and, for the scales, most of their
 - **the MLP's activation**, for gate and up fused (`paired`): a block takes matching gate and up rows and writes
   `gelu_tanh(gate) * up`, the input of the down projection, so the separate activation kernel goes too.
 
-NVRTC ships with PyTorch's CUDA libraries (`torch.cuda._compile_kernel`); the kernel is compiled once per process
-and variant (tiling, paired) when the fast path is built, on the thread that loaded the model (a thread with no
-CUDA context current cannot load the compiled module). Where it is unavailable (no NVRTC, a GPU older than
+The kernel is built by NVRTC (`core.nvrtc`) once per process and variant (tiling, paired) when the fast path is
+built. Where it is unavailable (no NVRTC, a GPU older than
 sm_80, shapes or quantisation it does not cover) the caller keeps bitsandbytes' kernel: `matvec_supported` and
 `NestedScales.readable` say which. `reference` computes the same in PyTorch, for machines without a GPU.
 """
@@ -37,6 +36,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from medgemma_desktop.core import nvrtc
+
 log = logging.getLogger(__name__)
 
 # The tiling (rows per block, warps per block splitting each row, chunk loop unrolled) by row length, the fastest of
@@ -49,17 +50,8 @@ GROUP = 256  # scales per second-level scale (bitsandbytes' nested block size)
 MEMBERS = 3  # fused projections of one input at most (q/k/v)
 
 KERNEL = r"""
-typedef unsigned short bf16_t;
-
 __device__ __forceinline__ float low_bf16(unsigned v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float high_bf16(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
-__device__ __forceinline__ float bf16_value(bf16_t v) { return __uint_as_float(((unsigned)v) << 16); }
-__device__ __forceinline__ bf16_t to_bf16(float f) {  // round to nearest even, as torch rounds
-    unsigned u = __float_as_uint(f);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
-__device__ __forceinline__ float round_bf16(float f) { return bf16_value(to_bf16(f)); }
 __device__ __forceinline__ float gelu_tanh(float g) {  // as PyTorch's tanh GELU, in float32
     const float inner = 0.7978845608028654f * (g + 0.044715f * (g * g * g));
     return 0.5f * g * (1.f + tanhf(inner));
@@ -227,15 +219,6 @@ class NestedScales:
         return self.absmax, self.group_scale, self.group_offset, self.nested_code
 
 
-@cache
-def _kernel(device_index: int, source: str, defines: tuple[str, ...]):
-    """A kernel compiled for one GPU (NVRTC targets its architecture); raises where NVRTC cannot build it."""
-    with torch.cuda.device(device_index):
-        major, minor = torch.cuda.get_device_capability(device_index)
-        return torch.cuda._compile_kernel(source, "nf4_matvec", compute_capability=f"{major}{minor}",
-                                          nvcc_options=[*(f"-D{d}" for d in defines), "-std=c++17"])
-
-
 def _defines(rows: int, ksplit: int, unroll: int, paired: bool) -> tuple[str, ...]:
     return (f"ROWS={rows}", f"KSPLIT={ksplit}", f"UNROLL={unroll}", f"PAIRED={int(paired)}",
             f"GROUP_SHIFT={GROUP.bit_length() - 1}")
@@ -260,12 +243,12 @@ def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: i
 @cache
 def _ready(device_index: int) -> bool:
     """Build every tiling and the level table now, once per GPU: at load, not inside a graph being captured."""
-    if torch.cuda.get_device_capability(device_index)[0] < 8:
+    if not nvrtc.supported(device_index):
         return False
     try:
         for long_rows, tiling in TILING.items():
             for paired in (False, True) if not long_rows else (False,):
-                _kernel(device_index, KERNEL, _defines(*tiling, paired))
+                nvrtc.build(device_index, KERNEL, "nf4_matvec", _defines(*tiling, paired))
         _nf4_levels(torch.device("cuda", device_index))
     except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
         log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
@@ -287,7 +270,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: int,
     outputs = n // 2 if paired else n
     out = torch.empty(*x.shape[:-1], outputs, dtype=x.dtype, device=x.device)
     per_block = rows // 2 if paired else rows
-    _kernel(x.device.index, KERNEL, _defines(rows, ksplit, unroll, paired))(
+    nvrtc.build(x.device.index, KERNEL, "nf4_matvec", _defines(rows, ksplit, unroll, paired))(
         grid=(-(-outputs // per_block), 1, 1), block=(32 * ksplit, 1, 1),
         args=[x, weight, *scales.tensors, _nf4_levels(x.device), *scales.bounds, ax, b, lora_scale, width, out, n, k])
     return out

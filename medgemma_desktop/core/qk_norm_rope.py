@@ -1,4 +1,4 @@
-"""One token's query and key heads normed and rotated in one CUDA kernel built at run time by NVRTC.
+"""One token's query and key heads normed and rotated in one CUDA kernel built at run time by NVRTC (`core.nvrtc`).
 
 Gemma 3 norms each query and key head (RMS norm with its own weight) and then applies the rotary embedding, which
 pairs value d with value d +- half a head. Inductor cannot fuse a reduction with a consumer that reads across the
@@ -18,20 +18,14 @@ from functools import cache
 
 import torch
 
+from medgemma_desktop.core import nvrtc
+
 log = logging.getLogger(__name__)
 
 HEAD_DIM = 256  # one thread per value of a head: Gemma 3 4B's head size
+DEFINES = (f"HEAD_DIM={HEAD_DIM}",)
 
 KERNEL = r"""
-typedef unsigned short bf16_t;
-
-__device__ __forceinline__ float bf16_value(bf16_t v) { return __uint_as_float(((unsigned)v) << 16); }
-__device__ __forceinline__ bf16_t to_bf16(float f) {  // round to nearest even, as torch rounds
-    unsigned u = __float_as_uint(f);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
-
 // Block h < q_heads: query head h; else key head h - q_heads. Thread d: value d. out holds the query heads, then the
 // key heads, (heads, HEAD_DIM).
 extern "C" __global__ void __launch_bounds__(HEAD_DIM) qk_norm_rope(
@@ -54,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM) qk_norm_rope(
 #pragma unroll
     for (int w = 0; w < HEAD_DIM / 32; ++w) total += partial[w];
     // Gemma3RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight) in float32, rounded to bfloat16
-    const float value = bf16_value(to_bf16(x * rsqrtf(total / HEAD_DIM + (float)eps) * (1.f + weight)));
+    const float value = round_bf16(x * rsqrtf(total / HEAD_DIM + (float)eps) * (1.f + weight));
     normed[d] = value;
     __syncthreads();
     const float rotated = d < HEAD_DIM / 2 ? -normed[d + HEAD_DIM / 2] : normed[d - HEAD_DIM / 2];
@@ -64,21 +58,12 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM) qk_norm_rope(
 
 
 @cache
-def _kernel(device_index: int):
-    """The kernel for one GPU; raises where NVRTC cannot build it."""
-    with torch.cuda.device(device_index):
-        major, minor = torch.cuda.get_device_capability(device_index)
-        return torch.cuda._compile_kernel(KERNEL, "qk_norm_rope", compute_capability=f"{major}{minor}",
-                                          nvcc_options=[f"-DHEAD_DIM={HEAD_DIM}", "-std=c++17"])
-
-
-@cache
 def _ready(device_index: int) -> bool:
     """Build the kernel now, once per GPU: at load, not inside a graph being captured."""
-    if torch.cuda.get_device_capability(device_index)[0] < 8:
+    if not nvrtc.supported(device_index):
         return False
     try:
-        _kernel(device_index)
+        nvrtc.build(device_index, KERNEL, "qk_norm_rope", DEFINES)
     except Exception as exc:  # no NVRTC, or a driver too old for its output: the model's modules it is
         log.warning("query/key norm kernel unavailable, using the model's modules (%s)", exc)
         return False
@@ -99,9 +84,10 @@ def launch(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: t
     and key heads `k` (head-major, `HEAD_DIM` each) normed and rotated, as (query heads + key heads, HEAD_DIM)."""
     q_heads, k_heads = q.numel() // HEAD_DIM, k.numel() // HEAD_DIM
     out = torch.empty(q_heads + k_heads, HEAD_DIM, dtype=q.dtype, device=q.device)
-    _kernel(q.device.index)(grid=(q_heads + k_heads, 1, 1), block=(HEAD_DIM, 1, 1),
-                            args=[q.contiguous(), k.contiguous(), q_weight.contiguous(), k_weight.contiguous(),
-                                  cos.contiguous(), sin.contiguous(), float(eps), q_heads, out])
+    kernel = nvrtc.build(q.device.index, KERNEL, "qk_norm_rope", DEFINES)
+    kernel(grid=(q_heads + k_heads, 1, 1), block=(HEAD_DIM, 1, 1),
+           args=[q.contiguous(), k.contiguous(), q_weight.contiguous(), k_weight.contiguous(), cos.contiguous(),
+                 sin.contiguous(), float(eps), q_heads, out])
     return out
 
 
