@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medgemma_desktop.core.decoding import EagerDecoder, SamplingSettings, TokenPicker
+from medgemma_desktop.core.decoding import EagerDecoder, SamplingSettings, TokenPicker, generated_tokens
 from medgemma_desktop.core.engine import Engine, LoadOptions
 from medgemma_desktop.core.fast_decode import FastDecoder, choose_decoder
 
@@ -198,7 +198,8 @@ def run_recipe(out: Path) -> dict:
 
 
 def generate(engine: Engine, decoder, inputs: dict[str, torch.Tensor], new_tokens: int) -> dict:
-    """The engine's per-token loop (as Engine._run): prefill, greedy pick, one host sync per token, step."""
+    """The engine's per-token loop (`decoding.generated_tokens`, as Engine._run): prefill, greedy pick, the
+    next step queued before the token is read on the host where the decoder queues ahead."""
     device = engine.plan.device
     picker = TokenPicker(SamplingSettings(), torch.device(device))
     if device == "cuda":
@@ -208,13 +209,10 @@ def generate(engine: Engine, decoder, inputs: dict[str, torch.Tensor], new_token
     tokens = []
     with torch.inference_mode():
         logits = decoder.prefill(inputs)
-        for produced in range(new_tokens):
-            token = picker.pick(logits)
-            tokens.append(int(token))
-            if produced == 0:
+        for token_id in generated_tokens(decoder, picker, logits, new_tokens):
+            tokens.append(token_id)
+            if len(tokens) == 1:
                 first = time.perf_counter()
-            if produced + 1 < new_tokens:
-                logits = decoder.step(token)
     end = time.perf_counter()
     decoder.release()
     return {"decoder": decoder.name, "prompt_tokens": inputs["input_ids"].shape[1], "new_tokens": new_tokens,

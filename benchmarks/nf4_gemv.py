@@ -45,7 +45,8 @@ class Layer:
         self.members = members
         self.packed = torch.cat([p.reshape(-1) for p, _ in members]).view(-1, 1)
         states = [s for _, s in members]
-        self.nested = NestedScales.of(states, torch.cat([s.absmax for s in states]))
+        self.nested = NestedScales.of(states, torch.cat([s.absmax for s in states]),
+                                      torch.cat([s.state2.absmax for s in states]))
         self.float_scales = torch.cat([bf.dequantize_blockwise(s.absmax, s.state2) + s.offset for s in states])
 
     def dense(self) -> torch.Tensor:

@@ -12,6 +12,9 @@
 #   serve:  batch items/s and the server's latency with 1 and 4 clients (bench_serve.py; needs the openai,
 #           starlette and uvicorn wheels and theirs in .whl too).
 #   tools:  the compiled step's kernel profile (profile_step.py).
+#   startup: where `ask`'s start goes with warm caches: Python's import times (-X importtime, the 40 slowest
+#           imports) and a cProfile of the whole command (the 40 largest cumulative times); then the prompt's
+#           memory (profile_memory.py) and time (profile_prefill.py).
 # `all` (the default) runs load, then decode (about eight minutes on an H200). Needs .whl with bitsandbytes,
 # platformdirs and pydicom (carry [".whl"]).
 set -o pipefail
@@ -84,6 +87,21 @@ if [ $PART = helper ]; then
   timeout 280 env PATH=/tmp/nocc-bin CC=/nonexistent/cc CXX=/nonexistent/c++ TORCHINDUCTOR_CACHE_DIR=/tmp/helper-cache \
     TRITON_CACHE_DIR=/tmp/helper-cache/triton $PYTHON benchmarks/bench_load.py $OUT no_compiler_prebuilt_helper \
     /tmp/qcache --triton-helpers /tmp/helpers 2>&1 | grep "^{\|Error" | tee -a $OUT/helper.log
+fi
+if [ $PART = startup ]; then
+  CT=$($PYTHON -c "from pydicom.data import get_testdata_file; print(get_testdata_file('CT_small.dcm'))")
+  ASK="-m medgemma_desktop ask --model /tmp/medgemma-arch-random-896 --adapter /tmp/lora-r8-random-896 --image $CT \
+    --max-new-tokens 16 --no-history Describe."
+  export XDG_CACHE_HOME=/tmp/ask-cache
+  timeout 100 $PYTHON $ASK > /dev/null 2>&1  # caches warm (the 4-bit model saved once)
+  timeout 100 $PYTHON -X importtime $ASK 2> $OUT/importtime.log > /dev/null
+  sort -t'|' -k2 -n -r $OUT/importtime.log | head -40 | tee $OUT/startup.log
+  timeout 100 $PYTHON -m cProfile -o /tmp/ask.prof $ASK > /dev/null 2>&1
+  $PYTHON -c "import pstats; pstats.Stats('/tmp/ask.prof').sort_stats('cumulative').print_stats(60)" \
+    | tail -75 | tee -a $OUT/startup.log
+  unset XDG_CACHE_HOME
+  timeout 200 $PYTHON benchmarks/profile_memory.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tail -80 > $OUT/memory.log
+  timeout 200 $PYTHON benchmarks/profile_prefill.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tail -80 > $OUT/prefill.log
 fi
 if [ $PART = tools ]; then
   timeout 200 $PYTHON benchmarks/profile_step.py $OUT 2>&1 | tail -30 >> $OUT/tools.log

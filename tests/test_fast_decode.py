@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from medgemma_desktop.core import fast_decode, fast_linear, prompt_pass
-from medgemma_desktop.core.decoding import EagerDecoder
+from medgemma_desktop.core.decoding import EagerDecoder, SamplingSettings, TokenPicker, generated_tokens
 from medgemma_desktop.core.device import choose_device
 from medgemma_desktop.core.engine import Engine, GenerationSettings
 from medgemma_desktop.core.errors import ContextTooLongError
@@ -155,6 +155,56 @@ def test_greedy_answer_is_identical_through_the_engine(tiny_engine: Engine) -> N
     assert fast.stats.decoder == "fast" and eager.stats.decoder == "eager"
     assert fast.stats.new_tokens == eager.stats.new_tokens == 3 * SLIDING_WINDOW
     assert fast_text == eager_text and fast_text
+
+
+class _QueuingAhead(FastDecoder):
+    """The fast decoder as the GPU runs it (`queues_ahead`: the next step is queued before the host reads the
+    token), on the CPU, counting its steps."""
+
+    queues_ahead = True
+
+    def __init__(self, runner: StepRunner) -> None:
+        super().__init__(runner)
+        self.steps = 0
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        return super().step(token)
+
+
+def _answer_ids(decoder, inputs: dict[str, torch.Tensor], budget: int, stop_after: int | None = None) -> list[int]:
+    picker = TokenPicker(SamplingSettings(), torch.device("cpu"))
+    ids = []
+    with torch.inference_mode():
+        for token_id in generated_tokens(decoder, picker, decoder.prefill(inputs), budget):
+            ids.append(token_id)
+            if len(ids) == stop_after:
+                break
+    decoder.release()
+    return ids
+
+
+def test_a_step_queued_ahead_gives_the_same_answer_and_a_stop_leaves_no_trace(tiny_engine: Engine) -> None:
+    inputs = _image_inputs(tiny_engine)
+    eager = _answer_ids(EagerDecoder(tiny_engine.model), inputs, 20)
+    runner = StepRunner(tiny_engine.model, capacity=512)
+    ahead = _QueuingAhead(runner)
+    assert _answer_ids(ahead, inputs, 20) == eager and ahead.steps == 19  # none after the last token
+    stopped = _QueuingAhead(runner)
+    assert _answer_ids(stopped, inputs, 20, stop_after=5) == eager[:5] and stopped.steps == 5  # one for nothing
+    assert _answer_ids(_QueuingAhead(runner), inputs, 20) == eager
+    # Through the engine, ending at an end token: the answer stops there, as without queuing ahead.
+    tiny_engine.decoder_factory, ends = (lambda model: _QueuingAhead(runner)), tiny_engine._eos
+    tiny_engine._eos = ends | {eager[6]}
+    try:
+        answer = tiny_engine.generate(build_chat("Describe this X-ray.", [Image.new("RGB", (80, 64), (10, 200, 30))]),
+                                      GenerationSettings(max_new_tokens=20))
+        text = "".join(chunk.text for chunk in answer)
+    finally:
+        tiny_engine.decoder_factory, tiny_engine._eos = EagerDecoder, ends
+    first = eager.index(eager[6])
+    assert answer.stats.stop_reason == "end" and answer.stats.new_tokens == first
+    assert text == tiny_engine.processor.tokenizer.decode(eager[:first])
 
 
 def test_cache_smaller_than_the_window_and_its_boundary(tiny_engine: Engine) -> None:

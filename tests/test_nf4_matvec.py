@@ -30,8 +30,8 @@ def test_fused_members_scales_cross_group_boundaries() -> None:
     states = [state for _, _, state in members]
     assert nf4_matvec.NestedScales.readable(states)
     assert len({float(s.offset) for s in states}) == 3  # each member's own offset must be used
-    absmax = torch.cat([s.absmax for s in states])
-    scales = nf4_matvec.NestedScales.of(states, absmax)
+    absmax, group_scale = torch.cat([s.absmax for s in states]), torch.cat([s.state2.absmax for s in states])
+    scales = nf4_matvec.NestedScales.of(states, absmax, group_scale)
     assert scales.bounds == (300, 400, 3, 4)
     fused_weight = torch.cat([packed.reshape(-1) for _, packed, _ in members])
     got = nf4_matvec.reference(x, fused_weight, scales, 600)
@@ -45,7 +45,7 @@ def test_lora_epilogue_adds_b_times_ax_scaled_as_peft_rounds() -> None:
     """A float32 adapter (PEFT loads adapters as float32): the base output plus bf16((B . ax) * scaling)."""
     k, n, width = 128, 96, 16
     _, packed, state = _quantized(n, k, 4)
-    scales = nf4_matvec.NestedScales.of([state], state.absmax)
+    scales = nf4_matvec.NestedScales.of([state], state.absmax, state.state2.absmax)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(1, k, generator=generator).to(torch.bfloat16)
     ax, b = torch.randn(1, width, generator=generator), torch.randn(n, width, generator=generator)
@@ -71,10 +71,10 @@ def test_fused_linear_through_the_kernels_arguments_equals_the_modules(tiny_engi
         fused = FusedLinear(modules, names, slots)
         assert fused.nf4_scales is None  # no GPU here: bitsandbytes' path
         fused.nf4_scales = fast_linear._nested_scales(fused.states)  # as where the kernel runs
-        shared = fused.nf4_scales.absmax
-        for module in modules:
-            absmax = base_layer(module).weight.quant_state.absmax
-            assert shared.data_ptr() <= absmax.data_ptr() < shared.data_ptr() + shared.numel()
+        for shared, own in ((fused.nf4_scales.absmax, lambda state: state.absmax),
+                            (fused.nf4_scales.group_scale, lambda state: state.state2.absmax)):
+            start, end = shared.data_ptr(), shared.data_ptr() + shared.numel() * shared.element_size()
+            assert all(start <= own(base_layer(m).weight.quant_state).data_ptr() < end for m in modules)
         with torch.inference_mode():
             after = [m(x) for m in modules]
             got = fused(x.to(torch.bfloat16))
@@ -99,7 +99,7 @@ def test_paired_rows_give_the_activation_of_gate_times_up() -> None:
     gelu_tanh(gate) * up of the unpaired output (rounded once), with LoRA added to both halves first."""
     k, n = 128, 96
     _, packed, state = _quantized(n, k, 7)
-    scales = nf4_matvec.NestedScales.of([state], state.absmax)
+    scales = nf4_matvec.NestedScales.of([state], state.absmax, state.state2.absmax)
     generator = torch.Generator().manual_seed(8)
     x = torch.randn(1, k, generator=generator).to(torch.bfloat16)
     lora = (torch.randn(1, 8, generator=generator), torch.randn(n, 8, generator=generator), torch.full((n,), 0.5))

@@ -30,6 +30,7 @@ from medgemma_desktop.core.decoding import (
     SamplingSettings,
     TokenPicker,
     check_max_new_tokens,
+    generated_tokens,
 )
 from medgemma_desktop.core.device import DevicePlan, choose_device
 from medgemma_desktop.core.errors import (
@@ -411,9 +412,7 @@ class Engine:
             with torch.inference_mode():
                 logits = decoder.prefill(inputs)
                 stats.decoder = decoder.name  # after the prefill, which may put a compiled step in place
-                for produced in range(budget):
-                    token = picker.pick(logits)
-                    token_id = int(token)  # the one host sync per token that streaming needs
+                for produced, token_id in enumerate(generated_tokens(decoder, picker, logits, budget)):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                         stats.time_to_first_token_s = first_token_at - start
@@ -427,8 +426,6 @@ class Engine:
                     if cancel is not None and cancel.is_set():
                         stats.stop_reason = "stopped"
                         break
-                    if produced + 1 < budget:
-                        logits = decoder.step(token)
         except torch.OutOfMemoryError as exc:
             decoder.release()
             del decoder

@@ -278,6 +278,11 @@ class FastDecoder:
         runner = self._runner
         return ("fast-graph" if runner.cuda_graph else "fast") + ("-compiled" if runner.compiled else "")
 
+    @property
+    def queues_ahead(self) -> bool:
+        """A replayed graph runs on while the host reads the token (`decoding.generated_tokens`)."""
+        return self._runner.cuda_graph
+
     def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         runner = self._runner
         runner.owner = self

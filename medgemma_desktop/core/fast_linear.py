@@ -138,13 +138,18 @@ def _fuse_weights(bases: list[torch.nn.Module]) -> torch.Tensor:
 
 
 def _nested_scales(states: list[QuantState]) -> nf4_matvec.NestedScales:
-    """The members' double-quantised scales as the NF4 kernel reads them, their 8-bit scales fused like the
-    weights (the states keep views)."""
-    def adopt(i: int, view: torch.Tensor) -> None:
+    """The members' double-quantised scales as the NF4 kernel reads them, their 8-bit and second-level scales
+    fused like the weights (the states keep views)."""
+    def adopt_absmax(i: int, view: torch.Tensor) -> None:
         states[i].absmax = view
 
-    absmax = _shared_concat(states[0], "_fast_decode_absmax", [s.absmax for s in states], adopt)
-    return nf4_matvec.NestedScales.of(states, absmax)
+    def adopt_group_scale(i: int, view: torch.Tensor) -> None:
+        states[i].state2.absmax = view
+
+    absmax = _shared_concat(states[0], "_fast_decode_absmax", [s.absmax for s in states], adopt_absmax)
+    group_scale = _shared_concat(states[0], "_fast_decode_group_scale", [s.state2.absmax for s in states],
+                                 adopt_group_scale)
+    return nf4_matvec.NestedScales.of(states, absmax, group_scale)
 
 
 def _block_scales(state: QuantState) -> torch.Tensor:

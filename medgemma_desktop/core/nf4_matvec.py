@@ -12,7 +12,8 @@ weights in the high nibble), so nothing is repacked and the same bytes serve bot
 Three things the step used to launch separately happen inside the kernel, each saving a kernel per projection or
 per layer (136, 68 and 34 launches per token) and, for the scales, most of their bytes:
 - **the double-quantised scales** (`NestedScales`): each block of 64 weights has an 8-bit scale, decoded as
-  bitsandbytes decodes it (`nested_code[byte] * group_scale + group_offset`, one group per 256 blocks). Reading
+  bitsandbytes decodes it (`nested_code[byte] * group_scale + offset`, one group per 256 blocks and one offset
+  per fused member). Reading
   one byte per block instead of a float32 the step computed and wrote first cuts the scale traffic from 9 bytes
   per block to 1.
 - **LoRA's second matrix**: given `ax = A @ x` (rank-wide, computed before), each row adds
@@ -73,12 +74,13 @@ __device__ __forceinline__ float finish(float total, int row, const float* __res
 
 // A block of KSPLIT warps computes ROWS rows: the warps split the row's 16-byte chunks among them, each lane reads
 // one chunk of every row per step and x's 32 values for it once. Rows [0, row1) are the first fused member,
-// [row1, row2) the second, the rest the third; each member's second-level scales start at group 0, group1, group2.
+// [row1, row2) the second, the rest the third; each member's second-level scales start at group 0, group1, group2,
+// and each member has one offset (member_offset[0..2]).
 // PAIRED (gate and up fused, n = 2 x half): a block's rows are ROWS / 2 gate rows and the matching up rows, and y
 // gets gelu_tanh(gate) * up, half outputs.
 extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
         const uint4* __restrict__ x, const uint4* __restrict__ w, const unsigned char* __restrict__ absmax,
-        const float* __restrict__ group_scale, const float* __restrict__ group_offset,
+        const float* __restrict__ group_scale, const float* __restrict__ member_offset,
         const float* __restrict__ nested_code, const float* __restrict__ code,
         int row1, int row2, int group1, int group2,
         const float* __restrict__ lora_ax, const float* __restrict__ lora_b, const float* __restrict__ lora_scale,
@@ -92,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
     const int blocks = k >> 6;  // 8-bit scales per row
     int rows[ROWS];  // the block's rows (clamped: rows past the end are read, never written)
     int first_block[ROWS], first_group[ROWS];  // the row's first scale, and its member's first second-level scale
-    float acc[ROWS];
+    float offset[ROWS], acc[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
 #if PAIRED
@@ -105,6 +107,7 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
         const int start = row >= row2 ? row2 : (row >= row1 ? row1 : 0);
         first_block[r] = (row - start) * blocks;
         first_group[r] = row >= row2 ? group2 : (row >= row1 ? group1 : 0);
+        offset[r] = __ldg(member_offset + (row >= row2 ? 2 : (row >= row1 ? 1 : 0)));
         acc[r] = 0.f;
     }
 #if UNROLL > 1
@@ -145,7 +148,7 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
             // bitsandbytes' decoding of a double-quantised scale: a product, then the offset (not one fma)
             const int group = first_group[r] + ((first_block[r] + (c >> 1)) >> GROUP_SHIFT);
             const float scale = __fadd_rn(__fmul_rn(__ldg(nested_code + scale_byte[r]), __ldg(group_scale + group)),
-                                          __ldg(group_offset + group));
+                                          offset[r]);
             acc[r] = fmaf((sums[0] + sums[1]) + (sums[2] + sums[3]), scale, acc[r]);
         }
     }
@@ -185,38 +188,41 @@ extern "C" __global__ void __launch_bounds__(32 * KSPLIT) nf4_matvec(
 @dataclass(frozen=True)
 class NestedScales:
     """The double-quantised scales of up to `MEMBERS` fused NF4 projections, as the kernel reads them: the members'
-    8-bit scales concatenated (row order), their second-level scales and offsets one entry per group of `GROUP`
-    scales (each member's groups start afresh), the 256-entry code that decodes a byte, and where the second and
-    third members' rows and groups start (`bounds`: row1, row2, group1, group2; n where absent)."""
+    8-bit scales concatenated (row order), their second-level scales concatenated likewise (one per group of
+    `GROUP` scales; each member's groups start afresh), each member's offset (`MEMBERS` entries), the 256-entry
+    code that decodes a byte, and where the second and third members' rows and groups start (`bounds`: row1,
+    row2, group1, group2; n where absent)."""
 
     absmax: torch.Tensor
     group_scale: torch.Tensor
-    group_offset: torch.Tensor
+    offsets: torch.Tensor
     nested_code: torch.Tensor
     bounds: tuple[int, int, int, int]
 
     @staticmethod
     def readable(states: list) -> bool:
-        """Whether the kernel can read these members' scales: double quantised with groups of `GROUP` and one
-        code, at most `MEMBERS` of them."""
+        """Whether the kernel can read these members' scales: double quantised with float32 groups of `GROUP`
+        and one float32 code, at most `MEMBERS` of them."""
         return len(states) <= MEMBERS and all(s.nested and s.state2.blocksize == GROUP for s in states) and \
+            all(s.state2.absmax.dtype == s.state2.code.dtype == torch.float32 for s in states) and \
             all(torch.equal(s.state2.code, states[0].state2.code) for s in states[1:])
 
     @classmethod
-    def of(cls, states: list, absmax: torch.Tensor) -> NestedScales:
-        """From bitsandbytes' quantisation states of `readable` members in row order, and their 8-bit scales
-        concatenated (`absmax`, which the caller shares with the states so the bytes exist once)."""
+    def of(cls, states: list, absmax: torch.Tensor, group_scale: torch.Tensor) -> NestedScales:
+        """From bitsandbytes' quantisation states of `readable` members in row order, their 8-bit scales
+        concatenated (`absmax`) and their second-level scales concatenated (`group_scale`): the caller shares
+        both with the states, so the bytes exist once."""
         rows = [int(s.shape[0]) for s in states]
         groups = [s.state2.absmax.numel() for s in states]
         row_starts = tuple(sum(rows[:i]) for i in range(1, MEMBERS))
         group_starts = tuple(sum(groups[:i]) for i in range(1, MEMBERS))
-        offsets = [s.offset.float().reshape(1).expand(count) for s, count in zip(states, groups, strict=True)]
-        return cls(absmax, torch.cat([s.state2.absmax.float().reshape(-1) for s in states]), torch.cat(offsets),
-                   states[0].state2.code.float().contiguous(), row_starts + group_starts)
+        offsets = torch.zeros(MEMBERS, dtype=torch.float32, device=absmax.device)
+        offsets[: len(states)] = torch.stack([s.offset.float().reshape(()) for s in states])
+        return cls(absmax, group_scale, offsets, states[0].state2.code.contiguous(), row_starts + group_starts)
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.absmax, self.group_scale, self.group_offset, self.nested_code
+        return self.absmax, self.group_scale, self.offsets, self.nested_code
 
 
 def _defines(rows: int, ksplit: int, unroll: int, paired: bool) -> tuple[str, ...]:
@@ -285,12 +291,13 @@ def reference(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: in
     blocks = k // BLOCK
     row = torch.arange(n, device=x.device)
     row1, row2, group1, group2 = scales.bounds
-    start = torch.where(row >= row2, row2, torch.where(row >= row1, row1, 0))
-    first_group = torch.where(row >= row2, group2, torch.where(row >= row1, group1, 0))
+    member = (row >= row1).long() + (row >= row2).long()
+    start = torch.tensor([0, row1, row2], device=x.device)[member]
+    first_group = torch.tensor([0, group1, group2], device=x.device)[member]
     block = (row - start).view(-1, 1) * blocks + torch.arange(blocks, device=x.device)
     group = first_group.view(-1, 1) + block // GROUP
     block_scales = scales.nested_code[scales.absmax.view(n, blocks).long()] * scales.group_scale[group] \
-        + scales.group_offset[group]
+        + scales.offsets[member].view(-1, 1)
     packed = weight.reshape(n, k // 2)
     nibbles = torch.stack([packed >> 4, packed & 15], dim=-1).view(n, k).long()
     dense = _nf4_levels(x.device)[nibbles] * block_scales.repeat_interleave(BLOCK, dim=1)
@@ -313,21 +320,21 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("medgemma::nf4_matvec", mutates_args=())
 def nf4_matvec(x: torch.Tensor, weight: torch.Tensor, absmax: torch.Tensor, group_scale: torch.Tensor,
-               group_offset: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
+               offsets: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
                lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None, lora_scale: torch.Tensor | None,
                paired: bool) -> torch.Tensor:
     """x (one token of k values, any leading shape) times the (n, k) NF4 `weight` (bitsandbytes' packed bytes)
     with `NestedScales`' tensors and bounds, plus LoRA's B product when `lora_ax` is given (float32 `lora_ax`,
     `lora_b`, `lora_scale`): (..., n) in x's dtype, or (..., n / 2) of gelu_tanh(gate) * up when `paired`.
     The kernel on CUDA (bfloat16 only; check `matvec_supported` first), `reference` elsewhere."""
-    scales = NestedScales(absmax, group_scale, group_offset, nested_code, tuple(bounds))
+    scales = NestedScales(absmax, group_scale, offsets, nested_code, tuple(bounds))
     lora = (lora_ax, lora_b, lora_scale) if lora_ax is not None else None
     return (launch if x.is_cuda else reference)(x, weight, scales, n, lora, paired)
 
 
 @nf4_matvec.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, absmax: torch.Tensor, group_scale: torch.Tensor,
-      group_offset: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
+      offsets: torch.Tensor, nested_code: torch.Tensor, bounds: list[int], n: int,
       lora_ax: torch.Tensor | None, lora_b: torch.Tensor | None, lora_scale: torch.Tensor | None,
       paired: bool) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], n // 2 if paired else n)
