@@ -1,9 +1,9 @@
 """Where the prompt's time (time to first token) goes, on the full-size random model (memory: profile_memory.py).
 
 Prefill (one image + 40 text tokens): wall time and peak memory of transformers' prefill and the app's at
-three `PROMPT_CHUNK_TOKENS` sizes, and of their vision parts, run in turn; a text-only prompt; one prefill under
-the profiler (GPU kernel time and count against the wall, the top host-side ops); host time per module class
-(forward hooks); the vision tower replayed as a CUDA graph.
+three chunk sizes (`PROMPT_CHUNK_TOKENS` and `VISION_CHUNK_PATCHES` alike), and of their vision parts, run in
+turn; a text-only prompt; one prefill under the profiler (GPU kernel time and count against the wall, the top
+host-side ops); host time per module class (forward hooks); the vision tower replayed as a CUDA graph.
 
 Usage: python benchmarks/profile_prefill.py OUT (needs CUDA and bitsandbytes). Writes OUT/profile_prefill.json.
 """
@@ -31,7 +31,7 @@ from medgemma_desktop.core.decoding import EagerDecoder
 from medgemma_desktop.core.engine import Engine, LoadOptions
 
 MIB = 2**20
-DEFAULT_CHUNK = prompt_pass.PROMPT_CHUNK_TOKENS
+DEFAULT_CHUNKS = prompt_pass.PROMPT_CHUNK_TOKENS, prompt_pass.VISION_CHUNK_PATCHES
 
 
 def median_s(fn: Callable[[], object], runs: int = 7) -> float:
@@ -49,11 +49,11 @@ def median_s(fn: Callable[[], object], runs: int = 7) -> float:
 
 def chunked(fn: Callable[[], object], tokens: int) -> Callable[[], object]:
     def run() -> object:
-        prompt_pass.PROMPT_CHUNK_TOKENS = tokens
+        prompt_pass.PROMPT_CHUNK_TOKENS = prompt_pass.VISION_CHUNK_PATCHES = tokens
         try:
             return fn()
         finally:
-            prompt_pass.PROMPT_CHUNK_TOKENS = DEFAULT_CHUNK
+            prompt_pass.PROMPT_CHUNK_TOKENS, prompt_pass.VISION_CHUNK_PATCHES = DEFAULT_CHUNKS
 
     return run
 

@@ -300,7 +300,7 @@ def test_image_features_in_parts_equal_the_vision_tower(tiny_engine: Engine,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The prompt's pass runs SigLIP one image at a time with its MLP over a few patches at a time; split into
     four parts here (the tiny model has 64 patches per image), the features equal `get_image_features`."""
-    monkeypatch.setattr(prompt_pass, "PROMPT_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(prompt_pass, "VISION_CHUNK_PATCHES", 16)
     images = [Image.new("RGB", (80, 64), (10, 200, 30)), Image.new("RGB", (64, 64), (200, 10, 90))]
     pixels = tiny_engine.prepare(build_chat("Compare the two X-rays.", images))["pixel_values"]
     state = StepRunner(tiny_engine.model, capacity=64).state
@@ -313,11 +313,13 @@ def test_image_features_in_parts_equal_the_vision_tower(tiny_engine: Engine,
 
 def test_prompt_in_token_chunks_gives_the_same_logits(tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The prompt's per-token parts (vision projections and MLP, the text MLP) run over a few tokens at a time to
-    bound their memory; over 16 here instead of 1024, the prompt's logits and the steps after it stay the same."""
+    bound their memory; over 16 here instead of 1024 (2048 patches), the prompt's logits and the steps after it
+    stay the same."""
     inputs, forced = _image_inputs(tiny_engine), _forced(4, seed=13)
     runner = StepRunner(tiny_engine.model, capacity=128)
     whole = _teacher_forced(FastDecoder(runner), inputs, forced)
     monkeypatch.setattr(prompt_pass, "PROMPT_CHUNK_TOKENS", 16)
+    monkeypatch.setattr(prompt_pass, "VISION_CHUNK_PATCHES", 16)
     assert inputs["input_ids"].shape[1] > 2 * 16
     assert _max_diff(whole, _teacher_forced(FastDecoder(runner), inputs, forced)) < 1e-5
 

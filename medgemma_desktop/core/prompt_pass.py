@@ -3,8 +3,8 @@ vision tower (SigLIP) through layers dequantised once per prompt.
 
 The prompt's peak memory is set by wide per-token activations, not by the weights (SigLIP's 4304-wide MLP over
 4,096 patches per image, Gemma's 10240-wide MLP over a long prompt), so those parts run over
-`PROMPT_CHUNK_TOKENS` tokens at a time. Tokens are independent there; only the kernels' own rounding can differ
-with the chunk size.
+`PROMPT_CHUNK_TOKENS` tokens (`VISION_CHUNK_PATCHES` patches) at a time. Tokens are independent there; only the
+kernels' own rounding can differ with the chunk size.
 """
 
 from __future__ import annotations
@@ -18,13 +18,19 @@ import torch.nn.functional as F
 from medgemma_desktop.core.fast_linear import active_lora, base_layer
 
 PROMPT_CHUNK_TOKENS = 1024
+# An image's 4,096 patches in two halves: on an H200 the vision tower took 53 ms in quarters and 39 ms in halves
+# (host time per call), and its peak (76 MiB above the model) stayed below the text MLP's either way
+# (benchmarks/README.md, run 17).
+VISION_CHUNK_PATCHES = 2048
 
 
-def by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """`fn(x)` for a per-token `fn`, over `PROMPT_CHUNK_TOKENS` tokens of x (1, tokens, ...) at a time."""
-    if x.shape[1] <= PROMPT_CHUNK_TOKENS:
+def by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """`fn(x)` for a per-token `fn`, over `chunk` (else `PROMPT_CHUNK_TOKENS`) tokens of x (1, tokens, ...) at a
+    time."""
+    chunk = chunk or PROMPT_CHUNK_TOKENS
+    if x.shape[1] <= chunk:
         return fn(x)
-    return torch.cat([fn(part) for part in x.split(PROMPT_CHUNK_TOKENS, dim=1)], dim=1)
+    return torch.cat([fn(part) for part in x.split(chunk, dim=1)], dim=1)
 
 
 class DequantizedLinear:
@@ -59,16 +65,17 @@ def vision_attention(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tenso
     and output projections `by_tokens`: PEFT runs an adapter's LoRA on them in float32, four times the bytes
     of their bfloat16 outputs."""
     heads = (1, -1, attn.num_heads, attn.head_dim)
-    query, key, value = (by_tokens(DequantizedLinear(projection, hidden.dtype), hidden).view(heads).transpose(1, 2)
-                         for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
+    query, key, value = (by_tokens(DequantizedLinear(projection, hidden.dtype), hidden, VISION_CHUNK_PATCHES)
+                         .view(heads).transpose(1, 2) for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
     out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale).transpose(1, 2)
-    return by_tokens(DequantizedLinear(attn.out_proj, hidden.dtype), out.reshape(1, -1, attn.embed_dim))
+    return by_tokens(DequantizedLinear(attn.out_proj, hidden.dtype), out.reshape(1, -1, attn.embed_dim),
+                     VISION_CHUNK_PATCHES)
 
 
 def vision_mlp(mlp: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """SigLIP's MLP `by_tokens`: its 4304-wide activations over all 4,096 patches were the prompt's largest."""
     fc1, fc2 = DequantizedLinear(mlp.fc1, hidden.dtype), DequantizedLinear(mlp.fc2, hidden.dtype)
-    return by_tokens(lambda part: fc2(mlp.activation_fn(fc1(part))), hidden)
+    return by_tokens(lambda part: fc2(mlp.activation_fn(fc1(part))), hidden, VISION_CHUNK_PATCHES)
 
 
 def image_features(multimodal: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,11 @@ captured once per cache size, replays every token and follows adapter switches.
 Each layer's projections that read the same input run as one 4-bit matmul (`FusedLinear`), and attention as
 plain matmuls with a float32 softmax (the fused SDPA kernels run one thread block per head for a single query
 and cost a third of the step). The norms, the MLP activation, the rotary embedding and the tied lm_head are the
-model's own modules and transformers' functions, except where our kernels take a token's part on the GPU: the
-query and key norms with the rotation (`core.qk_norm_rope`), and the activation inside the gate/up product
-(`FusedLinear.gelu_product`). The prompt runs through the same layers (`StaticDecodeState.prefill`: transformers'
-masks, images through the model's own vision tower, K/V straight into the static cache): transformers' own
-forward spends twice the host time per layer.
+model's own modules and transformers' functions, except where our kernels take their part on the GPU: the query
+and key norms with the rotation (`core.qk_norm_rope`, for the prompt's tokens too), and the activation inside the
+gate/up product (`FusedLinear.gelu_product`). The prompt runs through the same layers
+(`StaticDecodeState.prefill`: transformers' masks, images through the model's own vision tower, K/V straight into
+the static cache): transformers' own forward spends twice the host time per layer.
 """
 
 from __future__ import annotations
@@ -137,12 +137,11 @@ class StaticDecodeState:
         q, k, v = self.qkv[i](layer.input_layernorm(hidden))
         value = v.view(1, tokens, -1, self.head_dim).transpose(1, 2)
         cos, sin = rotary[self.layer_types[i]]
-        if tokens == 1 and self.norm_rope_kernel:
+        if self.norm_rope_kernel:
             heads = torch.ops.medgemma.qk_norm_rope(q, k, attn.q_norm.weight, attn.k_norm.weight, cos, sin,
                                                     attn.q_norm.eps)
             query_heads = q.shape[-1] // self.head_dim
-            return heads[:query_heads].view(1, -1, 1, self.head_dim), \
-                heads[query_heads:].view(1, -1, 1, self.head_dim), value
+            return heads[:query_heads].unsqueeze(0), heads[query_heads:].unsqueeze(0), value
         query = attn.q_norm(q.view(1, tokens, -1, self.head_dim).transpose(1, 2))
         key = attn.k_norm(k.view(1, tokens, -1, self.head_dim).transpose(1, 2))
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
@@ -163,6 +162,7 @@ class StaticDecodeState:
         else:
             gate, up = gate_up(normed)
             activated = layer.mlp.act_fn(gate) * up
+            del gate, up  # a prompt's peak is the down projection's dequantised weight: not these beside it
         (mlp_out,) = self.down[i](activated)
         return hidden + layer.post_feedforward_layernorm(mlp_out)
 
