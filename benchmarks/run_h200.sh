@@ -7,8 +7,9 @@
 #           compiled step built in the background, decode rate, adapter switches with the logits check after
 #           each, time to first token alternating with the recipe); writes summary.json. After `load` it uses
 #           the compile cache that `load` filled.
-#   kernel: the NF4 matrix-vector kernel (core/nf4_matvec.py) against bitsandbytes' (nf4_gemv.py), and the query/key
-#           norm-and-rotation kernel (core/qk_norm_rope.py) against the model's modules (qk_norm_rope_check.py).
+#   kernel: the NF4 matrix-vector kernel (core/nf4_matvec.py) against bitsandbytes' (nf4_gemv.py), the query/key
+#           norm-and-rotation kernel (core/qk_norm_rope.py) and the RMS norm kernel (core/rms_norm.py) against the
+#           model's modules (qk_norm_rope_check.py, rms_norm_check.py).
 #   serve:  batch items/s and the server's latency with 1 and 4 clients (bench_serve.py; needs the openai,
 #           starlette and uvicorn wheels and theirs in .whl too).
 #   tools:  the compiled step's kernel profile (profile_step.py).
@@ -76,18 +77,17 @@ if [ $PART = decode ] || [ $PART = all ]; then
     if r.get('event') == 'summary'], indent=1))" | tee $OUT/summary.json
 fi
 if [ $PART = ask ]; then
-  # This machine's Python packages are read-only, so every start compiles their bytecode again (a cProfile of
-  # `ask`: 8 s in `compile`); an installed app has its bytecode. A writable bytecode cache gives that state: the
-  # first round fills it (and saves the 4-bit model), the next three are measured.
-  touch /opt/torch/.venv/lib/python3.12/site-packages/.probe 2>&1 | tee -a $OUT/ask.log
-  ls /opt/torch/.venv/lib/python3.12/site-packages/torch/__pycache__ 2>&1 | head -3 | tee -a $OUT/ask.log
-  export PYTHONPYCACHEPREFIX=/tmp/pycache
-  ask_rounds 4
-  unset PYTHONPYCACHEPREFIX
+  # This machine's Python keeps no bytecode (PYTHONDONTWRITEBYTECODE, no __pycache__ in its packages), so every
+  # start compiles the bytecode of torch, transformers and the rest again (a cProfile of `ask`: 8 s in `compile`);
+  # an installed app has its bytecode. Writing it to a cache folder gives that state: the first round fills it
+  # (and saves the 4-bit model), the next three are measured.
+  env | grep "^PYTHON" | tee -a $OUT/ask.log
+  ( unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache; ask_rounds 4 )
 fi
 if [ $PART = kernel ]; then
   timeout 120 $PYTHON benchmarks/nf4_gemv.py $OUT 2>&1 | tail -60 | tee $OUT/kernel.log
   timeout 120 $PYTHON benchmarks/qk_norm_rope_check.py $OUT 2>&1 | tail -40 | tee -a $OUT/kernel.log
+  timeout 120 $PYTHON benchmarks/rms_norm_check.py $OUT 2>&1 | tail -40 | tee -a $OUT/kernel.log
 fi
 if [ $PART = serve ]; then
   timeout 400 $PYTHON benchmarks/bench_serve.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/serve.log

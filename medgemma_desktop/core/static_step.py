@@ -9,8 +9,9 @@ Each layer's projections that read the same input run as one 4-bit matmul (`Fuse
 plain matmuls with a float32 softmax (the fused SDPA kernels run one thread block per head for a single query
 and cost a third of the step). The norms, the MLP activation, the rotary embedding and the tied lm_head are the
 model's own modules and transformers' functions, except where our kernels take their part on the GPU: the query
-and key norms with the rotation (`core.qk_norm_rope`, for the prompt's tokens too), and the activation inside the
-gate/up product (`FusedLinear.gelu_product`). The prompt runs through the same layers
+and key norms with the rotation (`core.qk_norm_rope`, for the prompt's tokens too), the activation inside the
+gate/up product (`FusedLinear.gelu_product`), and uncompiled, the layers' norms with their residual sums
+(`core.rms_norm`). The prompt runs through the same layers
 (`StaticDecodeState.prefill`: transformers' masks, images through the model's own vision tower, K/V straight into
 the static cache): transformers' own forward spends twice the host time per layer.
 """
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
-from medgemma_desktop.core import qk_norm_rope
+from medgemma_desktop.core import qk_norm_rope, rms_norm
 from medgemma_desktop.core.errors import ContextTooLongError
 from medgemma_desktop.core.fast_linear import STEP_PROJECTIONS, FusedLinear, LoraSlots, projections
 from medgemma_desktop.core.prompt_pass import by_tokens, image_features
@@ -65,6 +66,9 @@ class StaticDecodeState:
         self.tanh_gelu = config.hidden_activation == "gelu_pytorch_tanh"
         self.norm_rope_kernel = all(qk_norm_rope.kernel_runs(layer.self_attn, self.head_dim) for layer in layers) \
             and all(layer.self_attn.q_norm.eps == layer.self_attn.k_norm.eps for layer in layers)
+        norms = [text.norm] + [getattr(layer, name) for layer in layers for name in (
+            "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")]
+        self.norm_kernel = all(map(rms_norm.kernel_runs, norms))  # uncompiled only: inductor fuses the norms
 
     def _allocate_cache(self) -> None:
         """The per-token tensors the step reads and writes: token, position, ring positions and the K/V cache."""
@@ -134,7 +138,7 @@ class StaticDecodeState:
         """Layer i's query, key and value heads for `hidden` (1, tokens, hidden): projected, normed, rotated."""
         layer = self.text.layers[i]
         attn, tokens = layer.self_attn, hidden.shape[1]
-        q, k, v = self.qkv[i](layer.input_layernorm(hidden))
+        q, k, v = self.qkv[i](rms_norm.norm(layer.input_layernorm, hidden, kernel=self.norm_kernel))
         value = v.view(1, tokens, -1, self.head_dim).transpose(1, 2)
         cos, sin = rotary[self.layer_types[i]]
         if self.norm_rope_kernel:
@@ -151,12 +155,12 @@ class StaticDecodeState:
         """The rest of layer i: o projection, residual, MLP, residual; `attended` is (1, tokens, heads * dim)."""
         layer = self.text.layers[i]
         (out,) = self.o[i](attended)
-        hidden = residual + layer.post_attention_layernorm(out)
+        hidden = rms_norm.norm(layer.post_attention_layernorm, out, residual, self.norm_kernel)
         return by_tokens(lambda part: self._mlp_block(i, part), hidden)
 
     def _mlp_block(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         layer, gate_up = self.text.layers[i], self.gate_up[i]
-        normed = layer.pre_feedforward_layernorm(hidden)
+        normed = rms_norm.norm(layer.pre_feedforward_layernorm, hidden, kernel=self.norm_kernel)
         if self.tanh_gelu and gate_up.fuses_activation(normed):  # the activation in the NF4 kernel's epilogue
             activated = gate_up.gelu_product(normed)
         else:
@@ -164,12 +168,12 @@ class StaticDecodeState:
             activated = layer.mlp.act_fn(gate) * up
             del gate, up  # a prompt's peak is the down projection's dequantised weight: not these beside it
         (mlp_out,) = self.down[i](activated)
-        return hidden + layer.post_feedforward_layernorm(mlp_out)
+        return rms_norm.norm(layer.post_feedforward_layernorm, mlp_out, hidden, self.norm_kernel)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (float32, 1-D) from the last position's final hidden state. No final soft-capping:
         transformers' Gemma 3 image-text model applies none (only its text-only model does)."""
-        return self.lm_head(self.text.norm(hidden[:, -1:]))[0, -1].float()
+        return self.lm_head(rms_norm.norm(self.text.norm, hidden[:, -1:], kernel=self.norm_kernel))[0, -1].float()
 
     def _prompt_masks(self, length: int, token_type_ids: torch.Tensor | None,
                       device: torch.device) -> dict[str, torch.Tensor | None]:
