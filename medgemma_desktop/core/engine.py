@@ -264,7 +264,8 @@ class Engine:
         return getattr(self.decoder_factory, "reason", self._plain_reason)
 
     def check_vision(self) -> bool:
-        """Is the image path live? Two different tiny images must give finite, different next-token logits.
+        """Is the image path live? Two different tiny images must give finite, different next-token logits (one
+        batch of two prompts: a forward pass at load costs start-up time).
 
         Other apps lose vision silently when the projector or tower does not match; this catches it at load.
         """
@@ -272,13 +273,12 @@ class Engine:
 
         from medgemma_desktop.core.prompts import build_chat
 
-        logits = []
         with torch.inference_mode():
-            for shade in (0, 255):
-                inputs = self.prepare(build_chat("Describe.", [Image.new("RGB", (32, 32), (shade,) * 3)]))
-                logits.append(self.model(**inputs, logits_to_keep=1).logits[0, -1].float())
-        finite = bool(torch.isfinite(logits[0]).all() and torch.isfinite(logits[1]).all())
-        return finite and not torch.equal(logits[0], logits[1])
+            prompts = [self.prepare(build_chat("Describe.", [Image.new("RGB", (32, 32), (shade,) * 3)]))
+                       for shade in (0, 255)]
+            inputs = {key: torch.cat([prompt[key] for prompt in prompts]) for key in prompts[0]}
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1].float()
+        return bool(torch.isfinite(logits).all()) and not torch.equal(logits[0], logits[1])
 
     @property
     def adapter(self) -> AdapterFolder | None:
