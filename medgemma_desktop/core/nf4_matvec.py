@@ -30,7 +30,6 @@ sm_80, shapes or quantisation it does not cover) the caller keeps bitsandbytes' 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import cache
 
@@ -38,8 +37,6 @@ import torch
 import torch.nn.functional as F
 
 from medgemma_desktop.core import nvrtc
-
-log = logging.getLogger(__name__)
 
 # The tiling (rows per block, warps per block splitting each row, chunk loop unrolled) by row length, the fastest of
 # those tried on an H200 (benchmarks/nf4_gemv.py, run 16): two rows per block; long rows (MLP down, 10,240) split
@@ -249,16 +246,11 @@ def matvec_supported(device: torch.device, k: int, quant_type: str, blocksize: i
 @cache
 def _ready(device_index: int) -> bool:
     """Build every tiling and the level table now, once per GPU: at load, not inside a graph being captured."""
-    if not nvrtc.supported(device_index):
+    variants = [_defines(*tiling, paired) for long_rows, tiling in TILING.items()
+                for paired in ((False, True) if not long_rows else (False,))]
+    if not all(nvrtc.ready(device_index, KERNEL, "nf4_matvec", defines, "bitsandbytes'") for defines in variants):
         return False
-    try:
-        for long_rows, tiling in TILING.items():
-            for paired in (False, True) if not long_rows else (False,):
-                nvrtc.build(device_index, KERNEL, "nf4_matvec", _defines(*tiling, paired))
-        _nf4_levels(torch.device("cuda", device_index))
-    except Exception as exc:  # no NVRTC, or a driver too old for its output: bitsandbytes' kernel it is
-        log.warning("NF4 kernel unavailable, using bitsandbytes' (%s)", exc)
-        return False
+    _nf4_levels(torch.device("cuda", device_index))
     return True
 
 

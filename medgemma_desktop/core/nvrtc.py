@@ -7,9 +7,12 @@ a fresh thread does not have (tried on the H200, benchmarks/README.md run 16).
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 import torch
+
+log = logging.getLogger(__name__)
 
 BFLOAT16 = r"""
 typedef unsigned short bf16_t;
@@ -38,3 +41,18 @@ def build(device_index: int, source: str, name: str, defines: tuple[str, ...] = 
         major, minor = torch.cuda.get_device_capability(device_index)
         return torch.cuda._compile_kernel(BFLOAT16 + source, name, compute_capability=f"{major}{minor}",
                                           nvcc_options=[*(f"-D{d}" for d in defines), "-std=c++17"])
+
+
+@cache
+def ready(device_index: int, source: str, name: str, defines: tuple[str, ...], instead: str) -> bool:
+    """Whether kernel `name` runs on this GPU: built now, once (at load, not inside a graph being captured). False
+    on an older GPU, and with a warning naming what runs `instead` where NVRTC cannot build it (or the driver is
+    too old for its output)."""
+    if not supported(device_index):
+        return False
+    try:
+        build(device_index, source, name, defines)
+    except Exception as exc:
+        log.warning("%s kernel unavailable, using %s (%s)", name, instead, exc)
+        return False
+    return True

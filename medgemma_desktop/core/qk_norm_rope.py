@@ -15,14 +15,9 @@ modules: `kernel_runs` says which.
 
 from __future__ import annotations
 
-import logging
-from functools import cache
-
 import torch
 
 from medgemma_desktop.core import nvrtc
-
-log = logging.getLogger(__name__)
 
 HEAD_DIM = 256  # one thread per value of a head: Gemma 3 4B's head size
 DEFINES = (f"HEAD_DIM={HEAD_DIM}",)
@@ -65,25 +60,12 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM) qk_norm_rope(
 MAX_GRID_Y = 65535
 
 
-@cache
-def _ready(device_index: int) -> bool:
-    """Build the kernel now, once per GPU: at load, not inside a graph being captured."""
-    if not nvrtc.supported(device_index):
-        return False
-    try:
-        nvrtc.build(device_index, KERNEL, "qk_norm_rope", DEFINES)
-    except Exception as exc:  # no NVRTC, or a driver too old for its output: the model's modules it is
-        log.warning("query/key norm kernel unavailable, using the model's modules (%s)", exc)
-        return False
-    return True
-
-
 def kernel_runs(attention: torch.nn.Module, head_dim: int) -> bool:
     """Whether the kernel takes this attention module's norms: bfloat16 weights of `HEAD_DIM` on an sm_80+ GPU
     where NVRTC builds it."""
     weights = (attention.q_norm.weight, attention.k_norm.weight)
     return head_dim == HEAD_DIM and all(w.is_cuda and w.dtype == torch.bfloat16 for w in weights) and \
-        _ready(weights[0].device.index)
+        nvrtc.ready(weights[0].device.index, KERNEL, "qk_norm_rope", DEFINES, "the model's modules")
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

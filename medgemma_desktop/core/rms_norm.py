@@ -14,15 +14,10 @@ gets the model's own module: `norm` says which.
 
 from __future__ import annotations
 
-import logging
-from functools import cache
-
 import torch
 from torch.compiler import is_compiling
 
 from medgemma_desktop.core import nvrtc
-
-log = logging.getLogger(__name__)
 
 THREADS = 256
 
@@ -56,24 +51,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) rms_norm(
 DEFINES = (f"THREADS={THREADS}",)
 
 
-@cache
-def _ready(device_index: int) -> bool:
-    """Build the kernel once per GPU (at load, not inside a graph being captured)."""
-    if not nvrtc.supported(device_index):
-        return False
-    try:
-        nvrtc.build(device_index, KERNEL, "rms_norm", DEFINES)
-    except Exception as exc:  # no NVRTC, or a driver too old for its output: the model's modules it is
-        log.warning("RMS norm kernel unavailable, using the model's modules (%s)", exc)
-        return False
-    return True
-
-
 def kernel_runs(module: torch.nn.Module) -> bool:
     """Whether the kernel can take this Gemma3RMSNorm's work: a bfloat16 weight on an sm_80+ GPU where NVRTC
     builds it."""
     weight = module.weight
-    return weight.is_cuda and weight.dtype == torch.bfloat16 and _ready(weight.device.index)
+    return weight.is_cuda and weight.dtype == torch.bfloat16 and \
+        nvrtc.ready(weight.device.index, KERNEL, "rms_norm", DEFINES, "the model's modules")
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
