@@ -204,6 +204,8 @@ class StepRunner:
         return True
 
     def _release_graph(self) -> None:
+        if self._graph is not None:
+            torch.cuda.synchronize()  # a step queued ahead of an answer's end (`generated_tokens`) may still run
         self._graph = self._graph_logits = None
         _captured.discard(self)
 

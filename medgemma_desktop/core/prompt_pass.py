@@ -19,8 +19,8 @@ from medgemma_desktop.core.fast_linear import active_lora, base_layer
 
 PROMPT_CHUNK_TOKENS = 1024
 # An image's 4,096 patches in two halves: on an H200 the vision tower took 53 ms in quarters and 39 ms in halves
-# (host time per call), and its peak (76 MiB above the model) stayed below the text MLP's either way
-# (benchmarks/README.md, run 17).
+# (half the calls, each mostly host time), and its peak (76 MiB above the model) stayed below the text MLP's
+# either way (benchmarks/README.md, run 17).
 VISION_CHUNK_PATCHES = 2048
 
 

@@ -11,9 +11,9 @@ and cost a third of the step). The norms, the MLP activation, the rotary embeddi
 model's own modules and transformers' functions, except where our kernels take their part on the GPU: the query
 and key norms with the rotation (`core.qk_norm_rope`, for the prompt's tokens too), the activation inside the
 gate/up product (`FusedLinear.gelu_product`), and uncompiled, the layers' norms with their residual sums
-(`core.rms_norm`). The prompt runs through the same layers
-(`StaticDecodeState.prefill`: transformers' masks, images through the model's own vision tower, K/V straight into
-the static cache): transformers' own forward spends twice the host time per layer.
+(`core.rms_norm`). The prompt runs through the same layers (`StaticDecodeState.prefill`: transformers' masks,
+images through the model's own vision tower, K/V straight into the static cache): transformers' own forward
+spends twice the host time per layer.
 """
 
 from __future__ import annotations
