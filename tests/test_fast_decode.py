@@ -207,6 +207,25 @@ def test_a_step_queued_ahead_gives_the_same_answer_and_a_stop_leaves_no_trace(ti
     assert text == tiny_engine.processor.tokenizer.decode(eager[:first])
 
 
+def test_the_vision_check_runs_through_the_fast_decoder(tiny_engine: Engine) -> None:
+    """At load the vision check goes through the decoder the answers use (on a GPU, so that the first question
+    meets its prompt pass warm): through the fast decoder it passes, and a dead projector is caught there too."""
+    projector = tiny_engine.model.get_base_model().model.multi_modal_projector.mm_input_projection_weight
+    saved = projector.detach().clone()
+    factory, made = FastDecoderFactory(StepRunner(tiny_engine.model, capacity=512)), []
+    tiny_engine.decoder_factory = lambda model: made.append(factory(model)) or made[-1]
+    try:
+        assert tiny_engine.check_vision() and made
+        with torch.no_grad():
+            projector.zero_()
+        assert not tiny_engine.check_vision()
+    finally:
+        with torch.no_grad():
+            projector.copy_(saved)
+        tiny_engine.decoder_factory = EagerDecoder
+    assert tiny_engine.check_vision()
+
+
 def test_cache_smaller_than_the_window_and_its_boundary(tiny_engine: Engine) -> None:
     """A cache of C slots holds positions 0..C-1: the prompt plus C - prompt steps, and no more."""
     inputs, capacity = _text_inputs(6, seed=6), SLIDING_WINDOW - 4

@@ -228,17 +228,17 @@ class Engine:
             raise LoadCancelled("loading was cancelled")
         engine = cls(model, processor, plan, folder, options, digest, fingerprints)
         engine.loaded_from_cache = from_cache
-        report(80, "checking that the vision tower sees images")
-        engine.vision_active = engine.check_vision()
         if adapter is not None:
-            report(85, f"attaching the adapter {adapter.name}")
+            report(80, f"attaching the adapter {adapter.name}")
             engine.add_adapter(adapter.path, prepare_decoder=False)
         engine.attach_more_adapters([Path(path) for path in more_adapters
                                      if adapter is None or Path(path).resolve() != adapter.path.resolve()])
         _check_cancel(cancel)
         if plan.is_cuda:
-            report(90, "preparing fast decoding")
+            report(85, "preparing fast decoding")
         engine.prepare_decoder()
+        report(92, "checking that the vision tower sees images")
+        engine.vision_active = engine.check_vision()
         report(100, "ready")
         return engine
 
@@ -264,8 +264,8 @@ class Engine:
         return getattr(self.decoder_factory, "reason", self._plain_reason)
 
     def check_vision(self) -> bool:
-        """Is the image path live? Two different tiny images must give finite, different next-token logits (one
-        batch of two prompts: a forward pass at load costs start-up time).
+        """Is the image path live? Two different tiny images must give finite, different next-token logits,
+        through the decoder the answers use: on CUDA its prompt pass then meets the user's first question warm.
 
         Other apps lose vision silently when the projector or tower does not match; this catches it at load.
         """
@@ -273,12 +273,12 @@ class Engine:
 
         from medgemma_desktop.core.prompts import build_chat
 
+        decoder = self.decoder_factory(self.model)
         with torch.inference_mode():
-            prompts = [self.prepare(build_chat("Describe.", [Image.new("RGB", (32, 32), (shade,) * 3)]))
-                       for shade in (0, 255)]
-            inputs = {key: torch.cat([prompt[key] for prompt in prompts]) for key in prompts[0]}
-            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1].float()
-        return bool(torch.isfinite(logits).all()) and not torch.equal(logits[0], logits[1])
+            logits = [decoder.prefill(self.prepare(build_chat("Describe.", [Image.new("RGB", (32, 32), (shade,) * 3)])))
+                      for shade in (0, 255)]
+        decoder.release()
+        return all(bool(torch.isfinite(row).all()) for row in logits) and not torch.equal(logits[0], logits[1])
 
     @property
     def adapter(self) -> AdapterFolder | None:
