@@ -13,7 +13,7 @@
 #   serve:  batch items/s and the server's latency with 1 and 4 clients (bench_serve.py; needs the openai,
 #           starlette and uvicorn wheels and theirs in .whl too).
 #   tools:  the compiled step's kernel profile (profile_step.py).
-#   ask:    `ask` four times with a writable bytecode cache (the installed app's state; see below).
+#   ask:    `ask` four times (ROUNDS) with a writable bytecode cache (the installed app's state; see below).
 #   startup: where `ask`'s start goes with warm caches: Python's import times (-X importtime, the 40 slowest
 #           imports) and a cProfile of the whole command (the 40 largest cumulative times); then the prompt's
 #           memory (profile_memory.py) and time (profile_prefill.py).
@@ -82,7 +82,7 @@ if [ $PART = ask ]; then
   # an installed app has its bytecode. Writing it to a cache folder gives that state: the first round fills it
   # (and saves the 4-bit model), the next three are measured.
   env | grep "^PYTHON" | tee -a $OUT/ask.log
-  ( unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache; ask_rounds 4 )
+  ( unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache; ask_rounds ${ROUNDS:-4} )
 fi
 if [ $PART = kernel ]; then
   timeout 120 $PYTHON benchmarks/nf4_gemv.py $OUT 2>&1 | tail -60 | tee $OUT/kernel.log
