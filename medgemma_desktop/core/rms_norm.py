@@ -8,8 +8,8 @@ prompt's host time per layer. The compiled step leaves them to inductor, which f
 rounds where transformers rounds: the norm computed in float32 as `(x * rsqrt(mean(x^2) + eps)) * (1 + weight)`,
 rounded to bfloat16, then the residual sum rounded again.
 
-Where the kernel does not run (no NVRTC, the CPU, a dtype other than bfloat16, a torch.compile trace) the caller
-gets the model's own module: `norm` says which.
+Where the kernel does not run (no NVRTC, the CPU, a dtype other than bfloat16, a torch.compile trace) `norm`
+calls the model's own module; `kernel_runs` says whether a GPU can take the kernel at all.
 """
 
 from __future__ import annotations
