@@ -9,7 +9,8 @@
 #           the compile cache that `load` filled.
 #   kernel: the NF4 matrix-vector kernel (core/nf4_matvec.py) against bitsandbytes' (nf4_gemv.py), the query/key
 #           norm-and-rotation kernel (core/qk_norm_rope.py) and the RMS norm kernel (core/rms_norm.py) against the
-#           model's modules (qk_norm_rope_check.py, rms_norm_check.py).
+#           model's modules (qk_norm_rope_check.py, rms_norm_check.py), the NF4 dequantisation kernel
+#           (core/nf4_dequantize.py) against bitsandbytes' (nf4_dequantize_check.py).
 #   serve:  batch items/s and the server's latency with 1 and 4 clients (bench_serve.py; needs the openai,
 #           starlette and uvicorn wheels and theirs in .whl too).
 #   tools:  the compiled step's kernel profile (profile_step.py).
@@ -88,6 +89,7 @@ if [ $PART = kernel ]; then
   timeout 120 $PYTHON benchmarks/nf4_gemv.py $OUT 2>&1 | tail -60 | tee $OUT/kernel.log
   timeout 120 $PYTHON benchmarks/qk_norm_rope_check.py $OUT 2>&1 | tail -40 | tee -a $OUT/kernel.log
   timeout 120 $PYTHON benchmarks/rms_norm_check.py $OUT 2>&1 | tail -40 | tee -a $OUT/kernel.log
+  timeout 120 $PYTHON benchmarks/nf4_dequantize_check.py $OUT 2>&1 | tail -60 | tee -a $OUT/kernel.log
 fi
 if [ $PART = serve ]; then
   timeout 400 $PYTHON benchmarks/bench_serve.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/serve.log

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from bitsandbytes.functional import QuantState
 from torch.compiler import is_compiling
 
-from medgemma_desktop.core import nf4_matvec
+from medgemma_desktop.core import nf4_dequantize, nf4_matvec
 
 QKV = ("q_proj", "k_proj", "v_proj")
 GATE_UP = ("gate_proj", "up_proj")
@@ -26,6 +26,10 @@ GATE_UP = ("gate_proj", "up_proj")
 STEP_PROJECTIONS = {"qkv": ("self_attn", QKV), "o": ("self_attn", ("o_proj",)), "gate_up": ("mlp", GATE_UP),
                     "down": ("mlp", ("down_proj",))}
 _FUSED_ATTR = "_fast_decode_fused"  # on the first member's base layer: (weight, member data pointers)
+# The prompt's pass dequantises a group's members into one dense weight while it has at most this many values
+# (q/k/v: 10.5 million in MedGemma); larger groups one member at a time (gate and up: 26 million each, as many
+# as the down projection, whose dense weight is the prompt's memory peak).
+DEQUANTIZE_TOGETHER = 16 * 2**20
 
 
 def base_layer(module: torch.nn.Module) -> torch.nn.Module:
@@ -181,8 +185,8 @@ class FusedLinear:
     launch of our NF4 kernel (`core.nf4_matvec`), which also decodes the 8-bit scales and adds LoRA's B product
     (given `A @ x`, computed before) when the adapter is in float32, as PEFT loads adapters. Otherwise, compiled,
     one bitsandbytes matmul whose float32 scales are computed per step (`_block_scales`: the members'
-    double-quantised offsets differ); uncompiled (and for the prompt's many tokens), each member runs
-    bitsandbytes' kernel with its own scales.
+    double-quantised offsets differ); uncompiled, each member runs bitsandbytes' kernel with its own scales. The
+    prompt's many tokens multiply the members' dequantised weights (`_prompt_matmul`).
     LoRA as PEFT computes it per member (`B(A(x.to(lora dtype))) * scaling`, cast back, added to the base
     output), with the members' A slots stacked into one matmul and their B slots block-diagonal in another.
     `load_adapter` copies the adapter active now into the slots (zeros for none), so a graph captured over them
@@ -257,9 +261,19 @@ class FusedLinear:
             scales = torch.cat([_block_scales(s) for s in self.states])
             return torch.ops.bitsandbytes.gemm_4bit.default(x, self.weight, self.shape, scales, state.blocksize,
                                                             state.quant_type)
+        if x.numel() > self.shape[1]:
+            return self._prompt_matmul(x)
         # Uncompiled, computing the scales takes more launches than one matmul per member with its own scales.
         outs = [bnb.matmul_4bit(x, weight, state)
                 for weight, state in zip(self.member_weights, self.states, strict=True)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def _prompt_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """Many tokens times the members' weights, dequantised (`core.nf4_dequantize`) into one dense weight for
+        one cuBLAS matmul, or one member at a time past `DEQUANTIZE_TOGETHER`."""
+        members = list(zip(self.member_weights, self.states, strict=True))
+        groups = [members] if self.shape[0] * self.shape[1] <= DEQUANTIZE_TOGETHER else [[m] for m in members]
+        outs = [F.linear(x, nf4_dequantize.dequantized(*zip(*group, strict=True), x.dtype)) for group in groups]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def takes_kernel(self, x: torch.Tensor) -> bool:

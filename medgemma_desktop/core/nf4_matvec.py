@@ -228,7 +228,7 @@ def _defines(rows: int, ksplit: int, unroll: int, paired: bool) -> tuple[str, ..
 
 
 @cache
-def _nf4_levels(device: torch.device) -> torch.Tensor:
+def nf4_levels(device: torch.device) -> torch.Tensor:
     from bitsandbytes.functional import get_4bit_type
 
     return get_4bit_type("nf4", device=device).float().contiguous()
@@ -250,7 +250,7 @@ def _ready(device_index: int) -> bool:
                 for paired in ((False, True) if not long_rows else (False,))]
     if not all(nvrtc.ready(device_index, KERNEL, "nf4_matvec", defines, "bitsandbytes'") for defines in variants):
         return False
-    _nf4_levels(torch.device("cuda", device_index))
+    nf4_levels(torch.device("cuda", device_index))
     return True
 
 
@@ -270,7 +270,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: int,
     per_block = rows // 2 if paired else rows
     nvrtc.build(x.device.index, KERNEL, "nf4_matvec", _defines(rows, ksplit, unroll, paired))(
         grid=(-(-outputs // per_block), 1, 1), block=(32 * ksplit, 1, 1),
-        args=[x, weight, *scales.tensors, _nf4_levels(x.device), *scales.bounds, ax, b, lora_scale, width, out, n, k])
+        args=[x, weight, *scales.tensors, nf4_levels(x.device), *scales.bounds, ax, b, lora_scale, width, out, n, k])
     return out
 
 
@@ -292,7 +292,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, scales: NestedScales, n: in
         + scales.offsets[member].view(-1, 1)
     packed = weight.reshape(n, k // 2)
     nibbles = torch.stack([packed >> 4, packed & 15], dim=-1).view(n, k).long()
-    dense = _nf4_levels(x.device)[nibbles] * block_scales.repeat_interleave(BLOCK, dim=1)
+    dense = nf4_levels(x.device)[nibbles] * block_scales.repeat_interleave(BLOCK, dim=1)
     out = (x.float().reshape(-1, k) @ dense.t()).to(x.dtype)
     if lora is not None:
         ax, b, lora_scale = lora

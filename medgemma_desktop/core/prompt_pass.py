@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import bitsandbytes as bnb
 import torch
 import torch.nn.functional as F
 
+from medgemma_desktop.core import nf4_dequantize
 from medgemma_desktop.core.fast_linear import active_lora, base_layer
 
 PROMPT_CHUNK_TOKENS = 1024
@@ -34,47 +34,56 @@ def by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk
 
 
 class DequantizedLinear:
-    """A bitsandbytes 4-bit layer (under an optional PEFT LoRA wrapper) for many tokens, computed as
-    bitsandbytes and PEFT compute it (the weight dequantised to the input's dtype, then `F.linear`; LoRA in
-    float32, cast back and added), but dequantised once so that the caller can run it over chunks of tokens
-    with cuBLAS alone: calling the modules per chunk costs ~0.15 ms of host time each. Weights repacked for
-    bitsandbytes' CPU kernel are left to the module."""
+    """4-bit layers of one input (SigLIP's q/k/v, or one layer), each under an optional PEFT LoRA wrapper, for many
+    tokens, computed as bitsandbytes and PEFT compute them (the weight dequantised to the input's dtype, then
+    `F.linear`; LoRA in float32, cast back and added), but dequantised once (`core.nf4_dequantize`), the layers
+    into one dense weight, so that the caller can run it over chunks of tokens with one cuBLAS matmul each:
+    calling the modules per chunk costs ~0.15 ms of host time per module. Weights repacked for bitsandbytes' CPU
+    kernel (and layers that are not 4-bit) are left to the modules."""
 
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype) -> None:
-        self.module = module
-        base = base_layer(module)
-        state = getattr(base.weight, "quant_state", None)
+    def __init__(self, modules: list[torch.nn.Module], dtype: torch.dtype) -> None:
+        self.modules = modules
+        bases = [base_layer(module) for module in modules]
+        states = [getattr(base.weight, "quant_state", None) for base in bases]
         self.weight: torch.Tensor | None = None
-        if not getattr(state, "packing_format_for_cpu", False):
-            self.weight = bnb.functional.dequantize_4bit(base.weight.data, state).to(dtype)
-        self.bias = None if base.bias is None else base.bias.to(dtype)
-        self.lora = active_lora(module)
+        if all(state is not None and not getattr(state, "packing_format_for_cpu", False) for state in states):
+            self.weight = nf4_dequantize.dequantized([base.weight.data for base in bases], states, dtype)
+        sizes = [int(base.out_features) for base in bases]
+        self.bias = None
+        if any(base.bias is not None for base in bases):
+            self.bias = torch.cat([torch.zeros(size, dtype=dtype, device=base.weight.device) if base.bias is None
+                                   else base.bias.to(dtype) for base, size in zip(bases, sizes, strict=True)])
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.loras = [(slice(start, start + size), lora)
+                      for module, start, size in zip(modules, starts, sizes, strict=True)
+                      if (lora := active_lora(module)) is not None]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is None:
-            return self.module(x)
+            outs = [module(x) for module in self.modules]
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         out = F.linear(x, self.weight, self.bias)
-        if self.lora is not None:
-            a, b, scale = self.lora
-            out = out + (F.linear(F.linear(x.to(a.dtype), a), b) * scale).to(out.dtype)
+        for columns, (a, b, scale) in self.loras:
+            out[..., columns] += (F.linear(F.linear(x.to(a.dtype), a), b) * scale).to(out.dtype)
         return out
 
 
 def vision_attention(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """SigLIP's attention as transformers' SDPA path computes it (all patches see each other), with the q/k/v
-    and output projections `by_tokens`: PEFT runs an adapter's LoRA on them in float32, four times the bytes
-    of their bfloat16 outputs."""
+    projections as one and the output projection `by_tokens`: PEFT runs an adapter's LoRA on them in float32,
+    four times the bytes of their bfloat16 outputs."""
     heads = (1, -1, attn.num_heads, attn.head_dim)
-    query, key, value = (by_tokens(DequantizedLinear(projection, hidden.dtype), hidden, VISION_CHUNK_PATCHES)
-                         .view(heads).transpose(1, 2) for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
+    projections = DequantizedLinear([attn.q_proj, attn.k_proj, attn.v_proj], hidden.dtype)
+    query, key, value = (part.reshape(heads).transpose(1, 2) for part in
+                         by_tokens(projections, hidden, VISION_CHUNK_PATCHES).split(attn.embed_dim, dim=-1))
     out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale).transpose(1, 2)
-    return by_tokens(DequantizedLinear(attn.out_proj, hidden.dtype), out.reshape(1, -1, attn.embed_dim),
+    return by_tokens(DequantizedLinear([attn.out_proj], hidden.dtype), out.reshape(1, -1, attn.embed_dim),
                      VISION_CHUNK_PATCHES)
 
 
 def vision_mlp(mlp: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """SigLIP's MLP `by_tokens`: its 4304-wide activations over all 4,096 patches were the prompt's largest."""
-    fc1, fc2 = DequantizedLinear(mlp.fc1, hidden.dtype), DequantizedLinear(mlp.fc2, hidden.dtype)
+    fc1, fc2 = DequantizedLinear([mlp.fc1], hidden.dtype), DequantizedLinear([mlp.fc2], hidden.dtype)
     return by_tokens(lambda part: fc2(mlp.activation_fn(fc1(part))), hidden, VISION_CHUNK_PATCHES)
 
 

@@ -115,23 +115,23 @@ class StaticDecodeState:
             raise ContextTooLongError(f"the prompt needs {length:,} tokens but the decode cache holds "
                                       f"{self.capacity:,}", fix="Raise the context limit or shorten the question.")
 
-    def store_prompt_layer(self, i: int, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        """Write layer i's prompt K/V (positions 0..length-1) into the static cache: all of it for full layers,
-        the newest `ring` positions into the sliding ring (slot = position mod ring). Sets `position` at the end."""
-        if i == 0:
-            self.slot_positions.fill_(-1)
-        positions = torch.arange(length, device=keys.device)
-        if self.layer_types[i] == "sliding_attention":
-            kept = min(length, self.ring)
-            keys, values, positions = keys[:, :, -kept:], values[:, :, -kept:], positions[-kept:]
-            index = positions % self.ring
-            self.slot_positions[index] = positions
-        else:
-            index = positions
-        self.keys[i].index_copy_(2, index, keys.to(self.keys[i].dtype))
-        self.values[i].index_copy_(2, index, values.to(self.values[i].dtype))
-        if i == len(self.layer_types) - 1:
-            self.position.fill_(length)
+    def _prompt_slots(self, positions: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+        """Where the prompt's K/V go, per layer type: (how many of the newest positions are kept, their cache
+        slots). Full layers keep all of `positions` (0..length-1) at their positions; sliding layers the newest
+        `ring` in the ring (slot = position mod ring), whose positions `slot_positions` records now."""
+        length = positions.numel()
+        kept = min(length, self.ring)
+        ring_index = positions[-kept:] % self.ring
+        self.slot_positions.fill_(-1)
+        self.slot_positions[ring_index] = positions[-kept:]
+        return {"full_attention": (length, positions), "sliding_attention": (kept, ring_index)}
+
+    def _store_prompt_layer(self, i: int, keys: torch.Tensor, values: torch.Tensor,
+                            slots: tuple[int, torch.Tensor]) -> None:
+        """Write layer i's prompt K/V (one per position) into the static cache at `_prompt_slots`' slots."""
+        kept, index = slots
+        self.keys[i].index_copy_(2, index, keys[:, :, -kept:].to(self.keys[i].dtype))
+        self.values[i].index_copy_(2, index, values[:, :, -kept:].to(self.values[i].dtype))
 
     def _attention_inputs(self, i: int, hidden: torch.Tensor,
                           rotary: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
@@ -219,14 +219,16 @@ class StaticDecodeState:
         masks = self._prompt_masks(length, types, hidden.device)
         positions = torch.arange(length, device=hidden.device).view(1, -1)
         rotary = {kind: self.text.rotary_emb(hidden, positions, kind) for kind in set(self.layer_types)}
+        slots = self._prompt_slots(positions[0])
         for i, layer_type in enumerate(self.layer_types):
             query, key, value = self._attention_inputs(i, hidden, rotary)
-            self.store_prompt_layer(i, key, value, length)
+            self._store_prompt_layer(i, key, value, slots[layer_type])
             mask = masks[layer_type]
             attended = F.scaled_dot_product_attention(
                 query, key.repeat_interleave(self.groups, dim=1), value.repeat_interleave(self.groups, dim=1),
                 attn_mask=mask, is_causal=mask is None, scale=self.text.layers[i].self_attn.scaling)
             hidden = self._after_attention(i, hidden, attended.transpose(1, 2).reshape(1, length, -1))
+        self.position.fill_(length)
         return self._logits(hidden)
 
     def step(self) -> torch.Tensor:
