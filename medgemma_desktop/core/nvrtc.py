@@ -7,6 +7,7 @@ a fresh thread does not have (tried on the H200, benchmarks/README.md run 16).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from functools import cache
 
@@ -33,14 +34,45 @@ def supported(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= MIN_MAJOR
 
 
+class Kernel:
+    """A kernel NVRTC built, launched on the current stream with `kernel(grid, block, args)` (tensors passed as
+    their data pointers, ints as C ints, floats as doubles).
+
+    PyTorch's own launcher opens the CUDA driver library again and converts each argument through ctypes casts
+    on every call, ~0.1 ms of host time per launch on an H200's host (benchmarks/README.md, run 18): the prompt's
+    pass launches our kernels ~570 times, so this one keeps the driver's launch function and goes straight to
+    it."""
+
+    def __init__(self, compiled: object, device_index: int) -> None:
+        self._compiled = compiled  # keeps its module loaded
+        self._function = compiled.func
+        self._device_index = device_index
+
+    def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list) -> None:
+        values = [ctypes.c_void_p(arg.data_ptr()) if isinstance(arg, torch.Tensor) else
+                  ctypes.c_int(arg) if isinstance(arg, int) else ctypes.c_double(arg) for arg in args]
+        pointers = (ctypes.c_void_p * len(values))(*map(ctypes.addressof, values))
+        stream = torch._C._cuda_getCurrentRawStream(self._device_index)
+        result = _launch_function()(self._function, *grid, *block, 0, ctypes.c_void_p(stream), pointers, None)
+        if result:
+            raise RuntimeError(f"CUDA error {result} launching a kernel")
+
+
 @cache
-def build(device_index: int, source: str, name: str, defines: tuple[str, ...] = ()):
+def _launch_function():
+    """The CUDA driver's cuLaunchKernel, looked up once."""
+    return torch.cuda._utils._get_gpu_runtime_library().cuLaunchKernel
+
+
+@cache
+def build(device_index: int, source: str, name: str, defines: tuple[str, ...] = ()) -> Kernel:
     """Kernel `name` of `source` (after the `BFLOAT16` helpers) compiled for one GPU with `defines` (NAME=value);
     raises where NVRTC cannot build it."""
     with torch.cuda.device(device_index):
         major, minor = torch.cuda.get_device_capability(device_index)
-        return torch.cuda._compile_kernel(BFLOAT16 + source, name, compute_capability=f"{major}{minor}",
-                                          nvcc_options=[*(f"-D{d}" for d in defines), "-std=c++17"])
+        return Kernel(torch.cuda._compile_kernel(BFLOAT16 + source, name, compute_capability=f"{major}{minor}",
+                                                 nvcc_options=[*(f"-D{d}" for d in defines), "-std=c++17"]),
+                      device_index)
 
 
 @cache
