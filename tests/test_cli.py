@@ -37,7 +37,8 @@ def test_ask_streams_an_answer_with_stats(tiny_checkpoint, tmp_path: Path) -> No
     assert result.stdout.strip()
     prompt_tokens = int(re.search(r"(\d+) prompt", result.stderr).group(1))
     assert prompt_tokens > 2 * 16  # both images (16 tokens each in the tiny model) reached the prompt
-    assert "16 new tokens" in result.stderr and "tokens/s" in result.stderr and "time to first token" in result.stderr
+    assert "16 new tokens" in result.stderr and "tokens/s" in result.stderr and "time to first token" in result.stderr \
+        and "preparing the prompt" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -46,6 +46,7 @@ def test_answer_streams_in_chunks_and_matches_generate(tiny_engine: Engine) -> N
     stats = generation.stats
     assert stats.new_tokens == 24 and stats.stop_reason == "length" and stats.decoder == "eager"
     assert stats.time_to_first_token_s > 0 and stats.decode_tokens_per_s > 0
+    assert 0 < stats.prompt_s < stats.time_to_first_token_s  # the prompt is prepared before the first token
 
     inputs = tiny_engine.prepare(turns)
     reference = tiny_engine.model.generate(**inputs, max_new_tokens=24, do_sample=False)

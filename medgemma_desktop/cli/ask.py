@@ -92,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
     stats = answer.stats
     print()
     peak = f", peak GPU memory {stats.peak_memory_bytes / 2**30:.2f} GiB" if stats.peak_memory_bytes else ""
+    prepared = f" ({stats.prompt_s:.2f} s preparing the prompt)" if stats.prompt_s else ""
     print(f"-- {stats.prompt_tokens} prompt + {stats.new_tokens} new tokens; time to first token "
-          f"{stats.time_to_first_token_s:.2f} s; {stats.decode_tokens_per_s:.1f} tokens/s ({stats.decoder}){peak}; "
+          f"{stats.time_to_first_token_s:.2f} s{prepared}; {stats.decode_tokens_per_s:.1f} tokens/s "
+          f"({stats.decoder}){peak}; "
           f"answered by {backend.identity.device}", file=sys.stderr)
     for box in session.exchanges[-1].boxes:
         print(f"-- box {box.label!r}: box_2d [{box.y0:g}, {box.x0:g}, {box.y1:g}, {box.x1:g}]", file=sys.stderr)

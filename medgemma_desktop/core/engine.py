@@ -77,7 +77,8 @@ class GenerationSettings:
 class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
-    time_to_first_token_s: float = 0.0
+    time_to_first_token_s: float = 0.0  # from the question
+    prompt_s: float = 0.0  # of that, preparing the prompt (template, images, copy to the device)
     decode_tokens_per_s: float = 0.0
     total_s: float = 0.0
     peak_memory_bytes: int | None = None
@@ -392,6 +393,7 @@ class Engine:
                 path=self.folder.path, fix="Copy the complete google/medgemma-1.5-4b-it folder again, or ask "
                                            "without images.")
         inputs = self.prepare(turns)
+        stats.prompt_s = time.perf_counter() - start
         prompt_tokens = int(inputs["input_ids"].shape[1])
         stats.prompt_tokens = prompt_tokens
         limit = self.options.context_limit

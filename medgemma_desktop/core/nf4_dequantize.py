@@ -24,33 +24,30 @@ from medgemma_desktop.core import nf4_matvec, nvrtc
 THREADS = 256
 
 KERNEL = r"""
-// Thread t: the 32 weights of 16-byte chunk t of w (bitsandbytes' packing, flat: the first of two weights in the
-// high nibble), written as bfloat16 to out[32 t ...]. Two chunks share an 8-bit scale, GROUP of those a
-// second-level scale.
+// Thread t: the eight weights of 32-bit word t of w (bitsandbytes' packing, flat: the first of two weights in the
+// high nibble), written as one 16-byte store of bfloat16 to out[8 t ...], so that a warp's loads and stores are
+// each contiguous. Eight words share an 8-bit scale, GROUP of those a second-level scale.
 extern "C" __global__ void __launch_bounds__(THREADS) nf4_dequantize(
-        const uint4* __restrict__ w, const unsigned char* __restrict__ absmax, const float* __restrict__ group_scale,
-        const float* __restrict__ offset, const float* __restrict__ nested_code, const float* __restrict__ code,
-        int chunks, uint4* __restrict__ out) {
+        const unsigned* __restrict__ w, const unsigned char* __restrict__ absmax,
+        const float* __restrict__ group_scale, const float* __restrict__ offset,
+        const float* __restrict__ nested_code, const float* __restrict__ code, int words, uint4* __restrict__ out) {
     __shared__ float lut[16];
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
-    const int chunk = blockIdx.x * THREADS + threadIdx.x;
-    if (chunk >= chunks) return;
-    const int block = chunk >> 1;
+    const int word = blockIdx.x * THREADS + threadIdx.x;
+    if (word >= words) return;
+    const int block = word >> 3;
     // bitsandbytes' decoding of a double-quantised scale: a product, then the offset (not one fma)
     const float scale = __fadd_rn(__fmul_rn(__ldg(nested_code + __ldg(absmax + block)),
                                             __ldg(group_scale + (block >> GROUP_SHIFT))), __ldg(offset));
-    const uint4 packed = __ldg(w + chunk);
-    const unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
-    unsigned pairs[16];  // two bfloat16 weights each, the first in the low half (the lower address)
+    const unsigned packed = __ldg(w + word);
+    unsigned pairs[4];  // two bfloat16 weights each, the first in the low half (the lower address)
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-        const unsigned byte = (words[i >> 2] >> (8 * (i & 3))) & 0xffu;
+    for (int i = 0; i < 4; ++i) {
+        const unsigned byte = (packed >> (8 * i)) & 0xffu;
         pairs[i] = (unsigned)to_bf16(lut[byte >> 4] * scale) | ((unsigned)to_bf16(lut[byte & 15u] * scale) << 16);
     }
-    uint4* to = out + (size_t)chunk * 4;
-#pragma unroll
-    for (int q = 0; q < 4; ++q) to[q] = make_uint4(pairs[4 * q], pairs[4 * q + 1], pairs[4 * q + 2], pairs[4 * q + 3]);
+    out[word] = make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
 }
 """
 DEFINES = (f"THREADS={THREADS}", f"GROUP_SHIFT={nf4_matvec.GROUP.bit_length() - 1}")
@@ -67,7 +64,7 @@ def kernel_runs(weight: torch.Tensor, state: QuantState) -> bool:
     if nested.blocksize != nf4_matvec.GROUP or nested.absmax.dtype != torch.float32 or \
             nested.code.dtype != torch.float32 or state.absmax.dtype != torch.uint8:
         return False
-    if state.shape.numel() % nf4_matvec.BLOCK or state.shape[1] % 8 or weight.data_ptr() % 16:
+    if state.shape.numel() % nf4_matvec.BLOCK or state.shape[1] % 8 or weight.data_ptr() % 4:
         return False
     return nvrtc.ready(weight.device.index, KERNEL, "nf4_dequantize", DEFINES, "bitsandbytes' dequantisation")
 
@@ -75,11 +72,11 @@ def kernel_runs(weight: torch.Tensor, state: QuantState) -> bool:
 def launch(weight: torch.Tensor, state: QuantState, out: torch.Tensor) -> None:
     """The kernel on the current stream: `weight`'s values into `out` (contiguous bfloat16 of its shape, on a
     16-byte boundary)."""
-    chunks = state.shape.numel() // 32
+    words = state.shape.numel() // 8
     nvrtc.build(weight.device.index, KERNEL, "nf4_dequantize", DEFINES)(
-        grid=(-(-chunks // THREADS), 1, 1), block=(THREADS, 1, 1),
+        grid=(-(-words // THREADS), 1, 1), block=(THREADS, 1, 1),
         args=[weight, state.absmax, state.state2.absmax, state.offset, state.state2.code,
-              nf4_matvec.nf4_levels(weight.device), chunks, out])
+              nf4_matvec.nf4_levels(weight.device), words, out])
 
 
 def dequantized(weights: Sequence[torch.Tensor], states: Sequence[QuantState], dtype: torch.dtype) -> torch.Tensor:

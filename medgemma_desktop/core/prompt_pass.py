@@ -30,7 +30,13 @@ def by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk
     chunk = chunk or PROMPT_CHUNK_TOKENS
     if x.shape[1] <= chunk:
         return fn(x)
-    return torch.cat([fn(part) for part in x.split(chunk, dim=1)], dim=1)
+    out = None
+    for start in range(0, x.shape[1], chunk):
+        part = fn(x[:, start:start + chunk])
+        if out is None:  # written in place: a concatenation would hold every chunk's output beside the result
+            out = part.new_empty(part.shape[0], x.shape[1], *part.shape[2:])
+        out[:, start:start + chunk] = part
+    return out
 
 
 class DequantizedLinear:
@@ -64,7 +70,7 @@ class DequantizedLinear:
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         out = F.linear(x, self.weight, self.bias)
         for columns, (a, b, scale) in self.loras:
-            out[..., columns] += (F.linear(F.linear(x.to(a.dtype), a), b) * scale).to(out.dtype)
+            out[..., columns] += F.linear(F.linear(x.to(a.dtype), a), b).mul_(scale).to(out.dtype)
         return out
 
 
