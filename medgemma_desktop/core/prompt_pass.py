@@ -30,13 +30,7 @@ def by_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk
     chunk = chunk or PROMPT_CHUNK_TOKENS
     if x.shape[1] <= chunk:
         return fn(x)
-    out = None
-    for start in range(0, x.shape[1], chunk):
-        part = fn(x[:, start:start + chunk])
-        if out is None:  # written in place: a concatenation would hold every chunk's output beside the result
-            out = part.new_empty(part.shape[0], x.shape[1], *part.shape[2:])
-        out[:, start:start + chunk] = part
-    return out
+    return torch.cat([fn(part) for part in x.split(chunk, dim=1)], dim=1)
 
 
 class DequantizedLinear:
@@ -65,26 +59,28 @@ class DequantizedLinear:
                       if (lora := active_lora(module)) is not None]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (1, tokens, in_features) through one matmul; LoRA's float32 terms, four times the bytes of their part
+        of the output, `VISION_CHUNK_PATCHES` tokens at a time."""
         if self.weight is None:
             outs = [module(x) for module in self.modules]
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         out = F.linear(x, self.weight, self.bias)
         for columns, (a, b, scale) in self.loras:
-            out[..., columns] += F.linear(F.linear(x.to(a.dtype), a), b).mul_(scale).to(out.dtype)
+            for start in range(0, x.shape[1], VISION_CHUNK_PATCHES):
+                rows = slice(start, start + VISION_CHUNK_PATCHES)
+                out[:, rows, columns] += F.linear(F.linear(x[:, rows].to(a.dtype), a), b).mul_(scale).to(out.dtype)
         return out
 
 
 def vision_attention(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """SigLIP's attention as transformers' SDPA path computes it (all patches see each other), with the q/k/v
-    projections as one and the output projection `by_tokens`: PEFT runs an adapter's LoRA on them in float32,
-    four times the bytes of their bfloat16 outputs."""
+    """SigLIP's attention as transformers' SDPA path computes it (all patches see each other), its q/k/v
+    projections as one matmul."""
     heads = (1, -1, attn.num_heads, attn.head_dim)
     projections = DequantizedLinear([attn.q_proj, attn.k_proj, attn.v_proj], hidden.dtype)
-    query, key, value = (part.reshape(heads).transpose(1, 2) for part in
-                         by_tokens(projections, hidden, VISION_CHUNK_PATCHES).split(attn.embed_dim, dim=-1))
+    query, key, value = (part.reshape(heads).transpose(1, 2)
+                         for part in projections(hidden).split(attn.embed_dim, dim=-1))
     out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale).transpose(1, 2)
-    return by_tokens(DequantizedLinear([attn.out_proj], hidden.dtype), out.reshape(1, -1, attn.embed_dim),
-                     VISION_CHUNK_PATCHES)
+    return DequantizedLinear([attn.out_proj], hidden.dtype)(out.reshape(1, -1, attn.embed_dim))
 
 
 def vision_mlp(mlp: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
