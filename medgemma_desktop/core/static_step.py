@@ -22,12 +22,18 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
 from medgemma_desktop.core import qk_norm_rope, rms_norm
 from medgemma_desktop.core.errors import ContextTooLongError
 from medgemma_desktop.core.fast_linear import STEP_PROJECTIONS, FusedLinear, LoraSlots, projections
 from medgemma_desktop.core.prompt_pass import by_tokens, image_features
+
+# The prompt's attention without cuDNN's: it builds a plan for each new prompt length, which cost the first
+# questions of new lengths 0.16-1.6 s more on an H200 (every new question has a new length), where these backends
+# take a new length at no cost (benchmarks/README.md, run 18).
+PROMPT_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def model_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
@@ -200,7 +206,8 @@ class StaticDecodeState:
     def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The prompt through the same fused layers as the step, its K/V written straight into the static cache;
         returns the last position's next-token logits. Images go through the model's own vision tower and
-        projector; the masks are transformers' (see `_prompt_masks`). Transformers' own forward costs twice the
+        projector; the masks are transformers' (see `_prompt_masks`), attention without cuDNN's
+        (`PROMPT_ATTENTION`). Transformers' own forward costs twice the
         host time per layer (PEFT and module dispatch per projection), which is most of the time to first token.
         The engine's prompts are single and unpadded, so `attention_mask` (all ones) is not read."""
         unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids", "pixel_values"}
@@ -220,14 +227,15 @@ class StaticDecodeState:
         positions = torch.arange(length, device=hidden.device).view(1, -1)
         rotary = {kind: self.text.rotary_emb(hidden, positions, kind) for kind in set(self.layer_types)}
         slots = self._prompt_slots(positions[0])
-        for i, layer_type in enumerate(self.layer_types):
-            query, key, value = self._attention_inputs(i, hidden, rotary)
-            self._store_prompt_layer(i, key, value, slots[layer_type])
-            mask = masks[layer_type]
-            attended = F.scaled_dot_product_attention(
-                query, key.repeat_interleave(self.groups, dim=1), value.repeat_interleave(self.groups, dim=1),
-                attn_mask=mask, is_causal=mask is None, scale=self.text.layers[i].self_attn.scaling)
-            hidden = self._after_attention(i, hidden, attended.transpose(1, 2).reshape(1, length, -1))
+        with sdpa_kernel(PROMPT_ATTENTION):
+            for i, layer_type in enumerate(self.layer_types):
+                query, key, value = self._attention_inputs(i, hidden, rotary)
+                self._store_prompt_layer(i, key, value, slots[layer_type])
+                mask = masks[layer_type]
+                attended = F.scaled_dot_product_attention(
+                    query, key.repeat_interleave(self.groups, dim=1), value.repeat_interleave(self.groups, dim=1),
+                    attn_mask=mask, is_causal=mask is None, scale=self.text.layers[i].self_attn.scaling)
+                hidden = self._after_attention(i, hidden, attended.transpose(1, 2).reshape(1, length, -1))
         self.position.fill_(length)
         return self._logits(hidden)
 
