@@ -12,7 +12,7 @@ import torch
 
 from medgemma_desktop.core import nf4_dequantize, prompt_pass
 from medgemma_desktop.core.engine import Engine
-from medgemma_desktop.core.fast_linear import active_lora
+from medgemma_desktop.core.fast_linear import active_lora, base_layer
 
 
 def test_members_are_stacked_in_row_order_with_bitsandbytes_values_on_the_cpu() -> None:
@@ -36,7 +36,7 @@ def test_vision_qkv_as_one_matmul_equals_the_modules(tiny_engine: Engine, monkey
     with torch.inference_mode():
         got = prompt_pass.DequantizedLinear(modules, dtype)(hidden)
         want = torch.cat([module(hidden) for module in modules], dim=-1)
-        base = torch.cat([module.get_base_layer()(hidden) for module in modules], dim=-1)
+        base = torch.cat([base_layer(module)(hidden) for module in modules], dim=-1)
     scale = float(want.abs().max())
     assert got.shape == want.shape == (1, 23, 3 * attn.embed_dim)
     assert float((want - base).abs().max()) > 0.05 * scale  # the adapter's term is there to get right
