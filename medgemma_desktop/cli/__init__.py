@@ -7,6 +7,7 @@ Bad input exits with status 2 and one line naming the file and the fix; it never
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import platform
 import sys
@@ -14,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medgemma_desktop import __version__
-from medgemma_desktop.cli import ask, batch, bench, doctor, history, models, serve
+from medgemma_desktop.core import collection
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.logging_setup import setup_logging
 
 log = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
-COMMANDS = (ask, history, batch, doctor, models, bench, serve)
+COMMANDS = ("ask", "history", "batch", "doctor", "models", "bench", "serve")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quit-after", type=float, metavar="SECONDS",
                         help="close the window after SECONDS, as the close button does (for smoke tests)")
     commands = parser.add_subparsers(dest="command")
-    for command in COMMANDS:
-        command.add_parser(commands)
+    with collection.deferred():  # the commands' modules import torch and transformers
+        for name in COMMANDS:
+            importlib.import_module(f"{__name__}.{name}").add_parser(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medgemma_desktop.core import collection
 from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.settings import API_KEY_VARIABLE
 
@@ -86,7 +87,8 @@ def load_engine(args: argparse.Namespace, one_answer: bool = False) -> Engine:
 
     options = LoadOptions(double_quant=args.double_quant, force_cpu=args.cpu, context_limit=args.context_limit,
                           compile_step=not one_answer)
-    return Engine.load(args.model, args.adapter, options,
-                       progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
-                       cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
-                       fingerprints=FingerprintCache(cache_dir() / "digests.json"))
+    with collection.deferred():
+        return Engine.load(args.model, args.adapter, options,
+                           progress=lambda percent, step: print(f"[{percent:3d}%] {step}", file=sys.stderr),
+                           cache=QuantizedModelCache(cache_dir() / "nf4") if args.use_cache else None,
+                           fingerprints=FingerprintCache(cache_dir() / "digests.json"))

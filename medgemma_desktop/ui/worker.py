@@ -13,7 +13,7 @@ signals. Every connection across the two threads is declared `Qt.ConnectionType.
 The two threads share one GIL, so the model thread must not hold it long (figures from this 2-core machine type):
 - Loading imports most of torch and transformers here. The objects that makes set off Python's full garbage
   collections, 240-370 ms each with the GIL held: the window froze that long, three times per first load. Loading
-  therefore runs with automatic collection off (`_collection_deferred`) and freezes what it made out of later
+  therefore runs with automatic collection off (`core.collection.deferred`) and freezes what it made out of later
   collections (`gc.freeze`); releasing the model unfreezes, so the engine's own collection frees the old model.
 - The UI thread needs the GIL for every Python override a repaint calls; at Python's default 5 ms switch interval
   each waits up to 5 ms, so a paint during loading took 60-90 ms instead of 10. The host shortens the interval
@@ -28,13 +28,12 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
+from medgemma_desktop.core import collection
 from medgemma_desktop.core.app_dirs import cache_dir
 from medgemma_desktop.core.engine import Engine, LoadOptions, ModelIdentity
 from medgemma_desktop.core.errors import UserFacingError
@@ -108,20 +107,6 @@ class ModelState(enum.Enum):
     ERROR = "error"
 
 
-@contextmanager
-def _collection_deferred() -> Iterator[None]:
-    """No automatic garbage collection inside; after a success, what was made is frozen out of later collections
-    (a failed load's remains are left to them)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-        gc.freeze()
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 class ModelWorker(QObject):
     """Lives on the model thread. Every slot runs there, one request at a time."""
 
@@ -154,7 +139,7 @@ class ModelWorker(QObject):
             self._connect(request)
             return
         try:
-            with _collection_deferred():
+            with collection.deferred():
                 self._engine = Engine.load(request.model_dir, request.adapter_dir, request.options,
                                            progress=self.loading_progress.emit, cancel=request.cancel,
                                            cache=self._cache, fingerprints=self._fingerprints,
