@@ -47,13 +47,14 @@ class Kernel:
         self._compiled = compiled  # keeps its module loaded
         self._function = compiled.func
         self._device_index = device_index
+        self._launch = _launch_function()  # here, so that a driver without it fails the build check
 
     def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list) -> None:
         values = [ctypes.c_void_p(arg.data_ptr()) if isinstance(arg, torch.Tensor) else
                   ctypes.c_int(arg) if isinstance(arg, int) else ctypes.c_double(arg) for arg in args]
         pointers = (ctypes.c_void_p * len(values))(*map(ctypes.addressof, values))
         stream = torch._C._cuda_getCurrentRawStream(self._device_index)
-        result = _launch_function()(self._function, *grid, *block, 0, ctypes.c_void_p(stream), pointers, None)
+        result = self._launch(self._function, *grid, *block, 0, ctypes.c_void_p(stream), pointers, None)
         if result:
             raise RuntimeError(f"CUDA error {result} launching a kernel")
 
