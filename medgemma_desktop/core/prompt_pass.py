@@ -37,9 +37,9 @@ class DequantizedLinear:
     """4-bit layers of one input (SigLIP's q/k/v, or one layer), each under an optional PEFT LoRA wrapper, for many
     tokens, computed as bitsandbytes and PEFT compute them (the weight dequantised to the input's dtype, then
     `F.linear`; LoRA in float32, cast back and added), but dequantised once (`core.nf4_dequantize`), the layers
-    into one dense weight, so that the caller can run it over chunks of tokens with one cuBLAS matmul each:
-    calling the modules per chunk costs ~0.15 ms of host time per module. Weights repacked for bitsandbytes' CPU
-    kernel (and layers that are not 4-bit) are left to the modules."""
+    into one dense weight: one cuBLAS matmul per call, where calling the modules costs ~0.15 ms of host time per
+    module, and the caller may call it per chunk of tokens. Weights repacked for bitsandbytes' CPU kernel (and
+    layers that are not 4-bit) are left to the modules."""
 
     def __init__(self, modules: list[torch.nn.Module], dtype: torch.dtype) -> None:
         self.modules = modules

@@ -206,10 +206,10 @@ class StaticDecodeState:
     def prefill(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The prompt through the same fused layers as the step, its K/V written straight into the static cache;
         returns the last position's next-token logits. Images go through the model's own vision tower and
-        projector; the masks are transformers' (see `_prompt_masks`), attention without cuDNN's
-        (`PROMPT_ATTENTION`). Transformers' own forward costs twice the
-        host time per layer (PEFT and module dispatch per projection), which is most of the time to first token.
-        The engine's prompts are single and unpadded, so `attention_mask` (all ones) is not read."""
+        projector; the masks are transformers' (see `_prompt_masks`), attention without cuDNN's backend
+        (`PROMPT_ATTENTION`). Transformers' own forward costs twice the host time per layer (PEFT and module
+        dispatch per projection), which is most of the time to first token. The engine's prompts are single and
+        unpadded, so `attention_mask` (all ones) is not read."""
         unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids", "pixel_values"}
         if unknown:
             raise ValueError(f"the fast prefill does not take {sorted(unknown)}")
