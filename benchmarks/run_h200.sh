@@ -5,8 +5,9 @@
 #           cache and with an empty one; then `ask` from the command line twice (the second with its caches warm).
 #   decode: the recipe against the app in one process (bench_decode.py: first answer right after load, the
 #           compiled step built in the background, decode rate, adapter switches with the logits check after
-#           each, time to first token alternating with the recipe); writes summary.json. After `load` it uses
-#           the compile cache that `load` filled.
+#           each, time to first token alternating with the recipe); writes summary.json; then the first token
+#           for prompts of new lengths (ttft_new_lengths.py). After `load` it uses the compile cache that `load`
+#           filled.
 #   kernel: the NF4 matrix-vector kernel (core/nf4_matvec.py) against bitsandbytes' (nf4_gemv.py), the query/key
 #           norm-and-rotation kernel (core/qk_norm_rope.py) and the RMS norm kernel (core/rms_norm.py) against the
 #           model's modules (qk_norm_rope_check.py, rms_norm_check.py), the NF4 dequantisation kernel
@@ -76,6 +77,7 @@ if [ $PART = decode ] || [ $PART = all ]; then
   timeout 400 $PYTHON benchmarks/bench_decode.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tee $OUT/bench.log
   $PYTHON -c "import json; print(json.dumps([r for r in json.load(open('$OUT/bench_decode.json')) \
     if r.get('event') == 'summary'], indent=1))" | tee $OUT/summary.json
+  timeout 120 $PYTHON benchmarks/ttft_new_lengths.py $OUT 2>&1 | grep -v "Loading weights\|Writing" | tail -30
 fi
 if [ $PART = ask ]; then
   # This machine's Python keeps no bytecode (PYTHONDONTWRITEBYTECODE, no __pycache__ in its packages), so every
