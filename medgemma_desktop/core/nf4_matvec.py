@@ -13,9 +13,8 @@ Three things the step used to launch separately happen inside the kernel, each s
 per layer (136, 68 and 34 launches per token) and, for the scales, most of their bytes:
 - **the double-quantised scales** (`NestedScales`): each block of 64 weights has an 8-bit scale, decoded as
   bitsandbytes decodes it (`nested_code[byte] * group_scale + offset`, one group per 256 blocks and one offset
-  per fused member). Reading
-  one byte per block instead of a float32 the step computed and wrote first cuts the scale traffic from 9 bytes
-  per block to 1.
+  per fused member). Reading one byte per block instead of a float32 the step computed and wrote first cuts the
+  scale traffic from 9 bytes per block to 1.
 - **LoRA's second matrix**: given `ax = A @ x` (rank-wide, computed before), each row adds
   `(B[row] . ax) * scale[row]` in float32, rounded to bfloat16 before the sum, as PEFT computes an adapter kept
   in float32 (PEFT loads bfloat16 adapters as float32 too).
