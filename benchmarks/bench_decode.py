@@ -79,10 +79,11 @@ def build(out: Path) -> None:
         return
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
-    from medgemma_desktop.core.tiny_checkpoint import BASE_MODEL_ID, CHAT_TEMPLATE, _build_tokenizer
+    from benchmarks.gemma_sized_tokenizer import gemma_sized_tokenizer
+    from medgemma_desktop.core.tiny_checkpoint import BASE_MODEL_ID, CHAT_TEMPLATE
 
     start = time.time()
-    tokenizer = _build_tokenizer()
+    tokenizer = gemma_sized_tokenizer()
     ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in (
         ("image_token_index", "<image_soft_token>"), ("boi_token_index", "<start_of_image>"),
         ("eoi_token_index", "<end_of_image>"))}

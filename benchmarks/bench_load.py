@@ -13,6 +13,7 @@ app uses it). Appends one JSON line to OUT/bench_load.json.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sys
 import time
@@ -43,12 +44,14 @@ def main() -> None:
     first["first_token_after_load_s"] = round(first.pop("first_token_at") - loaded_at, 3)
     compiled = wait_for_compiled(engine)
     later = generate(engine, engine.decoder_factory(engine.model), inputs, NEW_TOKENS)
-    stages = {f"{a[2]} ({a[1]}%)": round(b[0] - a[0], 1)
-              for a, b in zip(marks, [*marks[1:], (total, 100, "end")], strict=True)}
-    decoder_start = next(t for t, percent, _ in marks if percent == 90)
+    stages: dict[str, float] = {}
+    for (at, _, step), (until, _, _) in zip(marks, [*marks[1:], (total, 100, "end")], strict=True):
+        stage = re.sub(r" \(\d+/\d+ tensors\)$", "", step)  # a stage's per-tensor progress counts as one stage
+        stages[stage] = stages.get(stage, 0.0) + until - at
+    decoder_start = next(t for t, _, step in marks if step == "preparing fast decoding")
     record = {"event": "load", "path": name, "from_cache": engine.loaded_from_cache, "total_s": round(total, 1),
               "weights_s": round(decoder_start, 1), "decoder_setup_s": round(total - decoder_start, 1),
-              "decoder": engine.decoder_reason, "stages_s": stages,
+              "decoder": engine.decoder_reason, "stages_s": {stage: round(s, 1) for stage, s in stages.items()},
               "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
               "gpu_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
               "first_answer": {key: first[key] for key in ("decoder", "first_token_after_load_s", "ttft_s",

@@ -35,10 +35,10 @@ COLD=/tmp/inductor-cold EMPTY=/tmp/inductor-empty
 hide_compilers() {
   mkdir -p /tmp/nocc-bin
   for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
-    for f in $d/*; do
-      b=$(basename $f)
+    for f in "$d"/*; do
+      b=$(basename "$f")
       case $b in *gcc*|*g++*|cc|c++|*clang*|cpp|*-cc|*-c++|ld|ld.*|*-ld|as|*-as) ;;
-        *) [ -e /tmp/nocc-bin/$b ] || ln -s $f /tmp/nocc-bin/$b ;; esac
+        *) [ -e "/tmp/nocc-bin/$b" ] || ln -s "$f" "/tmp/nocc-bin/$b" ;; esac
     done
   done
 }

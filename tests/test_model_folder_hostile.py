@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from medgemma_desktop.core.engine import Engine
+from medgemma_desktop.core.engine import Engine, LoadOptions
 from medgemma_desktop.core.errors import AdapterFolderError, ModelFolderError
 from medgemma_desktop.core.model_folder import check_adapter_folder, check_model_folder
 from medgemma_desktop.core.quant_cache import QuantizedModelCache
@@ -190,6 +190,36 @@ def test_the_engine_refuses_a_bad_folder_with_the_checks_one_line(model: Path) -
     (model / "tokenizer.json").write_text("[]")
     with pytest.raises(ModelFolderError, match="not a valid tokenizer"):
         Engine.load(model)
+
+
+def test_a_load_checks_the_tokenizer_transformers_built_without_parsing_the_file_again(
+        model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma's tokenizer.json takes 0.5-1 s to parse: the folder check leaves it to the processor's read, then
+    checks what that built as it would have checked the file."""
+    from tokenizers import Tokenizer
+
+    parsed: list[str] = []
+    from_file = Tokenizer.from_file
+    monkeypatch.setattr(Tokenizer, "from_file", staticmethod(lambda path: parsed.append(path) or from_file(path)))
+    edit_json(model / "config.json", lambda config: config.update(boi_token_index=5))
+    with pytest.raises(ModelFolderError) as raised:
+        Engine.load(model, options=LoadOptions(force_cpu=True))
+    message = str(raised.value)
+    assert "\n" not in message and str(model / "tokenizer.json") in message
+    assert "config.json says boi_token_index is 5" in message
+    assert parsed == []
+    with pytest.raises(ModelFolderError, match="boi_token_index is 5"):  # the full check says the same
+        check_model_folder(model)
+    assert parsed == [str(model / "tokenizer.json")]
+
+
+def test_a_processor_transformers_cannot_build_is_one_line_naming_the_folder(model: Path) -> None:
+    edit_json(model / "tokenizer_config.json", lambda config: config.update(added_tokens_decoder={"x": {"content": 7}}))
+    assert check_model_folder(model).path == model  # a defect only transformers finds
+    with pytest.raises(ModelFolderError) as raised:
+        Engine.load(model, options=LoadOptions(force_cpu=True))
+    message = str(raised.value)
+    assert "\n" not in message and str(model) in message and "processor cannot be built" in message
 
 
 # -- the adapter folder -----------------------------------------------------------------------------------------

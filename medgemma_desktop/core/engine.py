@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +41,15 @@ from medgemma_desktop.core.errors import (
     VisionUnavailableError,
 )
 from medgemma_desktop.core.fingerprint import FingerprintCache, WeightsIdentity
-from medgemma_desktop.core.model_folder import AdapterFolder, ModelFolder, check_adapter_folder, check_model_folder
+from medgemma_desktop.core.load_progress import ProgressCallback, check_cancel, weights_progress
+from medgemma_desktop.core.model_folder import (
+    AdapterFolder,
+    ModelFolder,
+    check_adapter_folder,
+    check_built_tokenizer,
+    check_model_folder,
+    processor_failure,
+)
 from medgemma_desktop.core.prompts import ChatTurn, estimate_prompt_tokens, text_token_counter, to_processor_messages
 from medgemma_desktop.core.quant_cache import QuantizedModelCache, cache_key
 from medgemma_desktop.core.text_stream import IncrementalDetokenizer, TextChunk
@@ -52,9 +59,6 @@ log = logging.getLogger(__name__)
 # bitsandbytes' CPU backend looks for an optional kernel on the hub (needs the `kernels` package, which we do not
 # install) and warns when it is absent: expected offline, and only alarming to users.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-ProgressCallback = Callable[[int, str], None]
-
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -134,11 +138,6 @@ class Generation:
         self.thinking = self.thinking.removeprefix("thought").strip()
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise LoadCancelled("loading was cancelled")
-
-
 class Engine:
     """Owns the quantized model, the processor and the active adapter."""
 
@@ -176,21 +175,25 @@ class Engine:
         fingerprints = fingerprints or FingerprintCache()
         report = progress or (lambda percent, step: None)
         report(1, "checking the model folder")
-        folder = check_model_folder(model_dir)
+        folder = check_model_folder(model_dir, read_tokenizer=False)  # the built tokenizer is checked below
         adapter = check_adapter_folder(adapter_dir, folder) if adapter_dir else None
         plan = choose_device(options.force_cpu)
         log.info("loading %s on %s (%s)", folder.path.name, plan.device, plan.reason)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         digest = fingerprints.folder_digest(
             folder.shards, lambda done, total: report(2 + 18 * done // max(total, 1), "checking the weights' hash"))
-        _check_cancel(cancel)
+        check_cancel(cancel)
         report(20, "loading transformers")
         import_bitsandbytes()  # before transformers' quantizer imports it
         from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration, Gemma3Processor
 
-        _check_cancel(cancel)
+        check_cancel(cancel)
         report(22, "reading the processor")
-        processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
+        try:
+            processor = Gemma3Processor.from_pretrained(folder.path, local_files_only=True)
+        except Exception as exc:  # transformers' own errors for a defect the folder check left to this read
+            raise processor_failure(folder, exc) from exc
+        check_built_tokenizer(folder, processor.tokenizer.backend_tokenizer)
         key = cache_key(digest, options.double_quant, plan.dtype_name, folder.shaping_files)
         cached = cache.lookup(key) if cache is not None else None
         common = dict(dtype=plan.dtype, device_map={"": plan.device}, local_files_only=True, use_safetensors=True,
@@ -198,9 +201,9 @@ class Engine:
         model = None
         from_cache = False
         if cached is not None:
-            _check_cancel(cancel)
+            check_cancel(cancel)
             try:
-                with _weights_progress(report, 25, 75, "reading the saved 4-bit model", cancel):
+                with weights_progress(report, 25, 75, "reading the saved 4-bit model", cancel):
                     model = Gemma3ForConditionalGeneration.from_pretrained(cached, **common)
                 from_cache = True
             except LoadCancelled:
@@ -209,12 +212,12 @@ class Engine:
                 log.warning("the saved 4-bit model could not be read (%s); quantizing again", exc)
                 cache.remove(key)
         if model is None:
-            _check_cancel(cancel)
+            check_cancel(cancel)
             quantization = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=plan.dtype,
                 bnb_4bit_use_double_quant=options.double_quant,
             )
-            with _weights_progress(report, 25, 75, "loading and quantizing the weights to 4-bit NF4", cancel):
+            with weights_progress(report, 25, 75, "loading and quantizing the weights to 4-bit NF4", cancel):
                 model = Gemma3ForConditionalGeneration.from_pretrained(folder.path, quantization_config=quantization,
                                                                        **common)
             if cache is not None and not (cancel is not None and cancel.is_set()):
@@ -234,7 +237,7 @@ class Engine:
             engine.add_adapter(adapter.path, prepare_decoder=False)
         engine.attach_more_adapters([Path(path) for path in more_adapters
                                      if adapter is None or Path(path).resolve() != adapter.path.resolve()])
-        _check_cancel(cancel)
+        check_cancel(cancel)
         if plan.is_cuda:
             report(85, "preparing fast decoding")
         engine.prepare_decoder()
@@ -463,34 +466,6 @@ def _keep_float32_on_cpu(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nf4_layer):
             module.support_avx512bf16_for_cpu = False
-
-
-@contextmanager
-def _weights_progress(report: ProgressCallback, start: int, end: int, step: str,
-                      cancel: threading.Event | None) -> Iterator[None]:
-    """Real progress through the weights, and a cancel that stops mid-load.
-
-    transformers 5.17 loads (and quantizes) the checkpoint tensor by tensor under one tqdm bar in
-    `core_model_loading`; while our load runs, that bar reports to `report` and raises `LoadCancelled` between
-    tensors once `cancel` is set (transformers shuts its loading pool down on any exception).
-    """
-    from transformers import core_model_loading
-
-    original = core_model_loading.tqdm
-
-    def tracked(iterable, *args, **kwargs):
-        items = list(iterable)
-        for index, item in enumerate(items):
-            _check_cancel(cancel)
-            if index % max(len(items) // 50, 1) == 0:
-                report(start + (end - start) * index // max(len(items), 1), f"{step} ({index}/{len(items)} tensors)")
-            yield item
-
-    core_model_loading.tqdm = tracked
-    try:
-        yield
-    finally:
-        core_model_loading.tqdm = original
 
 
 def _free_memory() -> None:

@@ -26,13 +26,20 @@ _REQUIRED_TOKENS = {"<bos>": "bos_token_id", "<start_of_turn>": None, "<end_of_t
 
 
 def tokenizer_problem(path: Path, config: Mapping[str, Any], vocab_size: int) -> str | None:
-    """Why tokenizer.json cannot serve this model, or None."""
+    """Why tokenizer.json cannot serve this model, or None. Parsing Gemma's tokenizer.json takes 0.5-1 s, so a
+    load checks the tokenizer transformers built instead (`vocabulary_problem`), and this only where it fails."""
     from tokenizers import Tokenizer
 
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust parser reports every defect as a plain Exception
         return f"is not a valid tokenizer ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+    return vocabulary_problem(tokenizer, config, vocab_size)
+
+
+def vocabulary_problem(tokenizer: Any, config: Mapping[str, Any], vocab_size: int) -> str | None:
+    """Why a parsed tokenizer (a `tokenizers.Tokenizer`) cannot serve this model, or None: the prompt format's
+    special tokens missing, at other ids than the config's, or more tokens than the model has embeddings."""
     for token, field in _REQUIRED_TOKENS.items():
         token_id = tokenizer.token_to_id(token)
         if token_id is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,16 +93,22 @@ def _vocabulary() -> list[str]:
     return [*pieces, IMAGE_TOKEN]
 
 
-def _build_tokenizer():  # -> PreTrainedTokenizerFast
+def _build_tokenizer(more_pieces: Sequence[str] = (), merges: Sequence[tuple[str, str]] = (),
+                     reserved: int = 0):  # -> PreTrainedTokenizerFast
+    """The tiny vocabulary; `more_pieces` (with the `merges` that make them) and `reserved` unused special tokens
+    after it give a tokenizer of the real one's size (the benchmarks time loading it), the tiny ids unchanged."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
     from transformers import GemmaTokenizerFast
 
-    pieces = _vocabulary()
+    unused = [f"<unused{i}>" for i in range(100, 100 + reserved)]
+    pieces = [*_vocabulary(), *more_pieces, *unused]
     vocab = {piece: i for i, piece in enumerate(pieces)}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=list(merges), unk_token="<unk>", byte_fallback=True,
+                                fuse_unk=True))
     core.normalizer = normalizers.Replace(" ", "\u2581")
     core.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in [*SPECIAL_TOKENS, IMAGE_TOKEN]])
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                             for t in [*SPECIAL_TOKENS, IMAGE_TOKEN, *unused]])
     core.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("\n", "\n\n")])
     return GemmaTokenizerFast(
         tokenizer_object=core,

@@ -12,12 +12,13 @@ from medgemma_desktop.core.errors import UserFacingError
 from medgemma_desktop.core.model_folder import check_adapter_folder, check_model_folder
 
 
-def folders_problem(model_dir: str, adapter_dir: str) -> str | None:
-    """The one-line reason the folders cannot be used, or None when they can."""
+def folders_problem(model_dir: str, adapter_dir: str, read_tokenizer: bool = True) -> str | None:
+    """The one-line reason the folders cannot be used, or None when they can (`read_tokenizer=False` where a load
+    follows, which checks the tokenizer it builds: parsing Gemma's takes 0.5-1 s)."""
     if not model_dir:
         return "Choose the google/medgemma-1.5-4b-it model folder."
     try:
-        model = check_model_folder(model_dir)
+        model = check_model_folder(model_dir, read_tokenizer)
         if adapter_dir:
             check_adapter_folder(adapter_dir, model)
     except UserFacingError as exc:

@@ -146,7 +146,7 @@ class MainWindow(QMainWindow):
     # Model ---------------------------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        problem = folders_problem(self.settings.model_dir or "", self.settings.adapter_dir or "")
+        problem = folders_problem(self.settings.model_dir or "", self.settings.adapter_dir or "", read_tokenizer=False)
         self.first_run.set_folders(self.settings.model_dir, self.settings.adapter_dir)
         if problem is None or self.settings.server_url:
             self.pages.setCurrentWidget(self.workspace)
