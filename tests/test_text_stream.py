@@ -34,6 +34,16 @@ def test_thinking_trace_goes_to_its_own_channel(tiny_checkpoint) -> None:
     assert answer == "No pneumothorax."
 
 
+def test_a_vocabulary_without_the_thinking_markers_streams_plain_text(tiny_checkpoint, monkeypatch) -> None:
+    tokenizer = _tokenizer(tiny_checkpoint)
+    ids = tokenizer.encode("<unused94>thought\nNo pneumothorax.", add_special_tokens=False)
+    monkeypatch.setattr(type(tokenizer.backend_tokenizer), "token_to_id", lambda self, token: None)
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    chunks = [c for c in (detokenizer.push(i) for i in ids) if c is not None]
+    assert not any(c.thinking for c in chunks)
+    assert "".join(c.text for c in chunks) == "thought\nNo pneumothorax."
+
+
 def test_split_thinking_on_text() -> None:
     assert split_thinking("<unused94>thought\nsteps<unused95>Final.") == ("Final.", "steps")
     assert split_thinking("Plain answer.") == ("Plain answer.", "")
