@@ -48,8 +48,9 @@ CONFIG = dict(
     vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                        image_size=896, patch_size=14, vision_use_head=False),
     mm_tokens_per_image=256, bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0)
-# The tiny checkpoint's tokenizer (its ids for the image markers) with a processor at MedGemma's image size and
-# 256 tokens per image, so `Engine.load`'s vision check and the app's prompts run at the real shapes.
+# The tiny checkpoint's tokenizer grown to Gemma's size (the tiny one's ids for the image markers) with a processor
+# at MedGemma's image size and 256 tokens per image, so `Engine.load`'s vision check and the app's prompts run at
+# the real shapes.
 IMAGE_IDS = dict(image_token_index=364, boi_token_index=7, eoi_token_index=8)
 RESULTS: list[dict] = []
 
@@ -74,7 +75,7 @@ def add_lora(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def build(out: Path) -> None:
-    """Random full-size checkpoint + tokenizer/processor files (the tiny ones: inputs here are token ids) + adapter."""
+    """Random full-size checkpoint + tokenizer/processor files (the tiny tokenizer grown to Gemma's size) + adapter."""
     if (ADAPTER / "adapter_config.json").is_file():
         return
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
