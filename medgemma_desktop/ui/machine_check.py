@@ -69,7 +69,7 @@ def check_machine(model_dir: str, adapter_dir: str, context_limit: int, force_cp
     model, adapter_bytes = None, 0
     try:
         if model_dir:
-            model = check_model_folder(model_dir)
+            model = check_model_folder(model_dir, read_tokenizer=False)  # the plan needs only its shapes
             if adapter_dir:
                 adapter_bytes = check_adapter_folder(adapter_dir, model).weights.stat().st_size
     except UserFacingError:

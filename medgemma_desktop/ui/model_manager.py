@@ -74,7 +74,7 @@ def inspect_model(path: str, fingerprints: FingerprintCache, context_limit: int,
 
 def inspect_adapter(path: str, model_path: Path, fingerprints: FingerprintCache, progress: Progress) -> FolderReport:
     """Off the UI thread: check the adapter against the base model and hash it as the engine does."""
-    adapter = check_adapter_folder(path, check_model_folder(model_path))
+    adapter = check_adapter_folder(path, check_model_folder(model_path, read_tokenizer=False))  # its shapes
     sha256 = fingerprints.folder_digest([adapter.weights, adapter.path / "adapter_config.json"], progress)
     return FolderReport(adapter.path, [*describe_adapter(adapter), ("sha256", sha256)], sha256)
 
