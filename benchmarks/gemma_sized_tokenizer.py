@@ -25,7 +25,7 @@ def filler(pieces: int, seed: int = 0) -> tuple[list[str], list[tuple[str, str]]
     by_first: dict[str, list[str]] = {}
     triples: list[str] = []
     made, merges = set(chars), []
-    while len(chars) + len(pairs) < len(chars) + (pieces - len(chars)) * 2 // 5:
+    while len(pairs) < (pieces - len(chars)) * 2 // 5:
         a, b = rng.choice(chars), rng.choice(chars)
         if a + b not in made:
             made.add(a + b)

@@ -236,7 +236,8 @@ class MainWindow(QMainWindow):
         self.request_load()
 
     def _leave_demo_requested(self) -> None:
-        if folders_problem(self.settings.model_dir or "", self.settings.adapter_dir or "") is None:
+        if folders_problem(self.settings.model_dir or "", self.settings.adapter_dir or "",
+                           read_tokenizer=False) is None:  # leaving loads, which checks the tokenizer it builds
             self.leave_demo()
         else:  # not configured yet: choose the folders first; the demo runs until then
             self.pages.setCurrentWidget(self.first_run)
